@@ -1,0 +1,39 @@
+"""What one simulated run produces: per-request outcomes and a timeline, as numpy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from chirond.model import Slo
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    policy: str  # registry name, e.g. "llumnix-tuned"
+    params: dict[str, object]  # the policy's parameters (for llumnix-tuned: the chosen U and D)
+    seed: int
+    end_s: float  # virtual time the run ended
+    models: list[str]  # index i in `requests["model"]` is models[i]
+    slos: dict[str, Slo]
+    # Per-request columns, all the same length:
+    #   model (int16 index), cls (int8: 0 interactive, 1 batch), arrival, first_token, finish,
+    #   deadline (float64, NaN where absent), input_tokens, output_tokens, preempted (int32)
+    requests: dict[str, np.ndarray]
+    # Timeline, one sample per control tick: "t" and, per model M,
+    #   "M/interactive", "M/mixed", "M/batch" (ready instances per pool), "M/starting", "M/pending",
+    #   "M/queue_interactive", "M/queue_batch", "M/cap" (mean cap over ready instances),
+    # plus "gpus" (GPUs held by jobs: allocated, loading or serving).
+    timeline: dict[str, np.ndarray]
+    gpu_hours: float
+    gpu_hours_lower_bound: float
+    peak_gpus: int
+    launches: int
+    cancellations: int  # instances ended by the policy (drain or cancel)
+    preemptions: int  # batch requests evicted for interactive ones, plus work lost with instances
+    failures: int  # instances lost to node failures or time limits
+    wall_s: float  # real seconds the run took
+    events: int  # simulator events processed
+    log: list[str] = field(default_factory=list)  # one line per tick with a decision (bounded)
