@@ -6,7 +6,7 @@ Everything here is plain data. The simulator and the daemon both build `Snapshot
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -221,4 +221,4 @@ class DispatchRules:
     routing: Routing = Routing.POOLS
     ordering: Ordering = Ordering.PRIORITY
     preempt_batch: bool = True  # an interactive request may evict batch work on a mixed instance
-    extras: dict[str, float] = field(default_factory=dict)
+    pack_interactive: bool = False  # fill the fullest instance with room instead of the emptiest

@@ -1,0 +1,64 @@
+"""What every policy is: a pure `plan(snapshot, state) -> Decision`, plus how the dispatcher serves
+its queues. Policies read the profiles they are built with and the snapshot; nothing else."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+from chirond.model import Decision, DispatchRules, InstanceState, InstanceView, ModelView, Pool, Snapshot
+from chirond.profiles import Profile
+
+
+class Policy(ABC):
+    name: str = ""
+    rules: DispatchRules = DispatchRules()
+    initial_pool: Pool = Pool.INTERACTIVE  # pool of the instances present when the run starts
+    defaults: Mapping[str, float] = {}
+
+    def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
+        self.profiles = dict(profiles)
+        params = dict(params or {})
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"policy {self.name}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                f"valid: {', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        self.params: dict[str, float] = {k: float(params.get(k, v)) for k, v in self.defaults.items()}  # type: ignore[arg-type]
+
+    def initial_cap(self, model: str, pool: Pool) -> tuple[int, int]:
+        """(cap, batch_cap) of a new instance until the policy sets another."""
+        cap = self.profiles[model].max_num_seqs
+        return cap, cap
+
+    def initial_instances(self, model: str, initial: int, static: int) -> int:
+        return initial
+
+    @abstractmethod
+    def plan(self, snap: Snapshot, state: object) -> Decision:
+        """Pure: no I/O, no clock reads; `snap.now` is the time."""
+
+
+# ---------------------------------------------------------------- helpers shared by policies
+
+
+def alive(m: ModelView) -> list[InstanceView]:
+    """Instances that serve or will serve (not draining)."""
+    return [i for i in m.instances if i.state is not InstanceState.DRAINING]
+
+
+def in_pool(m: ModelView, *pools: Pool) -> list[InstanceView]:
+    return [i for i in alive(m) if i.pool in pools]
+
+
+def any_stale(m: ModelView) -> bool:
+    return any(i.stale for i in m.instances)
+
+
+def pick_to_drain(candidates: list[InstanceView]) -> InstanceView | None:
+    """Never a stale one; prefer one not yet serving, then the least loaded."""
+    ok = [i for i in candidates if not i.stale]
+    if not ok:
+        return None
+    return min(ok, key=lambda i: (i.state is InstanceState.READY, i.inflight, -i.launched_at))

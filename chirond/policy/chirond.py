@@ -1,0 +1,227 @@
+"""`chirond`: ours. Model-based where Chiron searches, planned where Chiron reacts.
+
+Every instance is in the mixed pool: interactive requests first (shortest prompt first among
+those that can still meet their TTFT), batch work in the headroom, preempted when an interactive
+request needs the slot. Each tick, per model:
+
+1. Local batch cap, computed, not searched: the largest batch whose predicted TPOT (the profile's
+   step time, stretched by the prompt work the instance also does) stays under `tpot_margin` x
+   SLO, corrected by each instance's observed/predicted TPOT ratio (so one tick converges). With no
+   interactive traffic the cap is the throughput-optimal one (KV-bound). A few slots per instance
+   stay reserved for interactive arrivals, so batch work is rarely preempted.
+2. Interactive capacity: the work (prefill + decode seconds per second) of the recent arrival rate,
+   at `interactive_util`, and enough to clear the largest prompt burst seen in the last 15 minutes
+   within its window plus half the TTFT. Sizing from observed burstiness, not a fixed 0.6.
+3. Batch plan (EDF over the backlog): for each deadline, the work due by then (prompts + outputs
+   at the measured mean length, at the mixed instances' throughput), plus the interactive work over
+   the same span, must fit in instances x (time left - lead time) x `batch_efficiency`. The fewest
+   instances meeting every deadline; more as soon as the plan needs them, in one step.
+4. Scale down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`), one instance a
+   tick, never on stale data. Instances whose job time limit is closer than the lead time are
+   replaced ahead of time and then drained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from chirond.model import (
+    Action,
+    Decision,
+    DispatchRules,
+    Drain,
+    InstanceState,
+    InstanceView,
+    Launch,
+    ModelView,
+    Ordering,
+    Pool,
+    Routing,
+    SetBatchCap,
+    Snapshot,
+)
+from chirond.policy.base import Policy, alive, any_stale, pick_to_drain
+from chirond.profiles import Profile
+
+
+@dataclass(frozen=True)
+class ChirondState:
+    calib: dict[int, float]  # instance -> observed/predicted TPOT
+    low_since: dict[str, float]  # model -> since when the plan asks for fewer instances
+
+
+class ChirondPolicy(Policy):
+    name = "chirond"
+    rules = DispatchRules(routing=Routing.POOLS, ordering=Ordering.SLO, preempt_batch=True)
+    initial_pool = Pool.MIXED
+    defaults = {
+        "tpot_margin": 0.8,
+        "interactive_util": 0.7,
+        "burst_ttft_share": 0.5,
+        "batch_efficiency": 0.85,
+        "deadline_margin_s": 300.0,
+        "scale_down_hold_s": 60.0,
+        "reserve_slots": 4.0,
+        "idle_rate_per_s": 0.01,
+    }
+
+    def plan(self, snap: Snapshot, state: object) -> Decision:
+        st = state if isinstance(state, ChirondState) else ChirondState({}, {})
+        calib = dict(st.calib)
+        low_since = dict(st.low_since)
+        actions: list[Action] = []
+        reasons: list[str] = []
+        for m in snap.models:
+            prof = self.profiles[m.name]
+            # Size first at the throughput of the current caps' estimate, then set caps for the
+            # instance count the plan wants (the interactive prompt load spreads over all of them).
+            n_now = max(1, len(alive(m)))
+            _, _, tps = self._caps(m, prof, n_now)
+            need, why = self._needed(m, prof, tps, snap.now)
+            cap, batch_cap, _ = self._caps(m, prof, max(n_now, need))
+            for i in m.instances:
+                if i.state is not InstanceState.READY:
+                    continue
+                c = self._calibrated_cap(m, prof, i, cap, calib)
+                bc = max(0, min(batch_cap, c - int(self.params["reserve_slots"])))
+                if (c, bc) != (i.cap, i.batch_cap):
+                    actions.append(SetBatchCap(i.id, c, bc))
+            acts, note = self._scale(m, need, snap.now, low_since)
+            actions.extend(acts)
+            if acts or note:
+                reasons.append(f"{m.name}: need {need} ({why}){note}")
+        live = {i.id for m in snap.models for i in m.instances}
+        calib = {k: v for k, v in calib.items() if k in live}
+        return Decision(tuple(actions), "; ".join(reasons) or "hold", ChirondState(calib, low_since))
+
+    # ---------------------------------------------------------------- local: batch caps
+
+    def _ctx(self, m: ModelView) -> float:
+        inp = m.load.mean_input or 512.0
+        out = m.load.mean_output or m.batch_mean_output or 256.0
+        return inp + out / 2
+
+    def _caps(self, m: ModelView, prof: Profile, n: int) -> tuple[int, int, float]:
+        """(cap, batch cap, output tokens/s of one instance at that cap) for a mixed instance when
+        `n` instances share the interactive load."""
+        lam = max(m.load.rate_1m, m.load.rate_10m)
+        ctx = self._ctx(m)
+        kv_max = prof.max_batch_for_kv(ctx)
+        b_in = _mean_batch_input(m)
+        b_out = m.batch_mean_output or 256.0
+        if lam < self.params["idle_rate_per_s"]:
+            tps = prof.decode_tokens_per_s(kv_max, ctx)
+            return kv_max, kv_max, tps / (1 + prof.prefill_s(b_in) * tps / b_out)
+        target = m.slo.tpot_s * self.params["tpot_margin"]
+        # Beyond half an instance of prompt work the instance is overloaded: scaling fixes that,
+        # a tiny cap would only throw away throughput.
+        inter_prompt = min(m.load.prompt_tokens_1m / n, 0.5 / prof.prefill_s(1))
+        best = 8
+        for b in range(8, kv_max + 1, 8):
+            # batch prompts arrive as batch requests finish: b / (out * tpot) per second
+            tpot = prof.tpot_s(b, ctx, inter_prompt)
+            for _ in range(3):
+                prompt_rate = inter_prompt + b / (b_out * tpot) * b_in
+                tpot = prof.tpot_s(b, ctx, prompt_rate)
+            if tpot > target:
+                break
+            best = b
+        tps = best / max(prof.tpot_s(best, ctx, inter_prompt), 1e-9)
+        return best, best, tps
+
+    def _calibrated_cap(
+        self, m: ModelView, prof: Profile, i: InstanceView, cap: int, calib: dict[int, float]
+    ) -> int:
+        """Scale the cap by how much slower than predicted this instance's tokens come out."""
+        r = calib.get(i.id, 1.0)
+        if i.tpot_obs_s is not None and i.inflight > 0:
+            n = max(1, len(alive(m)))
+            pred = prof.tpot_s(
+                i.inflight, self._ctx(m), min(m.load.prompt_tokens_1m / n, 0.5 / prof.prefill_s(1))
+            )
+            r = 0.9 * r + 0.1 * min(2.0, max(0.5, i.tpot_obs_s / pred))
+            calib[i.id] = r
+        if r <= 1.15:
+            return cap
+        # Step time is roughly linear in batch size: shrink the variable part.
+        base = prof.step_s(0, 0)
+        full = prof.step_s(cap, cap * self._ctx(m))
+        allowed = full / r
+        frac = max(0.05, (allowed - base) / max(full - base, 1e-9))
+        return max(1, int(cap * frac))
+
+    # ---------------------------------------------------------------- global: instance count
+
+    def _needed(self, m: ModelView, prof: Profile, mixed_tps: float, now: float) -> tuple[int, str]:
+        p = self.params
+        ld = m.load
+        lam = max(ld.rate_1m, ld.rate_10m)
+        out_i = ld.mean_output or 128.0
+        # Interactive work in instance-seconds per second.
+        per_tok = prof.step_s(32, 32 * self._ctx(m)) / 32
+        work = lam * (prof.prefill_s(ld.mean_input) + out_i * per_tok)
+        n_load = work / p["interactive_util"]
+        n_burst = prof.prefill_s(ld.burst_prompt_tokens) / (
+            ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s
+        )
+        n_inter = max(n_load, n_burst)
+        why = f"interactive {n_load:.1f} load, {n_burst:.1f} burst"
+
+        # EDF over the batch backlog.
+        n_batch = 0.0
+        if m.backlog:
+            out_b = m.batch_mean_output or 256.0
+            per_req = out_b / max(mixed_tps, 1e-9)  # instance-seconds per batch request
+            cum = m.batch_inflight_input_tokens * 0.0
+            inflight = sum(i.inflight_batch for i in m.instances)
+            cum += inflight * per_req * 0.5
+            for g in m.backlog:
+                cum += g.requests * per_req + prof.prefill_s(g.input_tokens)
+                span = g.deadline - now - m.lead_time_s - p["deadline_margin_s"]
+                if span <= 0:
+                    n_batch = max(n_batch, float(m.max_instances))
+                    continue
+                total = (cum + work * span) / (span * p["batch_efficiency"])
+                n_batch = max(n_batch, total)
+            why += f", batch plan {n_batch:.1f}"
+        need = math.ceil(max(n_inter, n_batch) - 1e-6)
+        return max(m.min_instances, min(m.max_instances, need)), why
+
+    def _scale(
+        self, m: ModelView, need: int, now: float, low_since: dict[str, float]
+    ) -> tuple[list[Action], str]:
+        out: list[Action] = []
+        serving = alive(m)
+        # Jobs about to hit their time limit are replaced ahead of time, then drained.
+        expiring = [i for i in serving if i.ends_at is not None and i.ends_at - now < m.lead_time_s + 120]
+        have = len(serving) - len(expiring)
+        ready_expiring = [i for i in expiring if i.state is InstanceState.READY]
+        if (
+            expiring
+            and have >= need
+            and all(i.state is InstanceState.READY for i in serving if i not in expiring)
+        ):
+            out.extend(Drain(i.id) for i in ready_expiring)
+        if have < need:
+            low_since.pop(m.name, None)
+            out.append(Launch(m.name, Pool.MIXED, need - have))
+            return out, ""
+        if have > need and not any_stale(m):
+            since = low_since.setdefault(m.name, now)
+            if now - since >= self.params["scale_down_hold_s"]:
+                victim = pick_to_drain([i for i in serving if i not in expiring])
+                if victim is not None:
+                    out.append(Drain(victim.id))
+                    low_since[m.name] = now
+                    return out, f", drain {victim.id}"
+            return out, ""
+        low_since.pop(m.name, None)
+        return out, ""
+
+
+def _mean_batch_input(m: ModelView) -> float:
+    n = sum(g.requests for g in m.backlog)
+    if n == 0:
+        return m.load.mean_input or 512.0
+    return sum(g.input_tokens for g in m.backlog) / n

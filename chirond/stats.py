@@ -1,0 +1,82 @@
+"""Interactive arrival statistics kept by the proxy (and the simulator) for the policies."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chirond.model import LoadStats
+
+
+class ArrivalWindow:
+    """Per-second buckets of arrivals and prompt tokens over a sliding history."""
+
+    def __init__(self, history_s: int = 1800, burst_window_s: int = 10) -> None:
+        self.history_s = history_s
+        self.burst_window_s = burst_window_s
+        self._count = np.zeros(history_s)
+        self._tokens = np.zeros(history_s)
+        self._last_sec = 0  # the newest bucket written
+        self._mean_input = 0.0
+        self._mean_output = 0.0
+        self._n_in = 0
+        self._n_out = 0
+
+    def _roll_to(self, sec: int) -> None:
+        if sec <= self._last_sec:
+            return
+        gap = sec - self._last_sec
+        if gap >= self.history_s:
+            self._count[:] = 0
+            self._tokens[:] = 0
+        else:
+            idx = np.arange(self._last_sec + 1, sec + 1) % self.history_s
+            self._count[idx] = 0
+            self._tokens[idx] = 0
+        self._last_sec = sec
+
+    def arrival(self, now: float, input_tokens: int) -> None:
+        sec = int(now)
+        self._roll_to(sec)
+        i = sec % self.history_s
+        self._count[i] += 1
+        self._tokens[i] += input_tokens
+        self._n_in += 1
+        # Exponentially weighted, so a change of workload shows within a few hundred requests.
+        w = max(1.0 / self._n_in, 0.005)
+        self._mean_input += w * (input_tokens - self._mean_input)
+
+    def completion(self, output_tokens: int) -> None:
+        self._n_out += 1
+        w = max(1.0 / self._n_out, 0.005)
+        self._mean_output += w * (output_tokens - self._mean_output)
+
+    def stats(self, now: float, burst_history_s: int = 900) -> LoadStats:
+        sec = int(now)
+        self._roll_to(sec)
+        order = (np.arange(sec - self.history_s + 1, sec + 1)) % self.history_s
+        count = self._count[order]
+        tokens = self._tokens[order]
+        span = max(1.0, min(now, 60.0))
+        span10 = max(1.0, min(now, 600.0))
+        recent_c = count[-burst_history_s:]
+        recent_t = tokens[-burst_history_s:]
+        w = self.burst_window_s
+        if len(recent_t) >= w:
+            ct = np.concatenate([[0.0], np.cumsum(recent_t)])
+            cc = np.concatenate([[0.0], np.cumsum(recent_c)])
+            bt = ct[w:] - ct[:-w]
+            bi = int(np.argmax(bt))
+            burst_tokens, burst_reqs = float(bt[bi]), float(cc[bi + w] - cc[bi])
+        else:
+            burst_tokens, burst_reqs = float(recent_t.sum()), float(recent_c.sum())
+        return LoadStats(
+            rate_1m=float(count[-60:].sum()) / span,
+            rate_10m=float(count[-600:].sum()) / span10,
+            prompt_tokens_1m=float(tokens[-60:].sum()) / span,
+            prompt_tokens_10m=float(tokens[-600:].sum()) / span10,
+            mean_input=self._mean_input,
+            mean_output=self._mean_output,
+            burst_prompt_tokens=burst_tokens,
+            burst_requests=burst_reqs,
+            burst_window_s=float(w),
+        )
