@@ -26,7 +26,7 @@ import heapq
 import math
 from collections import deque
 
-from chirond.model import Request
+from chirond.model import ReqClass, Request
 from chirond.profiles import Profile
 
 
@@ -45,15 +45,25 @@ class Seq:
 
 
 class Engine:
-    def __init__(self, profile: Profile, max_num_seqs: int | None = None) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        priority: bool = False,
+    ) -> None:
+        """`priority` models `--scheduling-policy priority` with interactive requests at the higher
+        priority: they are admitted first, their prompts get the step's token budget first, and
+        KV preemption picks batch requests first."""
         p = profile
         self.profile = p
         self.max_num_seqs = max_num_seqs or p.max_num_seqs
+        self.priority = priority
         self._a = p.a_ms / 1000.0
         self._b = p.b_ms_per_seq / 1000.0
         self._c = p.c_ms_per_1k_ctx / 1e6  # per context token
         self._p = p.prefill_ms_per_token / 1000.0
-        self._budget = p.max_num_batched_tokens
+        self._budget = max_num_batched_tokens or p.max_num_batched_tokens
         self._kv_cap = float(p.kv_capacity_tokens)
         self._half_block = p.block_tokens / 2.0
 
@@ -64,6 +74,7 @@ class Engine:
         self._prefilling: list[Seq] = []
         self._kv_pf = 0  # KV tokens reserved by prompts being prefilled
         self._waiting: deque[Seq] = deque()
+        self._waiting_hi: deque[Seq] = deque()  # interactive, under priority scheduling
         self._seqs: dict[int, Seq] = {}  # request id -> seq, for aborts
         self._admitted = 0
         self._dirty = False  # submits or aborts since the segment was planned
@@ -91,7 +102,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._waiting_hi)
 
     @property
     def kv_used_tokens(self) -> float:
@@ -109,8 +120,13 @@ class Engine:
     def submit(self, req: Request) -> None:
         s = Seq(req)
         self._seqs[req.id] = s
-        self._waiting.append(s)
+        self._queue_of(s).append(s)
         self._dirty = True
+
+    def _queue_of(self, s: Seq) -> deque[Seq]:
+        if self.priority and s.req.cls is ReqClass.INTERACTIVE:
+            return self._waiting_hi
+        return self._waiting
 
     def abort(self, req: Request) -> bool:
         """Drop a request; its work is lost. Returns False if it is not here."""
@@ -202,6 +218,8 @@ class Engine:
             self._prefilling = [s for s in self._prefilling if s.alive]
         if any(not s.alive for s in self._waiting):
             self._waiting = deque(s for s in self._waiting if s.alive)
+        if any(not s.alive for s in self._waiting_hi):
+            self._waiting_hi = deque(s for s in self._waiting_hi if s.alive)
         # Dead decoders leave the counts now; their heap entries are skipped lazily.
         dead = [e for e in self._decoders if not e[2].alive]
         if dead:
@@ -215,9 +233,12 @@ class Engine:
         if self._dirty:
             self._drop_aborted()
             self._dirty = False
-        # Admission, FCFS, while there is a running slot and KV room for the whole prompt.
-        waiting = self._waiting
-        while waiting and self.running < self.max_num_seqs:
+        # Admission, FCFS (interactive first under priority), while there is a running slot and
+        # KV room for the whole prompt.
+        while self.running < self.max_num_seqs:
+            waiting = self._waiting_hi or self._waiting
+            if not waiting:
+                break
             s = waiting[0]
             if self.kv_used_tokens + s.prefill_len + self._half_block > self._kv_cap and self.running:
                 break
@@ -233,7 +254,11 @@ class Engine:
             budget = max(1, self._budget - n)
             chunks: list[tuple[Seq, int]] = []
             tokens = 0
-            for s in self._prefilling:
+            order = self._prefilling
+            if self.priority:
+                hi = ReqClass.INTERACTIVE
+                order = [s for s in order if s.req.cls is hi] + [s for s in order if s.req.cls is not hi]
+            for s in order:
                 c = min(s.prefill_len - s.computed, budget - tokens)
                 if c <= 0:
                     break
@@ -262,15 +287,19 @@ class Engine:
         return True
 
     def _preempt_newest(self) -> None:
-        """vLLM V1 under FCFS preempts the last request it scheduled; it restarts by recompute."""
-        entry = max(self._decoders, key=lambda e: e[1] if e[2].alive else -1)
+        """vLLM V1 under FCFS preempts the last request it scheduled (under priority, the last
+        batch one first); it restarts by recompute."""
+        if self.priority:
+            entry = max(self._decoders, key=lambda e: (e[2].req.cls is not ReqClass.INTERACTIVE, e[1]))
+        else:
+            entry = max(self._decoders, key=lambda e: e[1])
         s = entry[2]
         self._decoders.remove(entry)
         heapq.heapify(self._decoders)
         self._leave_decoders(s)
         s.prefill_len = s.req.input_tokens + s.generated
         s.computed = 0
-        self._waiting.appendleft(s)
+        self._queue_of(s).appendleft(s)
         self.num_preemptions += 1
 
     def _dur(self, k: int) -> float:

@@ -215,6 +215,16 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineArgs:
+    """The engine flags a policy asks for when it launches an instance (vLLM: --max-num-seqs,
+    --max-num-batched-tokens, --scheduling-policy priority with interactive requests first)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    priority: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchRules:
     """How the dispatcher serves queues for a policy (fixed per policy)."""
 

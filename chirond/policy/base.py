@@ -6,7 +6,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
-from chirond.model import Decision, DispatchRules, InstanceState, InstanceView, ModelView, Pool, Snapshot
+from chirond.model import (
+    Decision,
+    DispatchRules,
+    EngineArgs,
+    InstanceState,
+    InstanceView,
+    ModelView,
+    Pool,
+    Slo,
+    Snapshot,
+)
 from chirond.profiles import Profile
 
 
@@ -34,6 +44,11 @@ class Policy(ABC):
 
     def initial_instances(self, model: str, initial: int, static: int) -> int:
         return initial
+
+    def engine_args(self, model: str, slo: Slo) -> EngineArgs:
+        """Engine flags for new instances of `model` (vLLM's defaults unless a policy knows better)."""
+        prof = self.profiles[model]
+        return EngineArgs(prof.max_num_seqs, prof.max_num_batched_tokens, priority=False)
 
     @abstractmethod
     def plan(self, snap: Snapshot, state: object) -> Decision:

@@ -6,9 +6,10 @@ request needs the slot. Each tick, per model:
 
 1. Local batch cap, computed, not searched: the largest batch whose predicted TPOT (the profile's
    step time, stretched by the prompt work the instance also does) stays under `tpot_margin` x
-   SLO, corrected by each instance's observed/predicted TPOT ratio (so one tick converges). With no
-   interactive traffic the cap is the throughput-optimal one (KV-bound). A few slots per instance
-   stay reserved for interactive arrivals, so batch work is rarely preempted.
+   SLO; it holds from the first tick. With no interactive traffic the cap is the
+   throughput-optimal one (KV-bound). A few slots per instance stay reserved for interactive
+   arrivals, so batch work is rarely preempted. Engine flags come from the profile too: priority
+   scheduling and a prefill chunk sized to the TPOT SLO (see `engine_args`).
 2. Interactive capacity: the work (prefill + decode seconds per second) of the recent arrival rate,
    at `interactive_util`, and enough to clear the largest prompt burst seen in the last 15 minutes
    within its window plus half the TTFT. Sizing from observed burstiness, not a fixed 0.6.
@@ -31,6 +32,7 @@ from chirond.model import (
     Decision,
     DispatchRules,
     Drain,
+    EngineArgs,
     InstanceState,
     InstanceView,
     Launch,
@@ -39,6 +41,7 @@ from chirond.model import (
     Pool,
     Routing,
     SetBatchCap,
+    Slo,
     Snapshot,
 )
 from chirond.policy.base import Policy, alive, any_stale, pick_to_drain
@@ -47,7 +50,6 @@ from chirond.profiles import Profile
 
 @dataclass(frozen=True)
 class ChirondState:
-    calib: dict[int, float]  # instance -> observed/predicted TPOT
     low_since: dict[str, float]  # model -> since when the plan asks for fewer instances
 
 
@@ -66,9 +68,19 @@ class ChirondPolicy(Policy):
         "idle_rate_per_s": 0.01,
     }
 
+    def engine_args(self, model: str, slo: Slo) -> EngineArgs:
+        """Priority scheduling (interactive prompts first inside the engine), and a prefill chunk
+        small enough that a step carrying a full chunk beside a typical batch still meets the
+        TPOT SLO: short interactive answers otherwise eat whole 2048-token chunks of others'
+        prompts between their tokens. Decoding shares each step's fixed cost, so mixed instances
+        lose almost no throughput to smaller chunks."""
+        prof = self.profiles[model]
+        typical = prof.step_s(64, 64 * 1024)
+        chunk = int((slo.tpot_s - typical) / prof.prefill_s(1)) // 256 * 256
+        return EngineArgs(prof.max_num_seqs, max(256, min(prof.max_num_batched_tokens, chunk)), priority=True)
+
     def plan(self, snap: Snapshot, state: object) -> Decision:
-        st = state if isinstance(state, ChirondState) else ChirondState({}, {})
-        calib = dict(st.calib)
+        st = state if isinstance(state, ChirondState) else ChirondState({})
         low_since = dict(st.low_since)
         actions: list[Action] = []
         reasons: list[str] = []
@@ -83,7 +95,7 @@ class ChirondPolicy(Policy):
             for i in m.instances:
                 if i.state is not InstanceState.READY:
                     continue
-                c = self._calibrated_cap(m, prof, i, cap, calib)
+                c = cap
                 bc = max(0, min(batch_cap, c - int(self.params["reserve_slots"])))
                 if (c, bc) != (i.cap, i.batch_cap):
                     actions.append(SetBatchCap(i.id, c, bc))
@@ -91,9 +103,7 @@ class ChirondPolicy(Policy):
             actions.extend(acts)
             if acts or note:
                 reasons.append(f"{m.name}: need {need} ({why}){note}")
-        live = {i.id for m in snap.models for i in m.instances}
-        calib = {k: v for k, v in calib.items() if k in live}
-        return Decision(tuple(actions), "; ".join(reasons) or "hold", ChirondState(calib, low_since))
+        return Decision(tuple(actions), "; ".join(reasons) or "hold", ChirondState(low_since))
 
     # ---------------------------------------------------------------- local: batch caps
 
@@ -129,27 +139,6 @@ class ChirondPolicy(Policy):
             best = b
         tps = best / max(prof.tpot_s(best, ctx, inter_prompt), 1e-9)
         return best, best, tps
-
-    def _calibrated_cap(
-        self, m: ModelView, prof: Profile, i: InstanceView, cap: int, calib: dict[int, float]
-    ) -> int:
-        """Scale the cap by how much slower than predicted this instance's tokens come out."""
-        r = calib.get(i.id, 1.0)
-        if i.tpot_obs_s is not None and i.inflight > 0:
-            n = max(1, len(alive(m)))
-            pred = prof.tpot_s(
-                i.inflight, self._ctx(m), min(m.load.prompt_tokens_1m / n, 0.5 / prof.prefill_s(1))
-            )
-            r = 0.9 * r + 0.1 * min(2.0, max(0.5, i.tpot_obs_s / pred))
-            calib[i.id] = r
-        if r <= 1.15:
-            return cap
-        # Step time is roughly linear in batch size: shrink the variable part.
-        base = prof.step_s(0, 0)
-        full = prof.step_s(cap, cap * self._ctx(m))
-        allowed = full / r
-        frac = max(0.05, (allowed - base) / max(full - base, 1e-9))
-        return max(1, int(cap * frac))
 
     # ---------------------------------------------------------------- global: instance count
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -110,12 +110,13 @@ def compare(
     traces: Mapping[str, Path] | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    on_done: Callable[[str, int, int], None] | None = None,
 ) -> list[RunResult]:
     """Run every policy (a sweep name expands into its runs) and return one result per name."""
     for p in policies:
         if p not in REGISTRY and p not in SWEEPS:
             raise ScenarioError(f"unknown policy {p!r}; known: {', '.join(names())}")
-    tasks: list[tuple[Scenario, str, dict[str, object], int | None, Mapping[str, Path] | None, str]] = []
+    tasks: list[_Task] = []
     for p in policies:
         if p == "llumnix-tuned":
             for u in LLUMNIX_SWEEP_U:
@@ -124,14 +125,20 @@ def compare(
         else:
             tasks.append((sc, p, {}, seed, traces, p))
     jobs = jobs or min(len(tasks), os.cpu_count() or 1)
-    if jobs > 1 and progress is None:
+    if jobs > 1:
+        results = []
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_job, tasks))
+            futures = [pool.submit(_job, t) for t in tasks]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                if on_done is not None:
+                    on_done(results[-1].policy, len(results), len(tasks))
     else:
-        results = [
-            run_one(sc, pol, params, seed=s, traces=t, label=label, progress=progress)
-            for sc, pol, params, s, t, label in tasks
-        ]
+        results = []
+        for sc_, pol, params, s, t, label in tasks:
+            results.append(run_one(sc_, pol, params, seed=s, traces=t, label=label, progress=progress))
+            if on_done is not None:
+                on_done(label, len(results), len(tasks))
     out: list[RunResult] = []
     for p in policies:
         if p == "llumnix-tuned":

@@ -152,9 +152,9 @@ class Simulation:
         else:
             job = self.cluster.submit(gpus, now)
             self._push(job.eligible_at, _CLUSTER)
-        inst = SimInstance(
-            self._next_inst, model, pool, gpus, job, InstanceState.PENDING, now, Engine(setup.profile)
-        )
+        args = self.policy.engine_args(model, setup.slo)
+        engine = Engine(setup.profile, args.max_num_seqs, args.max_num_batched_tokens, args.priority)
+        inst = SimInstance(self._next_inst, model, pool, gpus, job, InstanceState.PENDING, now, engine)
         self._next_inst += 1
         self.instances[inst.id] = inst
         if ready:

@@ -1,0 +1,157 @@
+"""Command lines: `chirond` (the service side) and `chiron` (for users and admins)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from chirond import __version__
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from chirond.sim.compare import compare
+    from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_summary
+    from chirond.sim.scenario import ScenarioError, load_scenario
+
+    console = Console(stderr=False)
+    try:
+        sc = load_scenario(args.scenario)
+        traces: dict[str, Path] = {}
+        for item in args.trace or []:
+            model, sep, file = item.partition("=")
+            if not sep or not model or not file:
+                raise ScenarioError(f"--trace {item!r}: expected MODEL=FILE")
+            traces[model] = Path(file)
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else list(sc.policies)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(f"simulating {sc.name}", total=1)
+
+            def on_done(label: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, description=f"{sc.name}: {label} done")
+
+            def progress(label: str, t: float, horizon: float) -> None:
+                bar.update(task, description=f"{sc.name}: {label} at {t / 60:.0f} min")
+
+            results = compare(
+                sc,
+                policies,
+                seed=args.seed,
+                traces=traces or None,
+                jobs=args.jobs,
+                progress=progress if args.jobs == 1 else None,
+                on_done=on_done,
+            )
+    except (ScenarioError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summaries = [summarize(r) for r in results]
+    print_table(summaries, console, title=f"{sc.name} (seed {results[0].seed})")
+    if args.out:
+        out = Path(args.out)
+        path = write_summary(summaries, out)
+        plots = [] if args.no_plots else write_plots(results, out)
+        write_markdown(summaries, out / "summary.md", plots)
+        (out / "decisions.log").write_text(
+            "\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n"
+        )
+        console.print(f"wrote {path}, {out / 'summary.md'}, decisions.log and {len(plots)} plots in {out}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from chirond.profiles import ProfileError, load_profile
+
+    try:
+        prof = load_profile(args.profile)
+    except ProfileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ctx = args.input_tokens + args.output_tokens / 2
+    kv_max = prof.max_batch_for_kv(ctx)
+    t = Table(title=f"{prof.name}: {prof.model} on {prof.tensor_parallel}x {prof.gpu}, mean context {ctx:.0f}")
+    for col in ("batch", "step ms", "TPOT ms (no prefill)", "output tok/s", "meets TPOT SLO"):
+        t.add_column(col, justify="right")
+    sizes = sorted({1, 8, 16, 32, 64, 128, 192, 256, kv_max, prof.max_num_seqs})
+    for b in sizes:
+        if b > prof.max_num_seqs:
+            continue
+        step = prof.step_s(b, b * ctx)
+        ok = "" if args.tpot_slo_s is None else ("yes" if step <= args.tpot_slo_s else "no")
+        t.add_row(str(b), f"{step * 1000:.1f}", f"{step * 1000:.1f}", f"{b / step:,.0f}", ok)
+    console = Console()
+    console.print(t)
+    console.print(
+        f"prefill {prof.prefill_ms_per_token} ms/token; KV holds {prof.kv_capacity_tokens:,} tokens "
+        f"(batch of {kv_max} at this context); cold start {prof.cold_start_s:.0f} s "
+        f"({prof.weights_gb} GB at {prof.storage_gbps} GB/s + {prof.engine_init_s:.0f} s init)"
+    )
+    return 0
+
+
+def chirond_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="chirond",
+        description="SLO-aware autoscaler and OpenAI-compatible gateway for LLM inference on Slurm.",
+    )
+    ap.add_argument("--version", action="version", version=f"chirond {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser(
+        "simulate",
+        help="compare scaling policies on a scenario with the discrete-event simulator",
+        description=(
+            "Run scaling policies side by side on one scenario (a TOML file, see benchmarks/scenarios/): "
+            "same workload, same simulated Slurm partition, the daemon's own dispatcher and policy code. "
+            "Prints a table; with --out, writes summary.json, summary.md, decisions.log and PNG plots."
+        ),
+    )
+    s.add_argument("scenario", help="scenario TOML file")
+    s.add_argument("--policies", help="comma-separated, default: the scenario's [policies] run list")
+    s.add_argument("--seed", type=int, help="override the scenario's seed (same seed, same numbers)")
+    s.add_argument("--out", help="directory for summary.json and plots")
+    s.add_argument(
+        "--trace",
+        action="append",
+        metavar="MODEL=FILE",
+        help="replace MODEL's interactive arrivals with a trace (CSV or JSONL: arrival_s, input_tokens, "
+        "output_tokens[, class, deadline_s]); repeatable",
+    )
+    s.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per CPU)")
+    s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    s.set_defaults(func=_simulate)
+    args = ap.parse_args(argv)
+    return int(args.func(args))
+
+
+def chiron_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="chiron", description="chirond's user and admin tool.")
+    ap.add_argument("--version", action="version", version=f"chiron {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser(
+        "profile",
+        help="show what a performance profile predicts (step time, throughput, SLO fit per batch size)",
+    )
+    p.add_argument("profile", help="profile TOML file (profiles/*.toml)")
+    p.add_argument("--input-tokens", type=float, default=1024, help="mean prompt length (default 1024)")
+    p.add_argument("--output-tokens", type=float, default=256, help="mean output length (default 256)")
+    p.add_argument("--tpot-slo-s", type=float, default=None, help="mark the batch sizes that meet this TPOT")
+    p.set_defaults(func=_profile)
+    args = ap.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(chirond_main())
