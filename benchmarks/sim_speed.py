@@ -32,12 +32,22 @@ def one(scenario: str, policy: str) -> None:
     wall = time.perf_counter() - t0
     s = summarize(res)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({
-        "scenario": sc.name, "policy": policy, "wall_s": wall, "sim_wall_s": res.wall_s,
-        "requests": int(s["requests"]), "events": res.events, "peak_rss_mb": rss_mb,
-        "interactive_attainment": s["interactive_attainment"], "batch_attainment": s["batch_attainment"],
-        "gpu_hours": s["gpu_hours"],
-    }))
+    print(
+        json.dumps(
+            {
+                "scenario": sc.name,
+                "policy": policy,
+                "wall_s": wall,
+                "sim_wall_s": res.wall_s,
+                "requests": int(s["requests"]),
+                "events": res.events,
+                "peak_rss_mb": rss_mb,
+                "interactive_attainment": s["interactive_attainment"],
+                "batch_attainment": s["batch_attainment"],
+                "gpu_hours": s["gpu_hours"],
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -81,7 +91,8 @@ def main() -> int:
         f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/sim_speed.py` on {platform.machine()}, "
         f"Python {platform.python_version()}, one process per run (llumnix-tuned = 5 runs in one process).",
         "",
-        "| scenario | policy | wall s (total) | wall s (simulation) | requests | requests / wall s | events | peak RSS MB |",
+        "| scenario | policy | wall s (total) | wall s (simulation) | requests | requests / wall s "
+        "| events | peak RSS MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -92,7 +103,7 @@ def main() -> int:
     lines.append(END)
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
     if BEGIN in text:
-        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) :]
     else:
         text += "\n## Simulator speed\n\n" + "\n".join(lines) + "\n"
     DOC.write_text(text)

@@ -63,9 +63,7 @@ def _simulate(args: argparse.Namespace) -> int:
         path = write_summary(summaries, out)
         plots = [] if args.no_plots else write_plots(results, out)
         write_markdown(summaries, out / "summary.md", plots)
-        (out / "decisions.log").write_text(
-            "\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n"
-        )
+        (out / "decisions.log").write_text("\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n")
         console.print(f"wrote {path}, {out / 'summary.md'}, decisions.log and {len(plots)} plots in {out}")
     return 0
 

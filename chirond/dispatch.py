@@ -102,15 +102,11 @@ class Dispatcher:
         return min(times) if times else None
 
     def backlog(self, model: str) -> tuple[BacklogGroup, ...]:
-        return tuple(
-            BacklogGroup(d, n, tok) for d, (n, tok) in sorted(self.queues[model].backlog.items()) if n > 0
-        )
+        return tuple(BacklogGroup(d, n, tok) for d, (n, tok) in sorted(self.queues[model].backlog.items()) if n > 0)
 
     # ---------------------------------------------------------------- instances
 
-    def add_instance(
-        self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int | None = None
-    ) -> None:
+    def add_instance(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int | None = None) -> None:
         slot = Slot(inst_id, model, pool, cap, cap if batch_cap is None else batch_cap)
         self.slots[inst_id] = slot
         self.queues[model].slots.append(slot)

@@ -22,9 +22,7 @@ def names() -> list[str]:
     return [*REGISTRY, *SWEEPS]
 
 
-def make_policy(
-    name: str, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None
-) -> Policy:
+def make_policy(name: str, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> Policy:
     try:
         cls = REGISTRY[name]
     except KeyError:

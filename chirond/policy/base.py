@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import ClassVar
 
 from chirond.model import (
     Decision,
@@ -24,7 +25,7 @@ class Policy(ABC):
     name: str = ""
     rules: DispatchRules = DispatchRules()
     initial_pool: Pool = Pool.INTERACTIVE  # pool of the instances present when the run starts
-    defaults: Mapping[str, float] = {}
+    defaults: ClassVar[dict[str, float]] = {}
 
     def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
         self.profiles = dict(profiles)

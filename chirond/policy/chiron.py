@@ -18,6 +18,7 @@ docs/policies.md from its abstract, the authors' QLM code and SageServe's re-imp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from chirond.model import (
     Action,
@@ -44,11 +45,9 @@ class ChironState:
 
 class ChironPolicy(Policy):
     name = "chiron"
-    rules = DispatchRules(
-        routing=Routing.POOLS, ordering=Ordering.PRIORITY, preempt_batch=True, pack_interactive=True
-    )
+    rules = DispatchRules(routing=Routing.POOLS, ordering=Ordering.PRIORITY, preempt_batch=True, pack_interactive=True)
     initial_pool = Pool.INTERACTIVE
-    defaults = {
+    defaults: ClassVar[dict[str, float]] = {
         "initial_cap": 32.0,
         "cap_step": 8.0,
         "cap_decrease": 0.75,
@@ -99,9 +98,7 @@ class ChironPolicy(Policy):
             cap = i.cap
             if i.tpot_obs_s is not None and i.tpot_obs_s > m.slo.tpot_s:
                 cap = max(1, int(cap * p["cap_decrease"]))
-            elif i.inflight >= 0.9 * i.cap and (
-                i.tpot_obs_s is None or i.tpot_obs_s < p["slack"] * m.slo.tpot_s
-            ):
+            elif i.inflight >= 0.9 * i.cap and (i.tpot_obs_s is None or i.tpot_obs_s < p["slack"] * m.slo.tpot_s):
                 cap = min(ceiling, cap + int(p["cap_step"]))
             if cap != i.cap:
                 out.append(SetBatchCap(i.id, cap))

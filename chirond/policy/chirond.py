@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from chirond.model import (
     Action,
@@ -34,7 +35,6 @@ from chirond.model import (
     Drain,
     EngineArgs,
     InstanceState,
-    InstanceView,
     Launch,
     ModelView,
     Ordering,
@@ -57,7 +57,7 @@ class ChirondPolicy(Policy):
     name = "chirond"
     rules = DispatchRules(routing=Routing.POOLS, ordering=Ordering.SLO, preempt_batch=True)
     initial_pool = Pool.MIXED
-    defaults = {
+    defaults: ClassVar[dict[str, float]] = {
         "tpot_margin": 0.8,
         "interactive_util": 0.7,
         "burst_ttft_share": 0.5,
@@ -151,9 +151,7 @@ class ChirondPolicy(Policy):
         per_tok = prof.step_s(32, 32 * self._ctx(m)) / 32
         work = lam * (prof.prefill_s(ld.mean_input) + out_i * per_tok)
         n_load = work / p["interactive_util"]
-        n_burst = prof.prefill_s(ld.burst_prompt_tokens) / (
-            ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s
-        )
+        n_burst = prof.prefill_s(ld.burst_prompt_tokens) / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
         n_inter = max(n_load, n_burst)
         why = f"interactive {n_load:.1f} load, {n_burst:.1f} burst"
 
@@ -177,20 +175,14 @@ class ChirondPolicy(Policy):
         need = math.ceil(max(n_inter, n_batch) - 1e-6)
         return max(m.min_instances, min(m.max_instances, need)), why
 
-    def _scale(
-        self, m: ModelView, need: int, now: float, low_since: dict[str, float]
-    ) -> tuple[list[Action], str]:
+    def _scale(self, m: ModelView, need: int, now: float, low_since: dict[str, float]) -> tuple[list[Action], str]:
         out: list[Action] = []
         serving = alive(m)
         # Jobs about to hit their time limit are replaced ahead of time, then drained.
         expiring = [i for i in serving if i.ends_at is not None and i.ends_at - now < m.lead_time_s + 120]
         have = len(serving) - len(expiring)
         ready_expiring = [i for i in expiring if i.state is InstanceState.READY]
-        if (
-            expiring
-            and have >= need
-            and all(i.state is InstanceState.READY for i in serving if i not in expiring)
-        ):
+        if expiring and have >= need and all(i.state is InstanceState.READY for i in serving if i not in expiring):
             out.extend(Drain(i.id) for i in ready_expiring)
         if have < need:
             low_since.pop(m.name, None)

@@ -8,6 +8,7 @@ vLLM's default. Untuned: U=10, D=60. `llumnix-tuned` sweeps U (see `chirond.sim.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from chirond.model import (
     Decision,
@@ -50,7 +51,11 @@ class LlumnixPolicy(Policy):
     name = "llumnix"
     rules = DispatchRules(routing=Routing.SHARED, ordering=Ordering.PRIORITY, preempt_batch=False)
     initial_pool = Pool.MIXED
-    defaults = {"scale_up_below": 10.0, "scale_down_above": 60.0, "interval_s": 10.0}
+    defaults: ClassVar[dict[str, float]] = {
+        "scale_up_below": 10.0,
+        "scale_down_above": 60.0,
+        "interval_s": 10.0,
+    }
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
         st = state if isinstance(state, LlumnixState) else LlumnixState({})

@@ -119,9 +119,7 @@ class SimCluster:
         """The node goes down: the jobs on it are lost (the caller ends them)."""
         node = self.nodes[index]
         node.up = False
-        return [
-            j for j in self.jobs.values() if j.node == index and j.ended is None and j.started is not None
-        ]
+        return [j for j in self.jobs.values() if j.node == index and j.ended is None and j.started is not None]
 
     def restore_node(self, index: int) -> None:
         self.nodes[index].up = True

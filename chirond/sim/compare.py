@@ -95,9 +95,10 @@ def _score(s: dict[str, object]) -> tuple[float, float]:
     return (round(att / 0.005), -float(s["gpu_hours"]))  # type: ignore[arg-type]
 
 
-def _job(
-    args: tuple[Scenario, str, dict[str, object], int | None, Mapping[str, Path] | None, str],
-) -> RunResult:
+_Task = tuple[Scenario, str, dict[str, object], int | None, Mapping[str, Path] | None, str]
+
+
+def _job(args: _Task) -> RunResult:
     sc, policy, params, seed, traces, label = args
     return run_one(sc, policy, params, seed=seed, traces=traces, label=label)
 
@@ -120,7 +121,7 @@ def compare(
     for p in policies:
         if p == "llumnix-tuned":
             for u in LLUMNIX_SWEEP_U:
-                params = {"scale_up_below": u, "scale_down_above": u + 50}
+                params: dict[str, object] = {"scale_up_below": u, "scale_down_above": u + 50}
                 tasks.append((sc, "llumnix", params, seed, traces, f"llumnix-tuned U={u:g}"))
         else:
             tasks.append((sc, p, {}, seed, traces, p))
@@ -135,8 +136,8 @@ def compare(
                     on_done(results[-1].policy, len(results), len(tasks))
     else:
         results = []
-        for sc_, pol, params, s, t, label in tasks:
-            results.append(run_one(sc_, pol, params, seed=s, traces=t, label=label, progress=progress))
+        for sc_, pol, task_params, s, t, label in tasks:
+            results.append(run_one(sc_, pol, task_params, seed=s, traces=t, label=label, progress=progress))
             if on_done is not None:
                 on_done(label, len(results), len(tasks))
     out: list[RunResult] = []

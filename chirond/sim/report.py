@@ -91,9 +91,7 @@ class _Metrics:
         self.finished = ~np.isnan(self.finish)
         # NaN compares false, so never-served requests are misses.
         if len(result.models):
-            self.int_met = (
-                self.interactive & (self.ttft <= ttft_slo[self.model]) & (self.tpot <= tpot_slo[self.model])
-            )
+            self.int_met = self.interactive & (self.ttft <= ttft_slo[self.model]) & (self.tpot <= tpot_slo[self.model])
         else:
             self.int_met = np.zeros(self.cls.shape, dtype=bool)
         # A batch request without a deadline meets it by finishing at all.
@@ -191,9 +189,7 @@ _COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
 ]
 
 
-def _best(
-    summaries: Sequence[dict[str, Any]], key: str, pick: Callable[[list[float]], float]
-) -> float | None:
+def _best(summaries: Sequence[dict[str, Any]], key: str, pick: Callable[[list[float]], float]) -> float | None:
     vals = [float(s[key]) for s in summaries if s.get(key) is not None]
     return pick(vals) if vals else None
 
@@ -234,10 +230,7 @@ def print_table(summaries: list[dict[str, Any]], console: Console | None = None,
     for i, (header, _, _) in enumerate(_COLUMNS):
         table.add_column(header, justify="left" if i == 0 else "right", overflow="fold")
     for cells, marks in zip(rows, _highlights(summaries), strict=True):
-        styled = [
-            f"[bold green]{c}[/]" if key in marks else c
-            for c, (_, key, _) in zip(cells, _COLUMNS, strict=True)
-        ]
+        styled = [f"[bold green]{c}[/]" if key in marks else c for c, (_, key, _) in zip(cells, _COLUMNS, strict=True)]
         table.add_row(*styled)
     console.print(table)
     console.print(_lower_bound_line(summaries))

@@ -302,9 +302,10 @@ class Simulation:
                     self.instances[iid].engine.abort(r)
                     self._touched.add(iid)
                 for r in assigned:
-                    inst = self.instances[r.instance]  # type: ignore[index]
-                    inst.engine.submit(r)
-                    self._touched.add(inst.id)
+                    target = r.instance
+                    assert target is not None
+                    self.instances[target].engine.submit(r)
+                    self._touched.add(target)
             self._dirty.clear()
         if self._touched:
             for iid in self._touched:
@@ -472,7 +473,7 @@ class Simulation:
         def col(f: Callable[[Request], float | None]) -> np.ndarray:
             return np.array([nan if (v := f(r)) is None else v for r in reqs], dtype=np.float64)
 
-        requests = {
+        requests: dict[str, np.ndarray] = {
             "model": np.array([index[r.model] for r in reqs], dtype=np.int16),
             "cls": np.array([0 if r.cls is ReqClass.INTERACTIVE else 1 for r in reqs], dtype=np.int8),
             "arrival": col(lambda r: r.arrival),

@@ -126,9 +126,7 @@ def _show(v: object) -> str:
 class _Table:
     """A TOML table being validated: knows its file and key path, rejects unknown keys."""
 
-    def __init__(
-        self, file: Path, key: str, data: object, valid: tuple[str, ...], *, model: bool = False
-    ) -> None:
+    def __init__(self, file: Path, key: str, data: object, valid: tuple[str, ...], *, model: bool = False) -> None:
         self.file = file
         self.key = key
         if not isinstance(data, dict):
@@ -425,9 +423,7 @@ def _points(t: _Table) -> tuple[tuple[float, float], ...]:
             or len(pt) != 2
             or any(isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x < math.inf for x in pt)
         ):
-            t.fail_at(
-                f"{t.path_of('points')}[{i}]", f"must be [t_s, rate_per_s] (both >= 0), got {_show(pt)}"
-            )
+            t.fail_at(f"{t.path_of('points')}[{i}]", f"must be [t_s, rate_per_s] (both >= 0), got {_show(pt)}")
         if out and pt[0] <= out[-1][0]:
             t.fail_at(
                 f"{t.path_of('points')}[{i}]",
@@ -473,9 +469,7 @@ def build_workload(
     names = [m.name for m in scenario.models]
     for name in overrides:
         if name not in names:
-            raise ScenarioError(
-                f"{scenario.path}: --trace {name}: unknown model {name!r} (models: {', '.join(names)})"
-            )
+            raise ScenarioError(f"{scenario.path}: --trace {name}: unknown model {name!r} (models: {', '.join(names)})")
     base = int(rng.integers(0, 2**63))
     out: dict[str, list[Request]] = {}
     next_id = 0
@@ -512,13 +506,9 @@ def _generate(w: WorkloadSpec, model: str, rng: np.random.Generator) -> list[Req
             deadline_s=deadline,
         )
     if w.kind == "trace":
-        return wl.load_trace(
-            p["path"], model=model, default_cls=w.cls, start_s=start, default_deadline_s=deadline
-        )
+        return wl.load_trace(p["path"], model=model, default_cls=w.cls, start_s=start, default_deadline_s=deadline)
     if w.kind == "backlog":
-        return wl.batch_backlog(
-            rng, p["requests"], model=model, at_s=start, deadline_s=deadline, lengths=p["lengths"]
-        )
+        return wl.batch_backlog(rng, p["requests"], model=model, at_s=start, deadline_s=deadline, lengths=p["lengths"])
     if w.kind == "poisson":
         arrivals = wl.poisson_arrivals(rng, p["rate_per_s"], p["duration_s"], start)
     elif w.kind == "gamma":

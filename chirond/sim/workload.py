@@ -337,9 +337,7 @@ def load_azure_csv(
     arrivals = (t - t.min()) / time_scale + start_s
     out_arr = np.maximum(np.asarray(outs, dtype=np.int64), 1)  # 0 generated tokens: still one step
     order = np.argsort(arrivals, kind="stable")
-    return make_requests(
-        model, cls, arrivals[order], np.asarray(ins)[order], out_arr[order], deadline_s=deadline_s
-    )
+    return make_requests(model, cls, arrivals[order], np.asarray(ins)[order], out_arr[order], deadline_s=deadline_s)
 
 
 def _open_text(path: str | Path) -> TextIO:
@@ -426,9 +424,7 @@ def load_trace(
             _fail(p, None, f"cannot read: {e}")
     if not text.strip():
         _fail(p, 1, "empty file")
-    rows: Iterator[tuple[int, dict[str, object]]] = (
-        _jsonl_rows(p, text) if _is_jsonl(p, text) else _csv_rows(p, text)
-    )
+    rows: Iterator[tuple[int, dict[str, object]]] = _jsonl_rows(p, text) if _is_jsonl(p, text) else _csv_rows(p, text)
     arrivals: list[float] = []
     ins: list[int] = []
     outs: list[int] = []

@@ -161,10 +161,7 @@ def test_summary_matches_per_request_definition() -> None:
     finish[~served | (rng.random(n) < 0.05)] = NAN
     deadline = np.where(cls == 1, arrival + rng.uniform(0, 10, n), NAN)
     model = rng.integers(0, 2, n)
-    rows = [
-        (int(model[i]), int(cls[i]), arrival[i], first[i], finish[i], deadline[i], int(out[i]))
-        for i in range(n)
-    ]
+    rows = [(int(model[i]), int(cls[i]), arrival[i], first[i], finish[i], deadline[i], int(out[i])) for i in range(n)]
     run = _run(rows=rows)
     s = summarize(run)
 

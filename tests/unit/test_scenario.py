@@ -256,9 +256,7 @@ def test_trace_override(write: Writer, tmp_path: Path) -> None:
     trace.write_text('{"arrival_s": 5, "input_tokens": 9, "output_tokens": 3}\n')
     reqs = build_workload(s, np.random.default_rng(0), trace_overrides={"llama-8b": trace})["llama-8b"]
     # the poisson entry is replaced; the batch backlog stays
-    assert [(r.cls, r.input_tokens) for r in reqs if r.cls is ReqClass.INTERACTIVE] == [
-        (ReqClass.INTERACTIVE, 9)
-    ]
+    assert [(r.cls, r.input_tokens) for r in reqs if r.cls is ReqClass.INTERACTIVE] == [(ReqClass.INTERACTIVE, 9)]
     assert sum(r.cls is ReqClass.BATCH for r in reqs) == 10
     assert sorted(r.id for r in reqs) == list(range(11))
 
@@ -280,8 +278,7 @@ def test_batch_trace_uses_entry_deadline_as_default(write: Writer, tmp_path: Pat
     (tmp_path / "scenarios" / "b.csv").write_text("arrival_s,input_tokens,output_tokens\n10,1,1\n")
     s = load_scenario(
         write(
-            BASE + '\n[[models.llama-8b.workload]]\nkind = "trace"\nclass = "batch"\npath = "b.csv"\n'
-            "deadline_s = 50\n"
+            BASE + '\n[[models.llama-8b.workload]]\nkind = "trace"\nclass = "batch"\npath = "b.csv"\ndeadline_s = 50\n'
         )
     )
     reqs = build_workload(s, np.random.default_rng(0))["llama-8b"]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +59,7 @@ def test_azure_time_scale_start_limit_and_batch() -> None:
 def test_azure_seven_digit_fractions_midnight_and_zero_output(tmp_path: Path) -> None:
     p = tmp_path / "az.csv"
     p.write_text(
-        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
-        "2023-11-16 23:59:59.9999999,10,0\n"
-        "2023-11-17 00:00:01.0000001,20,5\n"
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 23:59:59.9999999,10,0\n2023-11-17 00:00:01.0000001,20,5\n"
     )
     reqs = load_azure_csv(p, model="m")
     assert [r.arrival for r in reqs] == [0.0, pytest.approx(1.0000002, abs=1e-9)]
@@ -263,11 +260,10 @@ def test_curve_holds_ends_and_zero_segments() -> None:
         curve_arrivals(rng, [(10, 1.0), (5, 1.0)], 100.0)
 
 
-def test_curve_handles_millions_quickly() -> None:
-    t0 = time.perf_counter()
+def test_curve_handles_millions() -> None:
     t = curve_arrivals(np.random.default_rng(5), [(0, 500.0), (3600, 1500.0)], 3600.0)
     assert len(t) == pytest.approx(3_600_000, rel=0.01)
-    assert time.perf_counter() - t0 < 5.0
+    assert np.all(np.diff(t) >= 0)
 
 
 def test_diurnal_points_shape() -> None:
@@ -292,9 +288,7 @@ def test_diurnal_points_shape() -> None:
 
 
 def test_batch_backlog() -> None:
-    reqs = batch_backlog(
-        np.random.default_rng(7), 1000, model="m", at_s=30.0, deadline_s=600.0, lengths=(64, 8)
-    )
+    reqs = batch_backlog(np.random.default_rng(7), 1000, model="m", at_s=30.0, deadline_s=600.0, lengths=(64, 8))
     assert len(reqs) == 1000
     assert all(r.cls is ReqClass.BATCH for r in reqs)
     assert {r.arrival for r in reqs} == {30.0}
@@ -305,14 +299,11 @@ def test_batch_backlog() -> None:
         batch_backlog(np.random.default_rng(7), 10, model="m", at_s=0.0, deadline_s=0.0)
 
 
-def test_large_backlog_is_fast() -> None:
-    # The paper's workloads need ~700k batch requests; building them must not dominate a run.
-    t0 = time.perf_counter()
+def test_large_backlog() -> None:
+    # The paper's workloads need ~700k batch requests (its speed is measured in benchmarks/).
     reqs = batch_backlog(np.random.default_rng(8), 700_000, model="m", at_s=0.0, deadline_s=7200.0)
-    elapsed = time.perf_counter() - t0
     assert len(reqs) == 700_000 and reqs[-1].id == 699_999
     assert type(reqs[0].input_tokens) is int and type(reqs[0].arrival) is float
-    assert elapsed < 3.0, f"{elapsed:.2f}s"
 
 
 def test_make_requests_first_id_and_lengths_check() -> None:

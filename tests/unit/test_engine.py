@@ -1,0 +1,346 @@
+"""The iteration-level vLLM engine model (chirond.engine), checked against times worked out by hand
+from the profile's step-time formula: a + b*B + c*C/1000 ms per step (B sequences in the step, C
+context tokens of the decoders), plus prefill_ms_per_token for every prompt token in the step."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chirond.engine import Engine, replay
+from chirond.model import ReqClass, Request
+from chirond.profiles import Profile, load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+P8 = load_profile(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
+
+# The profile's constants in seconds (c: per context token, p: per prompt token).
+A = P8.a_ms / 1000.0
+B = P8.b_ms_per_seq / 1000.0
+C = P8.c_ms_per_1k_ctx / 1e6
+PF = P8.prefill_ms_per_token / 1000.0
+
+
+def req(i: int, input_tokens: int, output_tokens: int, arrival: float = 0.0) -> Request:
+    return Request(i, "m", ReqClass.INTERACTIVE, arrival, input_tokens, output_tokens)
+
+
+def step(batch: int, ctx: int, prompt: int = 0) -> float:
+    """One engine step in seconds, by the profile's formula."""
+    return A + B * batch + C * ctx + PF * prompt
+
+
+def run_idle(eng: Engine) -> tuple[list[Request], int]:
+    """Run segments until the engine is idle; returns the finished requests and the segment count."""
+    done: list[Request] = []
+    segments = 0
+    while eng.busy:
+        t = eng.segment_end
+        done.extend(eng.finish_segment())
+        segments += 1
+        eng.kick(t)
+    return done, segments
+
+
+def one_segment(eng: Engine) -> float:
+    """Finish the segment in flight and plan the next; returns the time it ended."""
+    t = eng.segment_end
+    eng.finish_segment()
+    eng.kick(t)
+    return t
+
+
+# ---------------------------------------------------------------- a single request
+
+
+def test_single_request_times_by_hand() -> None:
+    r = req(0, 100, 10)
+    last = replay(P8, [r])
+    # Prefill step: one sequence, no decoders (context term 0), 100 prompt tokens.
+    first = (P8.a_ms + P8.b_ms_per_seq * 1 + P8.prefill_ms_per_token * 100) / 1000.0
+    assert r.first_token == pytest.approx(first, rel=1e-12)
+    assert first == pytest.approx(0.018941, rel=1e-12)  # 11.4 + 0.041 + 7.5 ms
+    # Then 9 decode steps, one sequence whose context grows 101, 102, ..., 109.
+    decode = sum(step(1, 101 + j) for j in range(9))
+    assert r.finish == pytest.approx(first + decode, rel=1e-12)
+    assert r.finish == pytest.approx(0.018941 + (9 * 11.441 + 0.086 * 945 / 1000) / 1000, rel=1e-12)
+    assert last == r.finish
+    assert r.tpot == pytest.approx(decode / 9, rel=1e-12)
+
+
+def test_single_token_output_finishes_on_its_prefill_step() -> None:
+    r = req(0, 300, 1)
+    last = replay(P8, [r])
+    assert r.first_token == r.finish == last == pytest.approx(step(1, 0, 300), rel=1e-12)
+
+
+def test_request_after_idle_gap_starts_at_its_arrival() -> None:
+    a, b = req(0, 10, 2), req(1, 10, 2, arrival=100.0)
+    replay(P8, [a, b])
+    assert a.finish is not None and a.finish < 1.0
+    assert b.first_token == pytest.approx(100.0 + step(1, 0, 10), rel=1e-12)
+    assert b.finish == pytest.approx(b.first_token + step(1, 11), rel=1e-12)
+
+
+# ---------------------------------------------------------------- chunked prefill
+
+
+@pytest.mark.parametrize(("prompt", "steps"), [(2048, 1), (2049, 2), (4096, 2), (5000, 3)])
+def test_chunked_prefill_takes_ceil_prompt_over_budget_steps(prompt: int, steps: int) -> None:
+    assert P8.max_num_batched_tokens == 2048
+    assert steps == math.ceil(prompt / P8.max_num_batched_tokens)
+    r = req(0, prompt, 1)
+    eng = Engine(P8)
+    eng.submit(r)
+    eng.kick(0.0)
+    _, segments = run_idle(eng)
+    assert segments == steps
+    # Each chunk is its own step: `steps` times (a + b*1), plus every prompt token once.
+    assert r.first_token == pytest.approx(steps * (A + B) + PF * prompt, rel=1e-12)
+    assert eng.prompt_tokens == prompt
+
+
+def test_decoders_take_one_token_each_from_the_step_budget() -> None:
+    eng = Engine(P8)
+    a = req(0, 10, 100)
+    eng.submit(a)
+    eng.kick(0.0)
+    t1 = eng.segment_end
+    eng.finish_segment()  # a is now decoding with context 11
+    b = req(1, 2048, 1, arrival=t1)
+    eng.submit(b)
+    eng.kick(t1)
+    # Budget 2048 - 1 decoder: b's 2048-token prompt needs two steps (2047 + 1 tokens).
+    s1 = step(2, 11, 2047)
+    s2 = step(2, 12, 1)
+    one_segment(eng)
+    one_segment(eng)
+    assert b.finish == pytest.approx(t1 + s1 + s2, rel=1e-12)
+    assert b.first_token == b.finish
+
+
+# ---------------------------------------------------------------- batch size and KV cache
+
+
+def test_running_batch_never_exceeds_max_num_seqs() -> None:
+    reqs = [req(i, 16, 40) for i in range(300)]
+    eng = Engine(P8)
+    for r in reqs:
+        eng.submit(r)
+    eng.kick(0.0)
+    assert eng.running == P8.max_num_seqs == 256
+    assert eng.waiting == 300 - 256
+    seen_max = 0
+    while eng.busy:
+        seen_max = max(seen_max, eng.running)
+        assert eng.running <= P8.max_num_seqs
+        one_segment(eng)
+    assert seen_max == 256
+    assert all(r.finish is not None for r in reqs)
+    assert len(eng) == 0
+
+
+def test_max_num_seqs_override() -> None:
+    reqs = [req(i, 16, 40) for i in range(20)]
+    eng = Engine(P8, max_num_seqs=8)
+    for r in reqs:
+        eng.submit(r)
+    eng.kick(0.0)
+    assert (eng.running, eng.waiting) == (8, 12)
+    while eng.busy:
+        assert eng.running <= 8
+        one_segment(eng)
+    assert all(r.finish is not None for r in reqs)
+    # With 8 slots, request 8 cannot start before one of the first 8 finishes.
+    first_done = min(r.finish for r in reqs[:8] if r.finish is not None)
+    assert reqs[8].first_token is not None and reqs[8].first_token > first_done
+
+
+def tiny_kv(tokens: int) -> Profile:
+    return dataclasses.replace(P8, kv_capacity_tokens=tokens)
+
+
+def test_kv_exhaustion_preempts_by_recompute_and_everything_finishes() -> None:
+    prof = tiny_kv(3000)
+    rng = np.random.default_rng(3)
+    reqs = [req(i, int(rng.integers(200, 400)), int(rng.integers(250, 400))) for i in range(6)]
+    last = replay(prof, reqs)
+    eng = Engine(prof)
+    reqs2 = [req(r.id, r.input_tokens, r.output_tokens) for r in reqs]
+    for r in reqs2:
+        eng.submit(r)
+    eng.kick(0.0)
+    run_idle(eng)
+    assert eng.num_preemptions > 0
+    assert all(r.finish is not None and r.first_token is not None for r in reqs2)
+    assert all(r.first_token <= r.finish for r in reqs2)  # type: ignore[operator]
+    assert max(r.finish for r in reqs2) == last  # type: ignore[type-var]
+    # Recompute keeps what was generated: every output token is produced exactly once.
+    assert eng.generation_tokens == sum(r.output_tokens for r in reqs2)
+    assert (eng.running, eng.waiting, len(eng)) == (0, 0, 0)
+    assert eng.kv_used_tokens == 0
+
+
+def test_preemption_trace_by_hand() -> None:
+    """KV cache of 318 tokens (16-token blocks: 8 tokens lost per sequence). A (100 in, 60 out) and
+    B (100 in, 100 out) prefill together, then decode 50 steps until the cache is full (2 x 151 +
+    16 = 318). B, the newest, is preempted having generated 51 tokens: it re-prefills 151 tokens
+    (A decoding beside it), which overflows the cache again (2 x 152 + 16 = 320): B is preempted a
+    second time with 52 tokens, waits for A's last 8 steps, re-prefills 152 tokens and decodes its
+    remaining 47 tokens alone."""
+    prof = tiny_kv(318)
+    a, b = req(0, 100, 60), req(1, 100, 100)
+    eng = Engine(prof)
+    eng.submit(a)
+    eng.submit(b)
+    eng.kick(0.0)
+    run_idle(eng)
+
+    t1 = step(2, 0, 200)
+    t = t1 + sum(step(2, 202 + 2 * j) for j in range(50))
+    t += step(2, 151, 151)  # B's first re-prefill, A decoding (context 151)
+    a_finish = t + sum(step(1, 152 + j) for j in range(8))
+    b_finish = a_finish + step(1, 0, 152) + sum(step(1, 153 + j) for j in range(47))
+
+    assert eng.num_preemptions == 2
+    assert eng.prompt_tokens == 100 + 100 + 151 + 152
+    assert eng.generation_tokens == 60 + 100
+    assert a.first_token == b.first_token == pytest.approx(t1, rel=1e-12)  # first value kept
+    assert a.finish == pytest.approx(a_finish, rel=1e-12)
+    assert b.finish == pytest.approx(b_finish, rel=1e-12)
+
+
+# ---------------------------------------------------------------- abort
+
+
+def test_abort_while_decoding() -> None:
+    a, b = req(0, 100, 1000), req(1, 100, 1000)
+    eng = Engine(P8)
+    eng.submit(a)
+    eng.submit(b)
+    eng.kick(0.0)
+    t1 = eng.segment_end
+    eng.finish_segment()  # both prefilled together, both decoding now
+    assert eng.running == 2
+    assert eng.abort(b) is True
+    assert eng.abort(b) is False  # already gone
+    eng.kick(t1)
+    done, _ = run_idle(eng)
+    assert done == [a]
+    assert b.finish is None
+    assert b.first_token == pytest.approx(step(2, 0, 200), rel=1e-12)
+    # The abort came before the next step was planned: A decodes alone from there.
+    assert a.finish == pytest.approx(t1 + sum(step(1, 101 + j) for j in range(999)), rel=1e-9)
+    assert (len(eng), eng.running, eng.kv_used_tokens) == (0, 0, 0)
+
+
+def test_abort_while_waiting_never_starts() -> None:
+    eng = Engine(P8, max_num_seqs=1)
+    a, b = req(0, 50, 20), req(1, 50, 20)
+    eng.submit(a)
+    eng.submit(b)
+    eng.kick(0.0)
+    assert (eng.running, eng.waiting) == (1, 1)
+    assert eng.abort(b)
+    eng.kick(0.0)
+    done, _ = run_idle(eng)
+    assert done == [a]
+    assert b.first_token is None and b.finish is None
+    assert eng.prompt_tokens == 50
+
+
+def test_abort_mid_segment_cuts_it_and_speeds_up_the_rest() -> None:
+    a, b = req(0, 100, 1000), req(1, 100, 1000)
+    solo = req(2, 100, 1000)
+    replay(P8, [solo])
+    eng = Engine(P8)
+    eng.submit(a)
+    eng.submit(b)
+    eng.kick(0.0)
+    t1 = one_segment(eng)
+    old_end = eng.segment_end
+    t_mid = (t1 + old_end) / 2
+    eng.abort(b)
+    assert eng.kick(t_mid) is True
+    assert t_mid < eng.segment_end < old_end
+    run_idle(eng)
+    assert b.finish is None
+    assert a.finish is not None and solo.finish is not None
+    # Half of A's decoding was done beside B (slower steps), the rest alone.
+    assert solo.finish < a.finish < old_end
+
+
+# ---------------------------------------------------------------- kick
+
+
+def test_kick_cuts_a_decode_segment_at_the_step_in_progress() -> None:
+    a = req(0, 100, 1000)
+    eng = Engine(P8)
+    eng.submit(a)
+    eng.kick(0.0)
+    t1 = one_segment(eng)  # prefill done; one decode segment to a's finish is planned
+    seg_end = eng.segment_end
+    assert seg_end == pytest.approx(t1 + sum(step(1, 101 + j) for j in range(999)), rel=1e-9)
+    assert eng.kick(t1 + 0.001) is False  # nothing new: the plan stands
+
+    t_mid = t1 + (seg_end - t1) / 2
+    # By hand: the first step boundary after t_mid.
+    k, t = 0, t1
+    while t <= t_mid:
+        t += step(1, 101 + k)
+        k += 1
+    b = req(1, 50, 5, arrival=t_mid)
+    eng.submit(b)
+    assert eng.kick(t_mid) is True
+    assert eng.segment_end == pytest.approx(t, rel=1e-9)
+    assert t_mid < eng.segment_end <= t_mid + step(1, 101 + k)
+    run_idle(eng)
+    # B prefills at the cut, beside A (context 101 + k).
+    assert b.first_token == pytest.approx(t + step(2, 101 + k, 50), rel=1e-9)
+    assert b.first_token < seg_end
+    assert a.finish is not None and a.finish > seg_end  # B's steps slowed A down
+
+
+def test_kick_does_not_cut_a_prefill_step() -> None:
+    eng = Engine(P8)
+    eng.submit(req(0, 1000, 5))
+    eng.kick(0.0)
+    end = eng.segment_end
+    eng.submit(req(1, 10, 5, arrival=end / 2))
+    assert eng.kick(end / 2) is False
+    assert eng.segment_end == end
+
+
+# ---------------------------------------------------------------- replay
+
+
+def poisson_requests(seed: int, n: int = 300, rate: float = 10.0) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    ins = rng.integers(10, 2000, n)
+    outs = rng.integers(1, 500, n)
+    return [req(i, int(ins[i]), int(outs[i]), float(arrivals[i])) for i in range(n)]
+
+
+def test_replay_is_deterministic() -> None:
+    r1, r2 = poisson_requests(5), poisson_requests(5)
+    l1, l2 = replay(P8, r1), replay(P8, r2)
+    assert l1 == l2
+    assert [(r.first_token, r.finish) for r in r1] == [(r.first_token, r.finish) for r in r2]
+
+
+def test_replay_returns_last_finish_and_finishes_everything() -> None:
+    reqs = poisson_requests(9)
+    last = replay(P8, reqs)
+    finishes = [r.finish for r in reqs]
+    assert all(f is not None for f in finishes)
+    assert last == max(f for f in finishes if f is not None)
+    for r in reqs:
+        assert r.first_token is not None and r.finish is not None
+        assert r.arrival < r.first_token <= r.finish
+        if r.output_tokens == 1:
+            assert r.first_token == r.finish
