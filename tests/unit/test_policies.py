@@ -1,0 +1,514 @@
+"""Scaling policies on hand-built snapshots: valid decisions, named behaviours, stale data, purity."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from chirond.model import (
+    Action,
+    BacklogGroup,
+    Cancel,
+    Decision,
+    Drain,
+    InstanceState,
+    InstanceView,
+    Launch,
+    LoadStats,
+    ModelView,
+    Pool,
+    SetBatchCap,
+    SetPool,
+    Slo,
+    Snapshot,
+)
+from chirond.policy import REGISTRY, make_policy
+from chirond.policy.base import Policy
+from chirond.profiles import Profile, load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+P8 = load_profile(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
+P70 = load_profile(ROOT / "profiles" / "llama-3.1-70b_a100-80gb_tp4.toml")
+PROFILES: dict[str, Profile] = {"m8": P8, "m70": P70}
+SLO = Slo(ttft_s=2.0, tpot_s=0.1)
+POLICIES = sorted(REGISTRY)
+READY = InstanceState.READY
+
+# ---------------------------------------------------------------- factories
+
+
+def inst(
+    iid: int,
+    *,
+    model: str = "m8",
+    pool: Pool = Pool.MIXED,
+    state: InstanceState = READY,
+    cap: int = 32,
+    batch_cap: int | None = None,
+    inter: int = 0,
+    batch: int = 0,
+    waiting: int = 0,
+    kv_free: int | None = None,
+    tpot: float | None = None,
+    stale: bool = False,
+    ends_at: float | None = None,
+    launched_at: float = 0.0,
+) -> InstanceView:
+    prof = PROFILES[model]
+    live = state in (READY, InstanceState.DRAINING)
+    return InstanceView(
+        id=iid,
+        model=model,
+        pool=pool,
+        state=state,
+        gpus=prof.gpus,
+        launched_at=launched_at,
+        ready_at=launched_at if live else None,
+        ends_at=ends_at,
+        cap=cap if live else 0,
+        batch_cap=(cap if batch_cap is None else batch_cap) if live else 0,
+        inflight_interactive=inter,
+        inflight_batch=batch,
+        running=inter + batch,
+        waiting=waiting,
+        kv_usage=0.0 if kv_free is None else 1 - kv_free / prof.kv_capacity_tokens,
+        kv_free_tokens=prof.kv_capacity_tokens if kv_free is None else kv_free,
+        tpot_obs_s=tpot,
+        ttft_obs_s=None,
+        tokens_per_s=0.0,
+        stale=stale,
+    )
+
+
+def load(rate: float = 0.0, mean_input: float = 0.0, mean_output: float = 0.0) -> LoadStats:
+    return LoadStats(
+        rate_1m=rate,
+        rate_10m=rate,
+        prompt_tokens_1m=rate * mean_input,
+        prompt_tokens_10m=rate * mean_input,
+        mean_input=mean_input,
+        mean_output=mean_output,
+        burst_prompt_tokens=rate * mean_input * 10,
+        burst_requests=rate * 10,
+        burst_window_s=10.0,
+    )
+
+
+def model(
+    instances: list[InstanceView],
+    *,
+    name: str = "m8",
+    max_instances: int = 8,
+    min_instances: int = 1,
+    lead_time_s: float = 100.0,
+    interactive_queue: int = 0,
+    interactive_queue_tokens: int = 0,
+    backlog: tuple[BacklogGroup, ...] = (),
+    batch_mean_output: float = 0.0,
+    stats: LoadStats | None = None,
+) -> ModelView:
+    return ModelView(
+        name=name,
+        slo=SLO,
+        gpus_per_instance=PROFILES[name].gpus,
+        max_instances=max_instances,
+        min_instances=min_instances,
+        lead_time_s=lead_time_s,
+        interactive_queue=interactive_queue,
+        interactive_queue_tokens=interactive_queue_tokens,
+        oldest_interactive_wait_s=0.0,
+        batch_queue=sum(g.requests for g in backlog),
+        batch_inflight_input_tokens=0,
+        backlog=backlog,
+        batch_mean_output=batch_mean_output,
+        load=stats or load(),
+        instances=tuple(instances),
+    )
+
+
+def snap(*models: ModelView, now: float = 0.0, free_gpus: int = 64) -> Snapshot:
+    return Snapshot(now=now, models=tuple(models), free_gpus=free_gpus)
+
+
+def policy(name: str, **params: float) -> Policy:
+    return make_policy(name, PROFILES, params)
+
+
+def launches(d: Decision, pool: Pool | None = None) -> list[Launch]:
+    return [a for a in d.actions if isinstance(a, Launch) and (pool is None or a.pool is pool)]
+
+
+def drains(d: Decision) -> list[Action]:
+    return [a for a in d.actions if isinstance(a, Drain | Cancel)]
+
+
+# ---------------------------------------------------------------- canonical snapshots
+
+CANONICAL: dict[str, Snapshot] = {
+    "empty": snap(model([])),
+    "idle": snap(model([inst(1), inst(2)])),
+    "interactive-heavy": snap(
+        model(
+            [inst(1, inter=32, tpot=0.2), inst(2, inter=32, tpot=0.15, pool=Pool.INTERACTIVE)],
+            interactive_queue=50,
+            interactive_queue_tokens=50 * 800,
+            stats=load(rate=20.0, mean_input=800, mean_output=300),
+        )
+    ),
+    "batch-backlog": snap(
+        model(
+            [inst(1, batch=32)],
+            backlog=(BacklogGroup(3600.0, 5000, 5000 * 600), BacklogGroup(7200.0, 5000, 5000 * 600)),
+            batch_mean_output=250.0,
+        )
+    ),
+    "starting": snap(
+        model(
+            [
+                inst(1, inter=3),
+                inst(2, state=InstanceState.STARTING, launched_at=10.0),
+                inst(3, state=InstanceState.PENDING, launched_at=20.0),
+                inst(4, state=InstanceState.DRAINING, inter=1),
+            ],
+            stats=load(rate=2.0, mean_input=500, mean_output=200),
+        ),
+        now=30.0,
+    ),
+    "two-models": snap(
+        model([inst(1, inter=4, tpot=0.05)], stats=load(rate=1.0, mean_input=300, mean_output=200)),
+        model(
+            [inst(2, model="m70", pool=Pool.BATCH, batch=10)],
+            name="m70",
+            max_instances=2,
+            backlog=(BacklogGroup(1800.0, 2000, 2000 * 400),),
+        ),
+        now=60.0,
+    ),
+    "expiring": snap(model([inst(1, inter=2, ends_at=150.0), inst(2)]), now=100.0),
+}
+
+
+def check_valid(d: Decision, s: Snapshot) -> None:
+    assert isinstance(d, Decision)
+    assert isinstance(d.reason, str) and d.reason and "\n" not in d.reason
+    ids = {i.id for m in s.models for i in m.instances}
+    names = {m.name for m in s.models}
+    for a in d.actions:
+        assert isinstance(a, Launch | Drain | Cancel | SetBatchCap | SetPool), a
+        if isinstance(a, Launch):
+            assert a.model in names and a.count >= 1 and isinstance(a.pool, Pool)
+        else:
+            assert a.instance in ids, a
+        if isinstance(a, SetBatchCap):
+            assert a.cap >= 1
+            assert a.batch_cap is None or 0 <= a.batch_cap <= a.cap
+        if isinstance(a, SetPool):
+            assert isinstance(a.pool, Pool)
+
+
+def test_registry_names() -> None:
+    assert set(REGISTRY) == {"static", "llumnix", "chiron", "chirond"}
+    for name, cls in REGISTRY.items():
+        assert cls.name == name
+
+
+def test_unknown_parameter_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown parameter"):
+        make_policy("chiron", PROFILES, {"no_such_knob": 1})
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope", PROFILES)
+
+
+@pytest.mark.parametrize("snapshot", list(CANONICAL), ids=list(CANONICAL))
+@pytest.mark.parametrize("name", POLICIES)
+def test_every_policy_returns_valid_actions(name: str, snapshot: str) -> None:
+    s = CANONICAL[snapshot]
+    pol = policy(name)
+    d = pol.plan(s, None)
+    check_valid(d, s)
+    # And again on the next tick with the state it handed back.
+    later = Snapshot(now=s.now + 60.0, models=s.models, free_gpus=s.free_gpus)
+    check_valid(pol.plan(later, d.state), later)
+
+
+@pytest.mark.parametrize("snapshot", list(CANONICAL), ids=list(CANONICAL))
+@pytest.mark.parametrize("name", POLICIES)
+def test_policies_are_pure(name: str, snapshot: str) -> None:
+    s = CANONICAL[snapshot]
+    pol = policy(name)
+    assert pol.plan(s, None) == pol.plan(s, None)
+    state = pol.plan(s, None).state
+    kept = copy.deepcopy(state)
+    later = Snapshot(now=s.now + 30.0, models=s.models, free_gpus=s.free_gpus)
+    d1 = pol.plan(later, state)
+    d2 = pol.plan(later, state)
+    assert d1 == d2
+    assert state == kept  # the state handed in is not modified
+    # A fresh instance of the policy decides the same: nothing is kept on the object.
+    assert policy(name).plan(later, kept) == d1
+
+
+# ---------------------------------------------------------------- chiron
+
+
+def _interactive(busy: int, total: int, **kw: object) -> Snapshot:
+    insts = [inst(i + 1, pool=Pool.INTERACTIVE, inter=1 if i < busy else 0) for i in range(total)]
+    return snap(model(insts, **kw))  # type: ignore[arg-type]
+
+
+def test_chiron_adds_an_interactive_instance_above_ibp_threshold() -> None:
+    pol = policy("chiron", mixed_instances=0)
+    d = pol.plan(_interactive(2, 3), None)  # ibp 2/3 > 0.6
+    assert launches(d) == [Launch("m8", Pool.INTERACTIVE, 1)]
+    assert drains(d) == []
+    assert "ibp 0.67" in d.reason
+
+
+@pytest.mark.parametrize(("busy", "total"), [(1, 3), (3, 5), (0, 2)])
+def test_chiron_does_not_add_at_or_below_ibp_threshold(busy: int, total: int) -> None:
+    pol = policy("chiron", mixed_instances=0)
+    d = pol.plan(_interactive(busy, total), None)  # ibp 1/3, 3/5 = 0.6 exactly, 0
+    assert launches(d) == []
+    # ... and with more than one interactive instance, one idle instance is drained.
+    (dr,) = drains(d)
+    assert isinstance(dr, Drain) and dr.instance > busy
+
+
+def test_chiron_respects_max_instances() -> None:
+    d = policy("chiron", mixed_instances=0).plan(_interactive(3, 3, max_instances=3), None)
+    assert launches(d) == []
+
+
+def test_chiron_is_locked_while_an_interactive_instance_starts() -> None:
+    insts = [inst(i + 1, pool=Pool.INTERACTIVE, inter=1) for i in range(3)]
+    insts.append(inst(4, pool=Pool.INTERACTIVE, state=InstanceState.STARTING))
+    d = policy("chiron", mixed_instances=0).plan(snap(model(insts)), None)
+    assert launches(d) == []
+
+
+def test_chiron_keeps_a_mixed_pool() -> None:
+    d = policy("chiron").plan(_interactive(0, 1), None)
+    assert Launch("m8", Pool.MIXED, 1) in launches(d)
+
+
+def test_chiron_global_step_waits_for_its_interval() -> None:
+    pol = policy("chiron", mixed_instances=0)
+    d1 = pol.plan(_interactive(2, 3), None)
+    later = _interactive(2, 3)
+    d2 = pol.plan(Snapshot(now=5.0, models=later.models, free_gpus=64), d1.state)
+    assert launches(d2) == []  # global_interval_s = 10
+    d3 = pol.plan(Snapshot(now=10.0, models=later.models, free_gpus=64), d2.state)
+    assert launches(d3) == [Launch("m8", Pool.INTERACTIVE, 1)]
+
+
+def test_chiron_lowers_cap_when_tpot_breaks_slo() -> None:
+    s = snap(model([inst(1, pool=Pool.INTERACTIVE, cap=32, inter=10, tpot=0.2)]))
+    d = policy("chiron").plan(s, None)
+    assert SetBatchCap(1, 24) in d.actions  # 32 x 0.75
+
+
+def test_chiron_raises_cap_with_slack_when_used() -> None:
+    s = snap(model([inst(1, pool=Pool.INTERACTIVE, cap=32, inter=30, tpot=0.05)]))
+    d = policy("chiron").plan(s, None)
+    assert SetBatchCap(1, 40) in d.actions  # 32 + 8
+    # Not used (under 90 % of the cap): unchanged.
+    s = snap(model([inst(1, pool=Pool.INTERACTIVE, cap=32, inter=10, tpot=0.05)]))
+    assert not [a for a in policy("chiron").plan(s, None).actions if isinstance(a, SetBatchCap)]
+
+
+def test_chiron_adds_a_batch_instance_for_a_backlog() -> None:
+    # 10000 requests x 100 tokens / 700 tok/s on one batch instance = 1429 s > 1000 s left.
+    s = snap(
+        model(
+            [inst(1, pool=Pool.INTERACTIVE), inst(2, pool=Pool.BATCH)],
+            backlog=(BacklogGroup(1000.0, 10000, 10000 * 300),),
+        )
+    )
+    d = policy("chiron", mixed_instances=0).plan(s, None)
+    assert Launch("m8", Pool.BATCH, 1) in d.actions
+    s = snap(
+        model(
+            [inst(1, pool=Pool.INTERACTIVE), inst(2, pool=Pool.BATCH)],
+            backlog=(BacklogGroup(2000.0, 10000, 10000 * 300),),
+        )
+    )
+    assert Launch("m8", Pool.BATCH, 1) not in policy("chiron", mixed_instances=0).plan(s, None).actions
+
+
+# ---------------------------------------------------------------- chirond
+
+
+def _backlog_snapshot(deadline_in_s: float, requests: int) -> Snapshot:
+    return snap(
+        model(
+            [inst(1)],
+            backlog=(BacklogGroup(deadline_in_s, requests, requests * 512),),
+            batch_mean_output=256.0,
+        )
+    )
+
+
+def test_chirond_launches_for_a_backlog_that_would_miss_its_deadline() -> None:
+    # 50000 requests of 512 in / 256 out due in 1 h. One 8B instance does about 3400 output tok/s
+    # at its throughput-optimal batch (256 sequences, ~36 ms steps, with prefill interleaved):
+    # 50000 x 256 / 3400 = 3800 s of decoding plus 50000 x 512 x 0.075 ms = 1900 s of prefill,
+    # more than one instance can do in the 3200 s left after lead time and margin.
+    d = policy("chirond").plan(_backlog_snapshot(3600.0, 50_000), None)
+    (la,) = launches(d)
+    assert la.model == "m8" and la.pool is Pool.MIXED
+    assert 1 <= la.count <= 3
+    assert drains(d) == []
+
+
+@pytest.mark.parametrize(
+    ("deadline", "requests"), [(7 * 86400.0, 50_000), (3600.0, 100)], ids=["week-away", "small"]
+)
+def test_chirond_does_not_launch_when_the_deadline_can_be_met(deadline: float, requests: int) -> None:
+    d = policy("chirond").plan(_backlog_snapshot(deadline, requests), None)
+    assert launches(d) == []
+    assert drains(d) == []
+
+
+def test_chirond_sizes_interactive_capacity_from_load() -> None:
+    quiet = snap(model([inst(1)], stats=load(rate=0.5, mean_input=500, mean_output=200)))
+    assert launches(policy("chirond").plan(quiet, None)) == []
+    # 40 req/s of 2000-token prompts is 6 s of prefill per second alone: several instances.
+    busy = snap(model([inst(1, inter=32)], stats=load(rate=40.0, mean_input=2000, mean_output=200)))
+    (la,) = launches(policy("chirond").plan(busy, None))
+    assert la.count >= 5
+
+
+def test_chirond_scales_down_only_after_hold() -> None:
+    pol = policy("chirond")
+    insts = [inst(1, inter=1), inst(2), inst(3)]
+    m = model(insts, stats=load(rate=0.1, mean_input=300, mean_output=100))
+    state: object = None
+    drained_at = []
+    for t in range(0, 121, 5):
+        d = pol.plan(snap(m, now=float(t)), state)
+        state = d.state
+        if drains(d):
+            drained_at.append(t)
+    assert drained_at[:2] == [60, 120]  # scale_down_hold_s = 60, one instance at a time
+
+
+def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
+    # Instance 1 ends in 150 s, less than lead time (100 s) + 120 s: replace it first ...
+    s = snap(model([inst(1, inter=2, ends_at=250.0)], lead_time_s=100.0), now=100.0)
+    d = policy("chirond").plan(s, None)
+    assert launches(d) == [Launch("m8", Pool.MIXED, 1)]
+    assert drains(d) == []
+    # ... then drain it once the replacement serves.
+    s = snap(model([inst(1, inter=2, ends_at=250.0), inst(2, launched_at=150.0)]), now=160.0)
+    d = policy("chirond").plan(s, None)
+    assert Drain(1) in d.actions
+
+
+# ---------------------------------------------------------------- llumnix
+
+
+def _llumnix(kv_free: int, running: int, inflight: tuple[int, int] = (10, 10)) -> Snapshot:
+    return snap(model([inst(i + 1, inter=inflight[i], kv_free=kv_free) for i in range(2)]))
+
+
+def _run_llumnix(kv_free: int, inflight: tuple[int, int] = (10, 10)) -> Decision:
+    return policy("llumnix").plan(_llumnix(kv_free, 0, inflight), None)
+
+
+def test_llumnix_launches_when_freeness_below_u() -> None:
+    # 2 x 1600 free tokens = 200 blocks over 2 x 50 requests: freeness 2 < U = 10.
+    d = policy("llumnix").plan(
+        snap(model([inst(i + 1, inter=50, kv_free=1600) for i in range(2)])),
+        None,
+    )
+    assert launches(d) == [Launch("m8", Pool.MIXED, 1)]
+    assert drains(d) == []
+
+
+def test_llumnix_drains_when_freeness_without_one_stays_above_d() -> None:
+    # Freeness without the least loaded (instance 2): 27312 blocks / (10 + 5 + 5) requests = 1366.
+    d = _run_llumnix(P8.kv_capacity_tokens, inflight=(10, 5))
+    assert d.actions == (Drain(2),)
+
+
+def test_llumnix_holds_between_u_and_d() -> None:
+    # 2 x 300 blocks over 20 requests: freeness 30; without one: 300 / 20 = 15 < D = 60.
+    d = _run_llumnix(300 * 16)
+    assert d.actions == ()
+
+
+def test_llumnix_counts_queued_work() -> None:
+    # Plenty of free KV, but 1000 queued prompts of 1000 tokens want more blocks than are free.
+    m = model(
+        [inst(1, inter=10), inst(2, inter=10)],
+        interactive_queue=1000,
+        interactive_queue_tokens=1000 * 1000,
+    )
+    d = policy("llumnix").plan(snap(m), None)
+    assert launches(d) == [Launch("m8", Pool.MIXED, 1)]
+
+
+def test_llumnix_starts_one_when_nothing_serves() -> None:
+    d = policy("llumnix").plan(snap(model([])), None)
+    assert launches(d) == [Launch("m8", Pool.MIXED, 1)]
+
+
+# ---------------------------------------------------------------- static
+
+
+def test_static_replaces_lost_instances() -> None:
+    pol = policy("static")
+    assert pol.initial_instances("m8", 1, 3) == 3
+    d = pol.plan(snap(model([inst(1)])), None)
+    assert d.actions == (Launch("m8", Pool.MIXED, 2),)
+    d = pol.plan(snap(model([inst(1), inst(2), inst(3)])), None)
+    assert d.actions == ()
+
+
+# ---------------------------------------------------------------- stale observations
+
+
+def _excess(stale: bool) -> ModelView:
+    """Six idle instances in every pool for a model with no load: every scaling policy wants fewer.
+    Instance 2 (idle, the one most policies would pick) is stale when asked."""
+    insts = [
+        inst(1, pool=Pool.INTERACTIVE, launched_at=0.0),
+        inst(2, pool=Pool.INTERACTIVE, launched_at=50.0, stale=stale),
+        inst(3, pool=Pool.INTERACTIVE, launched_at=10.0),
+        inst(4, pool=Pool.MIXED, launched_at=20.0),
+        inst(5, pool=Pool.MIXED, launched_at=30.0),
+        inst(6, pool=Pool.BATCH, launched_at=40.0),
+    ]
+    return model(insts, stats=load(rate=0.05, mean_input=200, mean_output=100))
+
+
+def _ticks(pol: Policy, m: ModelView, until: float = 300.0, every: float = 5.0) -> list[Action]:
+    state: object = None
+    out: list[Action] = []
+    t = 0.0
+    while t <= until:
+        d = pol.plan(snap(m, now=t), state)
+        state = d.state
+        out.extend(d.actions)
+        t += every
+    return out
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_no_policy_scales_down_on_stale_data(name: str) -> None:
+    acts = _ticks(policy(name), _excess(stale=True))
+    assert [a for a in acts if isinstance(a, Drain | Cancel)] == []
+
+
+@pytest.mark.parametrize("name", ["chiron", "chirond", "llumnix"])
+def test_same_snapshot_without_stale_does_scale_down(name: str) -> None:
+    # The control for the test above: these policies do drain the excess when the data is fresh.
+    acts = _ticks(policy(name), _excess(stale=False))
+    assert [a for a in acts if isinstance(a, Drain)] != []
+
+
+def test_chiron_does_not_change_a_stale_instances_cap() -> None:
+    s = snap(model([inst(1, pool=Pool.INTERACTIVE, cap=32, inter=10, tpot=0.3, stale=True)]))
+    assert [a for a in policy("chiron").plan(s, None).actions if isinstance(a, SetBatchCap)] == []
