@@ -43,7 +43,7 @@ class ModelQueues:
     inter: deque[Request] = field(default_factory=deque)
     inter_heap: list[tuple[int, float, int, Request]] = field(default_factory=list)
     inter_tokens: int = 0
-    batch: list[tuple[float, float, int, Request]] = field(default_factory=list)  # EDF heap
+    batch: list[tuple[float, float, int, Request]] = field(default_factory=list)  # EDF (FCFS: arrival) heap
     backlog: dict[float, list[int]] = field(default_factory=dict)  # deadline -> [requests, tokens]
     slots: list[Slot] = field(default_factory=list)
 
@@ -72,7 +72,9 @@ class Dispatcher:
                 q.inter.append(req)
         else:
             deadline = req.deadline if req.deadline is not None else float("inf")
-            heapq.heappush(q.batch, (deadline, req.arrival, req.id, req))
+            # EDF, except under FCFS where one line by arrival is the point.
+            key = req.arrival if self.rules.ordering is Ordering.FCFS else deadline
+            heapq.heappush(q.batch, (key, req.arrival, req.id, req))
             g = q.backlog.get(deadline)
             if g is None:
                 q.backlog[deadline] = [1, req.input_tokens]
@@ -116,7 +118,7 @@ class Dispatcher:
         slot = self.slots.pop(inst_id)
         self.queues[slot.model].slots.remove(slot)
         lost = [*slot.inter.values(), *slot.batch.values()]
-        for r in lost:
+        for r in reversed(lost):  # requeue() puts interactive ones first in line: keep their order
             r.preempted += 1
             self.requeue(r)
         return lost
@@ -206,7 +208,8 @@ class Dispatcher:
         q.inter_tokens -= req.input_tokens
 
     def _pop_batch(self, q: ModelQueues) -> Request:
-        deadline, _, _, req = heapq.heappop(q.batch)
+        req = heapq.heappop(q.batch)[3]
+        deadline = req.deadline if req.deadline is not None else float("inf")
         g = q.backlog[deadline]
         g[0] -= 1
         g[1] -= req.input_tokens

@@ -297,6 +297,7 @@ class Engine:
         self._decoders.remove(entry)
         heapq.heapify(self._decoders)
         self._leave_decoders(s)
+        s.generated += self.step - s.join_step  # tokens decoded since it joined are kept
         s.prefill_len = s.req.input_tokens + s.generated
         s.computed = 0
         self._queue_of(s).appendleft(s)

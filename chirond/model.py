@@ -18,7 +18,7 @@ class ReqClass(StrEnum):
 class Pool(StrEnum):
     INTERACTIVE = "interactive"  # interactive requests only
     MIXED = "mixed"  # interactive first; batch work fills the headroom and is preempted
-    BATCH = "batch"  # batch requests only (and interactive overflow when nothing else is free)
+    BATCH = "batch"  # batch requests only
 
 
 class InstanceState(StrEnum):
@@ -29,7 +29,7 @@ class InstanceState(StrEnum):
 
 
 class Routing(StrEnum):
-    POOLS = "pools"  # interactive -> interactive, mixed (then batch); batch -> batch, mixed
+    POOLS = "pools"  # interactive -> interactive, then mixed; batch -> batch, then mixed
     SHARED = "shared"  # every instance serves every class
 
 

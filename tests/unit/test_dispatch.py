@@ -230,6 +230,19 @@ def test_fcfs_serves_by_arrival_across_classes() -> None:
     assert assigned == [b2, i3]
 
 
+def test_fcfs_is_by_arrival_whatever_the_batch_deadlines() -> None:
+    # "One queue by arrival time, whatever the class": a batch request's deadline plays no part.
+    d = make(routing=Routing.SHARED, ordering=Ordering.FCFS, preempt_batch=False)
+    d.add_instance(1, M, Pool.MIXED, cap=3)
+    b0 = batch(1000.0, arrival=0.0)
+    i1 = inter(0.5)
+    b2 = batch(10.0, arrival=1.0)  # earlier deadline, later arrival
+    for r in (b0, i1, b2):
+        d.enqueue(r)
+    assigned, _ = d.dispatch(M, 2.0)
+    assert assigned == [b0, i1, b2]
+
+
 def test_priority_serves_interactive_before_batch() -> None:
     d = make()
     d.add_instance(1, M, Pool.MIXED, cap=2)

@@ -83,6 +83,7 @@ def test_request_after_idle_gap_starts_at_its_arrival() -> None:
     replay(P8, [a, b])
     assert a.finish is not None and a.finish < 1.0
     assert b.first_token == pytest.approx(100.0 + step(1, 0, 10), rel=1e-12)
+    assert b.first_token is not None
     assert b.finish == pytest.approx(b.first_token + step(1, 11), rel=1e-12)
 
 
@@ -301,7 +302,7 @@ def test_kick_cuts_a_decode_segment_at_the_step_in_progress() -> None:
     run_idle(eng)
     # B prefills at the cut, beside A (context 101 + k).
     assert b.first_token == pytest.approx(t + step(2, 101 + k, 50), rel=1e-9)
-    assert b.first_token < seg_end
+    assert b.first_token is not None and b.first_token < seg_end
     assert a.finish is not None and a.finish > seg_end  # B's steps slowed A down
 
 
@@ -344,3 +345,51 @@ def test_replay_returns_last_finish_and_finishes_everything() -> None:
         assert r.arrival < r.first_token <= r.finish
         if r.output_tokens == 1:
             assert r.first_token == r.finish
+
+
+# ---------------------------------------------------------------- engine flags
+
+
+def test_max_num_batched_tokens_override() -> None:
+    r = req(0, 2048, 1)
+    eng = Engine(P8, max_num_batched_tokens=512)
+    eng.submit(r)
+    eng.kick(0.0)
+    _, segments = run_idle(eng)
+    assert segments == 4
+    assert r.first_token == pytest.approx(4 * (A + B) + PF * 2048, rel=1e-12)
+
+
+def _batch(i: int, input_tokens: int, output_tokens: int) -> Request:
+    return Request(i, "m", ReqClass.BATCH, 0.0, input_tokens, output_tokens, deadline=1e9)
+
+
+@pytest.mark.parametrize("priority", [False, True])
+def test_priority_admits_interactive_first(priority: bool) -> None:
+    eng = Engine(P8, max_num_seqs=1, priority=priority)
+    b1, b2, i = _batch(0, 50, 5), _batch(1, 50, 5), req(2, 50, 5)
+    for r in (b1, b2, i):
+        eng.submit(r)
+    eng.kick(0.0)
+    run_idle(eng)
+    order = sorted((b1, b2, i), key=lambda r: r.first_token or math.inf)
+    assert order == ([i, b1, b2] if priority else [b1, b2, i])
+
+
+@pytest.mark.parametrize("priority", [False, True])
+def test_priority_preempts_batch_before_interactive(priority: bool) -> None:
+    # A batch request decodes; an interactive one joins later; the KV cache (400 tokens) cannot hold
+    # both. FCFS preempts the newest (the interactive one); priority preempts the batch one.
+    prof = tiny_kv(400)
+    a, b = _batch(0, 100, 200), req(1, 100, 200)
+    eng = Engine(prof, priority=priority)
+    eng.submit(a)
+    eng.kick(0.0)
+    t = eng.segment_end
+    eng.finish_segment()
+    eng.submit(b)
+    eng.kick(t)
+    run_idle(eng)
+    assert eng.num_preemptions > 0
+    assert a.finish is not None and b.finish is not None
+    assert (b.finish < a.finish) is priority

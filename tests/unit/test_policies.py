@@ -362,9 +362,7 @@ def test_chirond_launches_for_a_backlog_that_would_miss_its_deadline() -> None:
     assert drains(d) == []
 
 
-@pytest.mark.parametrize(
-    ("deadline", "requests"), [(7 * 86400.0, 50_000), (3600.0, 100)], ids=["week-away", "small"]
-)
+@pytest.mark.parametrize(("deadline", "requests"), [(7 * 86400.0, 50_000), (3600.0, 100)], ids=["week-away", "small"])
 def test_chirond_does_not_launch_when_the_deadline_can_be_met(deadline: float, requests: int) -> None:
     d = policy("chirond").plan(_backlog_snapshot(deadline, requests), None)
     assert launches(d) == []
@@ -409,12 +407,12 @@ def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
 # ---------------------------------------------------------------- llumnix
 
 
-def _llumnix(kv_free: int, running: int, inflight: tuple[int, int] = (10, 10)) -> Snapshot:
+def _llumnix(kv_free: int, inflight: tuple[int, int] = (10, 10)) -> Snapshot:
     return snap(model([inst(i + 1, inter=inflight[i], kv_free=kv_free) for i in range(2)]))
 
 
 def _run_llumnix(kv_free: int, inflight: tuple[int, int] = (10, 10)) -> Decision:
-    return policy("llumnix").plan(_llumnix(kv_free, 0, inflight), None)
+    return policy("llumnix").plan(_llumnix(kv_free, inflight), None)
 
 
 def test_llumnix_launches_when_freeness_below_u() -> None:

@@ -1,0 +1,205 @@
+"""End-to-end simulation on a tiny scenario: every request finishes, runs are reproducible, and the
+run survives a node failure and short job time limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chirond.sim.compare import compare
+from chirond.sim.report import summarize
+from chirond.sim.results import RunResult
+from chirond.sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
+POLICIES = ["static", "chirond"]
+INTERACTIVE_RATE, INTERACTIVE_S, BACKLOG = 3.0, 300, 2000
+
+
+def scenario_text(*, cluster_extra: str = "", duration_s: int = INTERACTIVE_S) -> str:
+    return f"""\
+name = "tiny"
+seed = 7
+horizon_s = 3000
+
+[cluster]
+gpus = 8
+gpus_per_node = 4
+{cluster_extra}
+
+[models.llama-8b]
+profile = "{PROFILE_8B}"
+slo = {{ ttft_s = 2.0, tpot_s = 0.1 }}
+
+[[models.llama-8b.workload]]
+kind = "poisson"
+rate_per_s = {INTERACTIVE_RATE}
+duration_s = {duration_s}
+
+[[models.llama-8b.workload]]
+kind = "backlog"
+requests = {BACKLOG}
+deadline_s = 1200
+"""
+
+
+def run(tmp_path: Path, text: str, name: str = "s.toml") -> dict[str, RunResult]:
+    path = tmp_path / name
+    path.write_text(text)
+    results = compare(load_scenario(path), POLICIES, jobs=1)
+    assert [r.policy for r in results] == POLICIES
+    return {r.policy: r for r in results}
+
+
+def assert_all_finished(r: RunResult) -> None:
+    req = r.requests
+    assert np.isfinite(req["finish"]).all(), f"{r.policy}: {np.count_nonzero(~np.isfinite(req['finish']))} unfinished"
+    assert np.isfinite(req["first_token"]).all()
+    assert (req["first_token"] >= req["arrival"]).all()
+    assert (req["finish"] >= req["first_token"]).all()
+    assert summarize(r)["unfinished"] == 0
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    return run(tmp_path_factory.mktemp("base"), scenario_text())
+
+
+SUMMARY_KEYS = {
+    "policy",
+    "scenario",
+    "seed",
+    "params",
+    "end_s",
+    "requests",
+    "interactive_requests",
+    "batch_requests",
+    "interactive_attainment",
+    "batch_attainment",
+    "gpu_hours",
+    "gpu_hours_lower_bound",
+    "gpu_hours_ratio",
+    "peak_gpus",
+    "launches",
+    "cancellations",
+    "preemptions",
+    "failures",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "output_tokens",
+    "goodput_per_gpu_hour",
+    "tokens_per_gpu_hour",
+    "unfinished",
+    "wall_s",
+    "events",
+    "per_model",
+}
+
+
+def test_every_request_finishes(base: dict[str, RunResult]) -> None:
+    for r in base.values():
+        assert_all_finished(r)
+        n = len(r.requests["arrival"])
+        n_batch = int(np.count_nonzero(r.requests["cls"] == 1))
+        assert n_batch == BACKLOG
+        # Poisson at 3/s for 300 s: 900 expected, well within 5 standard deviations (150).
+        assert abs((n - n_batch) - INTERACTIVE_RATE * INTERACTIVE_S) < 150
+
+
+def test_summary_keys_and_values(base: dict[str, RunResult]) -> None:
+    for r in base.values():
+        s = summarize(r)
+        assert set(s) >= SUMMARY_KEYS
+        assert s["scenario"] == "tiny" and s["seed"] == 7
+        assert s["requests"] == s["interactive_requests"] + s["batch_requests"]
+        assert s["batch_requests"] == BACKLOG
+        assert s["output_tokens"] == int(r.requests["output_tokens"].sum())
+        assert set(s["per_model"]) == {"llama-8b"}
+        assert s["per_model"]["llama-8b"]["requests"] == s["requests"]
+        assert 0.0 <= s["interactive_attainment"] <= 1.0
+        assert s["failures"] == 0
+        assert s["peak_gpus"] <= 8
+
+
+def test_chirond_meets_batch_deadlines(base: dict[str, RunResult]) -> None:
+    s = summarize(base["chirond"])
+    assert s["batch_attainment"] == 1.0
+    assert s["per_model"]["llama-8b"]["batch_attainment"] == 1.0
+    req = base["chirond"].requests
+    batch = req["cls"] == 1
+    assert (req["finish"][batch] <= req["deadline"][batch]).all()
+
+
+def test_chirond_serves_interactive_better_than_static(base: dict[str, RunResult]) -> None:
+    # Static is one instance serving both classes first come first served; chirond scales and
+    # puts interactive requests first.
+    assert summarize(base["chirond"])["interactive_attainment"] > summarize(base["static"])["interactive_attainment"]
+
+
+def test_gpu_hours_at_least_the_lower_bound(base: dict[str, RunResult]) -> None:
+    for r in base.values():
+        assert r.gpu_hours_lower_bound > 0
+        assert r.gpu_hours >= r.gpu_hours_lower_bound
+        # GPU-hours cannot exceed every GPU for the whole run.
+        assert r.gpu_hours <= 8 * r.end_s / 3600
+
+
+def test_static_runs_a_fixed_instance(base: dict[str, RunResult]) -> None:
+    r = base["static"]
+    assert r.launches == 0 and r.cancellations == 0
+    assert r.peak_gpus == 1
+    # One GPU for the whole run.
+    assert r.gpu_hours == pytest.approx(r.end_s / 3600)
+
+
+def _strip(s: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in s.items() if k != "wall_s"}  # real time: the one thing that may differ
+
+
+def test_same_seed_same_results(tmp_path: Path, base: dict[str, RunResult]) -> None:
+    again = run(tmp_path, scenario_text())
+    for p in POLICIES:
+        assert _strip(summarize(again[p])) == _strip(summarize(base[p]))
+        for k, col in base[p].requests.items():
+            np.testing.assert_array_equal(again[p].requests[k], col, err_msg=k)
+        assert again[p].log == base[p].log
+
+
+def test_node_failure_requeues_work(tmp_path: Path) -> None:
+    text = scenario_text(cluster_extra="\n[[cluster.failures]]\nat_s = 100\nnode = 0\n")
+    res = run(tmp_path, text)
+    for p, r in res.items():
+        assert_all_finished(r)
+        s = summarize(r)
+        assert s["failures"] >= 1, p
+        # The instance on node 0 was busy at t=100: its requests were lost and requeued.
+        assert s["preemptions"] >= 1, p
+        assert int(r.requests["preempted"].sum()) >= 1, p
+        assert s["launches"] >= 1, p  # lost capacity is replaced
+    # A static deployment of one instance had all its work on node 0.
+    assert summarize(res["static"])["failures"] == 1
+
+
+def test_short_time_limit_triggers_replacements(tmp_path: Path) -> None:
+    # Interactive arrivals for 1000 s: the run outlives the 400 s job limit twice.
+    res = run(tmp_path, scenario_text(cluster_extra="time_limit_s = 400", duration_s=1000))
+    for r in res.values():
+        assert_all_finished(r)
+        assert r.end_s > 800
+    st = res["static"]
+    # Static's instance hits its limit at 400 s and 800 s and is replaced each time.
+    assert st.failures == 2
+    assert st.launches == 2
+    ch = res["chirond"]
+    # chirond replaces instances ahead of their limit (lead time + 120 s before it) and drains the
+    # old ones, which finish their work long before the limit: nothing is lost to it.
+    assert ch.launches >= 2
+    assert ch.cancellations >= 1
+    assert ch.failures == 0
+    assert ch.gpu_hours_lower_bound <= ch.gpu_hours <= 8 * ch.end_s / 3600
+    assert summarize(ch)["batch_attainment"] == 1.0
