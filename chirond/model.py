@@ -150,7 +150,6 @@ class ModelView:
     interactive_queue_tokens: int  # prompt tokens waiting
     oldest_interactive_wait_s: float
     batch_queue: int
-    batch_inflight_input_tokens: int
     backlog: tuple[BacklogGroup, ...]  # queued batch work by deadline, earliest first
     batch_mean_output: float  # observed mean output length of finished batch requests
     load: LoadStats

@@ -89,16 +89,13 @@ class ChirondPolicy(Policy):
             # Size first at the throughput of the current caps' estimate, then set caps for the
             # instance count the plan wants (the interactive prompt load spreads over all of them).
             n_now = max(1, len(alive(m)))
-            _, _, tps = self._caps(m, prof, n_now)
+            _, tps = self._cap(m, prof, n_now)
             need, why = self._needed(m, prof, tps, snap.now)
-            cap, batch_cap, _ = self._caps(m, prof, max(n_now, need))
+            cap, _ = self._cap(m, prof, max(n_now, need))
+            batch_cap = max(0, cap - int(self.params["reserve_slots"]))
             for i in m.instances:
-                if i.state is not InstanceState.READY:
-                    continue
-                c = cap
-                bc = max(0, min(batch_cap, c - int(self.params["reserve_slots"])))
-                if (c, bc) != (i.cap, i.batch_cap):
-                    actions.append(SetBatchCap(i.id, c, bc))
+                if i.state is InstanceState.READY and (cap, batch_cap) != (i.cap, i.batch_cap):
+                    actions.append(SetBatchCap(i.id, cap, batch_cap))
             acts, note = self._scale(m, need, snap.now, low_since)
             actions.extend(acts)
             if acts or note:
@@ -112,9 +109,9 @@ class ChirondPolicy(Policy):
         out = m.load.mean_output or m.batch_mean_output or 256.0
         return inp + out / 2
 
-    def _caps(self, m: ModelView, prof: Profile, n: int) -> tuple[int, int, float]:
-        """(cap, batch cap, output tokens/s of one instance at that cap) for a mixed instance when
-        `n` instances share the interactive load."""
+    def _cap(self, m: ModelView, prof: Profile, n: int) -> tuple[int, float]:
+        """(cap, output tokens/s of one instance at that cap) for a mixed instance when `n`
+        instances share the interactive load."""
         lam = max(m.load.rate_1m, m.load.rate_10m)
         ctx = self._ctx(m)
         kv_max = prof.max_batch_for_kv(ctx)
@@ -122,7 +119,7 @@ class ChirondPolicy(Policy):
         b_out = m.batch_mean_output or 256.0
         if lam < self.params["idle_rate_per_s"]:
             tps = prof.decode_tokens_per_s(kv_max, ctx)
-            return kv_max, kv_max, tps / (1 + prof.prefill_s(b_in) * tps / b_out)
+            return kv_max, tps / (1 + prof.prefill_s(b_in) * tps / b_out)
         target = m.slo.tpot_s * self.params["tpot_margin"]
         # Beyond half an instance of prompt work the instance is overloaded: scaling fixes that,
         # a tiny cap would only throw away throughput.
@@ -138,7 +135,7 @@ class ChirondPolicy(Policy):
                 break
             best = b
         tps = best / max(prof.tpot_s(best, ctx, inter_prompt), 1e-9)
-        return best, best, tps
+        return best, tps
 
     # ---------------------------------------------------------------- global: instance count
 
@@ -160,9 +157,8 @@ class ChirondPolicy(Policy):
         if m.backlog:
             out_b = m.batch_mean_output or 256.0
             per_req = out_b / max(mixed_tps, 1e-9)  # instance-seconds per batch request
-            cum = m.batch_inflight_input_tokens * 0.0
-            inflight = sum(i.inflight_batch for i in m.instances)
-            cum += inflight * per_req * 0.5
+            # in-flight batch requests are about half done
+            cum = sum(i.inflight_batch for i in m.instances) * per_req * 0.5
             for g in m.backlog:
                 cum += g.requests * per_req + prof.prefill_s(g.input_tokens)
                 span = g.deadline - now - m.lead_time_s - p["deadline_margin_s"]

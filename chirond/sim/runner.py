@@ -405,9 +405,6 @@ class Simulation:
             fails = [f for f in self.recent_failures[name] if f > t - 600]
             self.recent_failures[name] = fails
             lo, hi = self.cluster.queue_wait_s
-            batch_inflight_tokens = sum(
-                r.input_tokens for s in self.dispatcher.queues[name].slots for r in s.batch.values()
-            )
             views.append(
                 ModelView(
                     name=name,
@@ -420,7 +417,6 @@ class Simulation:
                     interactive_queue_tokens=self.dispatcher.interactive_tokens(name),
                     oldest_interactive_wait_s=0.0 if oldest is None else t - oldest,
                     batch_queue=n_batch,
-                    batch_inflight_input_tokens=batch_inflight_tokens,
                     backlog=self.dispatcher.backlog(name),
                     batch_mean_output=self.batch_out_mean[name],
                     load=self.windows[name].stats(t),

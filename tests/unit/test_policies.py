@@ -120,7 +120,6 @@ def model(
         interactive_queue_tokens=interactive_queue_tokens,
         oldest_interactive_wait_s=0.0,
         batch_queue=sum(g.requests for g in backlog),
-        batch_inflight_input_tokens=0,
         backlog=backlog,
         batch_mean_output=batch_mean_output,
         load=stats or load(),
