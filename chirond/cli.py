@@ -130,6 +130,34 @@ def chirond_main(argv: list[str] | None = None) -> int:
     s.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per CPU)")
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     s.set_defaults(func=_simulate)
+
+    from chirond import config, daemon
+    from chirond.fakevllm import server as fakevllm
+
+    s = sub.add_parser(
+        "serve",
+        help="run the daemon: OpenAI-compatible endpoint, queues, autoscaler",
+        description=(
+            "Serve one OpenAI-compatible endpoint in front of autoscaled engine instances, as the config "
+            "file says (see etc/chirond.toml). Stops gracefully on SIGTERM or Ctrl-C."
+        ),
+    )
+    s.add_argument("--config", required=True, help="TOML config file (e.g. /etc/chirond/chirond.toml)")
+    s.set_defaults(func=daemon.main)
+    s = sub.add_parser(
+        "check-config",
+        help="validate a config file and print what it would run",
+        description="Read and validate a config file; exit 0 if it is good, 2 with the key and reason if not.",
+    )
+    s.add_argument("config", help="TOML config file")
+    s.set_defaults(func=config.check_config_main)
+    s = sub.add_parser(
+        "fake-vllm",
+        help="a vLLM-compatible simulated server (no GPU) driven by a performance profile",
+        description=fakevllm.DESCRIPTION,
+    )
+    fakevllm.add_arguments(s)
+    s.set_defaults(func=fakevllm.main)
     args = ap.parse_args(argv)
     return int(args.func(args))
 
@@ -147,6 +175,13 @@ def chiron_main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-tokens", type=float, default=256, help="mean output length (default 256)")
     p.add_argument("--tpot-slo-s", type=float, default=None, help="mark the batch sizes that meet this TPOT")
     p.set_defaults(func=_profile)
+
+    from chirond import loadgen
+
+    p = sub.add_parser("load", help="drive a sample workload through an OpenAI endpoint and report SLO attainment",
+                       description=loadgen.DESCRIPTION)
+    loadgen.add_arguments(p)
+    p.set_defaults(func=loadgen.main)
     args = ap.parse_args(argv)
     return int(args.func(args))
 
