@@ -1,16 +1,32 @@
 """The daemon's one TOML file, read into frozen dataclasses. Unknown keys are rejected with the
-valid list; every error names the key path (`models.llama-8b.slo.ttft_s`) and the reason.
+valid list; every error names the file, the key path and the reason
+(`chirond.toml: models.llama-8b.slo.ttft_s: must be a positive number, got -1`).
 
-The types below are the contract the rest of the daemon reads; `load_config` fills them.
+The types below are the contract the rest of the daemon reads; `load_config` fills them. The
+reference for the file is docs/config.md; etc/chirond.toml is the commented example.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import ipaddress
+import math
+import re
+import shlex
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, NoReturn
 
+from rich.console import Console
+from rich.markup import escape
+
+import chirond
 from chirond.model import Slo
-from chirond.profiles import Profile
+from chirond.policy import REGISTRY, make_policy
+from chirond.profiles import Profile, ProfileError, load_profile
 
 
 class ConfigError(ValueError):
@@ -21,20 +37,20 @@ class ConfigError(ValueError):
 class DaemonConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8000
-    state_dir: Path = Path("/var/lib/chirond")  # logs of instances, run files
+    state_dir: Path = Path("/var/lib/chirond")  # logs of instances, run files; absolute once loaded
     tick_s: float = 5.0  # control loop period
     scrape_timeout_s: float = 2.0  # per instance /metrics scrape
     stale_after_s: float = 15.0  # an instance whose scrape failed this long is marked stale
-    policy: str = "chirond"
-    policy_params: dict[str, float] = field(default_factory=dict)
+    policy: str = "chirond"  # a key of chirond.policy.REGISTRY
+    policy_params: dict[str, float] = field(default_factory=dict)  # overrides of the policy's defaults
     backend: str = "local"  # "local" (more in later releases)
-    log_level: str = "info"
+    log_level: str = "info"  # debug | info | warning | error
 
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     auth: str = "keys"  # "keys": bearer keys from keys_file; "open": no auth (local use only)
-    keys_file: Path | None = None  # lines "KEY [NAME]"; '#' comments
+    keys_file: Path | None = None  # lines "KEY [NAME]"; '#' comments; absolute once loaded
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue_interactive: int = 1024  # per model; beyond it: 429 with Retry-After
     max_queue_batch: int = 65536  # per model; beyond it: 429 with Retry-After
@@ -48,7 +64,7 @@ class ApiConfig:
 @dataclass(frozen=True, slots=True)
 class LocalBackendConfig:
     gpus: int = 8  # GPUs this machine pretends to have: bounds instances * gpus per instance
-    port_range: tuple[int, int] = (20000, 29999)
+    port_range: tuple[int, int] = (20000, 29999)  # inclusive
     health_timeout_s: float = 900.0  # launch to /health 200, else the instance counts as failed
     drain_timeout_s: float = 120.0  # a draining instance is stopped when idle or after this
     stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
@@ -57,12 +73,12 @@ class LocalBackendConfig:
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str  # what clients send as `model`, and --served-model-name
-    profile_path: Path
+    profile_path: Path  # absolute, resolved from the `profile` key
     profile: Profile
     slo: Slo
     min_instances: int = 0
     max_instances: int = 4
-    initial_instances: int = 0
+    initial_instances: int = 0  # in the file, defaults to min_instances
     # The engine command. Placeholders: {model} {port} {host} {profile} {max_num_seqs}
     # {max_num_batched_tokens} {scheduling_policy} {gpus}. Default: the simulated server.
     command: tuple[str, ...] = ()
@@ -74,8 +90,505 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    path: Path
+    path: Path  # the config file, absolute
     daemon: DaemonConfig
     api: ApiConfig
     local: LocalBackendConfig
-    models: dict[str, ModelConfig]
+    models: dict[str, ModelConfig]  # in file order
+
+
+# ---------------------------------------------------------------- the vocabulary
+
+PROFILES_DIR = Path(chirond.__file__).resolve().parent.parent / "profiles"
+BACKENDS = ("local",)
+AUTH_MODES = ("keys", "open")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PLACEHOLDERS = (
+    "model",
+    "port",
+    "host",
+    "profile",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "scheduling_policy",
+    "gpus",
+)
+MIN_KEY_CHARS = 16
+MIN_BODY_BYTES = 1024
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")  # used with fullmatch
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML bare key: shown unquoted in key paths
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what a client can send in "Authorization: Bearer"
+
+_D, _A, _L = DaemonConfig(), ApiConfig(), LocalBackendConfig()
+_M: dict[str, Any] = {f.name: f.default for f in fields(ModelConfig)}
+
+
+def _keys(cls: Any, *skip: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in skip)
+
+
+ROOT_KEYS = ("daemon", "api", "backend", "models")
+DAEMON_KEYS = _keys(DaemonConfig)
+API_KEYS = _keys(ApiConfig)
+BACKEND_KEYS = BACKENDS
+LOCAL_KEYS = _keys(LocalBackendConfig)
+MODEL_KEYS = _keys(ModelConfig, "name", "profile_path")  # `profile` is the profile's path in the file
+SLO_KEYS = _keys(Slo)
+
+
+# ---------------------------------------------------------------- one table under validation
+
+
+def _show(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    return str(v)
+
+
+def key_path(*parts: str) -> str:
+    """`models."llama-3.1-8b".slo`: components that are not TOML bare keys are quoted."""
+    return ".".join(p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
+
+
+class _Table:
+    """A TOML table being read: knows its file and key path, rejects unknown keys on creation.
+    The getters return the value from the file or `default`, and fail with the full key path."""
+
+    def __init__(self, file: str, parts: tuple[str, ...], data: object, valid: tuple[str, ...] | None) -> None:
+        self.file = file
+        self.parts = parts
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: {key_path(*parts)}: must be a table, got {_show(data)}")
+        self.data: dict[str, Any] = data
+        for key, value in data.items():
+            if valid is not None and key not in valid:  # None: any key (env)
+                hint = ""
+                if parts[:1] == ("models",) and len(parts) == 2 and len(data) == 1 and isinstance(value, dict):
+                    # TOML splits [models.llama-3.1-8b] at the dots, leaving a stray sub-table.
+                    hint = '; a model name containing "." must be quoted: [models."llama-3.1-8b"]'
+                self.fail(key, f"unknown key (valid: {', '.join(valid) or 'none'}){hint}")
+
+    def fail(self, key: str, reason: str, index: int | None = None) -> NoReturn:
+        """Raise "FILE: key.path: reason" for `key` of this table ("": the table itself), or for
+        item `index` of the array `key`."""
+        where = key_path(*self.parts, key) if key else key_path(*self.parts)
+        raise ConfigError(f"{self.file}: {where}{'' if index is None else f'[{index}]'}: {reason}")
+
+    def sub(self, key: str, valid: tuple[str, ...] | None) -> _Table:
+        """The sub-table `key` (empty when absent)."""
+        return _Table(self.file, (*self.parts, key), self.data.get(key, {}), valid)
+
+    def integer(self, key: str, default: int, lo: int = 0, hi: int | None = None) -> int:
+        if key not in self.data:
+            return default
+        v = self.data[key]
+        want = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            self.fail(key, f"must be {want}, got {_show(v)}")
+        return v
+
+    def number(self, key: str, default: float, sign: str = "positive") -> float:
+        """A finite number (integers accepted); `sign`: "positive" (> 0), "non-negative" or "any"."""
+        if key not in self.data:
+            return default
+        v = self.data[key]
+        ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+        if not ok or (sign == "positive" and v <= 0) or (sign == "non-negative" and v < 0):
+            self.fail(key, f"must be {'a' if sign == 'any' else 'a ' + sign} number, got {_show(v)}")
+        return float(v)
+
+    def required_number(self, key: str) -> float:
+        if key not in self.data:
+            self.fail(key, "required")
+        return self.number(key, 0.0)
+
+    def string(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
+        if key not in self.data:
+            return default
+        v = self.data[key]
+        if not isinstance(v, str) or not v.strip():
+            self.fail(key, f"must be a non-empty string, got {_show(v)}")
+        if choices and v not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)}, got {_show(v)}")
+        return v
+
+    def resolved_path(self, key: str, default: Path, base: Path) -> Path:
+        """A path; relative ones are relative to `base` (the config file's directory)."""
+        if key not in self.data:
+            return default
+        return (base / Path(self.string(key, "")).expanduser()).resolve()
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        v = self.data.get(key, [])
+        if not isinstance(v, list):
+            self.fail(key, f"must be an array of strings, got {_show(v)}")
+        for i, item in enumerate(v):
+            if not isinstance(item, str):
+                self.fail(key, f"must be a string, got {_show(item)}", i)
+        return tuple(v)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _daemon(t: _Table, base: Path) -> DaemonConfig:
+    policy = t.string("policy", _D.policy, tuple(REGISTRY))
+    params = t.sub("policy_params", tuple(REGISTRY[policy].defaults))  # the range is the policy's to check
+    values = {key: params.number(key, 0.0, "any") for key in params.data}
+    host = t.string("listen_host", _D.listen_host)
+    if any(c.isspace() for c in host):
+        t.fail("listen_host", f"must be a host name or address, got {_show(host)}")
+    return DaemonConfig(
+        listen_host=host,
+        listen_port=t.integer("listen_port", _D.listen_port, 1, 65535),
+        state_dir=t.resolved_path("state_dir", _D.state_dir, base),
+        tick_s=t.number("tick_s", _D.tick_s),
+        scrape_timeout_s=t.number("scrape_timeout_s", _D.scrape_timeout_s),
+        stale_after_s=t.number("stale_after_s", _D.stale_after_s),
+        policy=policy,
+        policy_params=values,
+        backend=t.string("backend", _D.backend, BACKENDS),
+        log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
+    )
+
+
+def _api(t: _Table, base: Path) -> ApiConfig:
+    auth = t.string("auth", _A.auth, AUTH_MODES)
+    keys_file = t.resolved_path("keys_file", Path(), base) if "keys_file" in t.data else None
+    if auth == "keys":
+        if keys_file is None:
+            t.fail("keys_file", 'required when auth = "keys" (or set auth = "open" for local use)')
+        if not keys_file.is_file():
+            relative = not Path(t.data["keys_file"]).expanduser().is_absolute()
+            hint = " (relative paths start at the config's directory)" if relative else ""
+            t.fail("keys_file", f"no such file: {keys_file}{hint}")
+        try:
+            load_keys(keys_file)
+        except ConfigError as e:
+            t.fail("keys_file", str(e))
+    header = t.string("batch_header", _A.batch_header)
+    if not _HEADER_NAME.fullmatch(header):
+        t.fail("batch_header", f"must be an HTTP header name, got {_show(header)}")
+    return ApiConfig(
+        auth=auth,
+        keys_file=keys_file,
+        max_body_bytes=t.integer("max_body_bytes", _A.max_body_bytes, MIN_BODY_BYTES),
+        max_queue_interactive=t.integer("max_queue_interactive", _A.max_queue_interactive),
+        max_queue_batch=t.integer("max_queue_batch", _A.max_queue_batch),
+        max_wait_s=t.number("max_wait_s", _A.max_wait_s),
+        retry_after_s=t.integer("retry_after_s", _A.retry_after_s, 1),
+        max_retries=t.integer("max_retries", _A.max_retries),
+        batch_header=header,
+        batch_deadline_s=t.number("batch_deadline_s", _A.batch_deadline_s),
+    )
+
+
+def _port_range(t: _Table) -> tuple[int, int]:
+    v = t.data.get("port_range", list(_L.port_range))
+    ok = isinstance(v, list) and len(v) == 2 and all(type(p) is int and 1 <= p <= 65535 for p in v)
+    if not ok or v[0] > v[1]:
+        t.fail("port_range", f"must be [lo, hi] with 1 <= lo <= hi <= 65535, got {_show(v)}")
+    return v[0], v[1]
+
+
+def _local(t: _Table) -> LocalBackendConfig:
+    return LocalBackendConfig(
+        gpus=t.integer("gpus", _L.gpus, 1),
+        port_range=_port_range(t),
+        health_timeout_s=t.number("health_timeout_s", _L.health_timeout_s),
+        drain_timeout_s=t.number("drain_timeout_s", _L.drain_timeout_s),
+        stop_grace_s=t.number("stop_grace_s", _L.stop_grace_s),
+    )
+
+
+# ---------------------------------------------------------------- models
+
+
+def available_profiles() -> list[str]:
+    """Names of the repository's profiles (profiles/*.toml, without the suffix)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def resolve_profile(raw: str, base: Path) -> Path | None:
+    """The profile file `raw` names: absolute, or relative to `base` (the config's directory) and
+    then to the repository's profiles/; `.toml` may be left out. None when there is none."""
+    p = Path(raw).expanduser()
+    names = [p] if raw.endswith(".toml") else [p, p.with_name(p.name + ".toml")]
+    dirs = [Path("/")] if p.is_absolute() else [base, PROFILES_DIR]
+    for d in dirs:
+        for name in names:
+            if (d / name).is_file():
+                return (d / name).resolve()
+    return None
+
+
+def _profile(t: _Table, base: Path, local: LocalBackendConfig) -> tuple[Path, Profile]:
+    if "profile" not in t.data:
+        t.fail("profile", f"required: a profile file or name (available: {', '.join(available_profiles())})")
+    raw = t.string("profile", "")
+    path = resolve_profile(raw, base)
+    if path is None:
+        t.fail(
+            "profile",
+            f"no such profile: {raw!r} (looked in {base} and {PROFILES_DIR}; "
+            f"available: {', '.join(available_profiles())})",
+        )
+    try:
+        prof = load_profile(path)
+    except ProfileError as e:
+        t.fail("profile", str(e))
+    if prof.gpus > local.gpus:
+        t.fail("profile", f"{prof.name} needs {prof.gpus} GPUs per instance; backend.local.gpus is {local.gpus}")
+    return path, prof
+
+
+def _slo(t: _Table) -> Slo:
+    if "slo" not in t.data:
+        t.fail("slo", "required: a table with ttft_s and tpot_s, e.g. slo = { ttft_s = 1.0, tpot_s = 0.1 }")
+    s = t.sub("slo", SLO_KEYS)
+    return Slo(ttft_s=s.required_number("ttft_s"), tpot_s=s.required_number("tpot_s"))
+
+
+def _instances(t: _Table) -> tuple[int, int, int]:
+    """(min, initial, max); initial defaults to min."""
+    lo = t.integer("min_instances", _M["min_instances"])
+    hi = t.integer("max_instances", _M["max_instances"], 1)
+    initial = t.integer("initial_instances", lo)
+    if lo > hi:
+        t.fail("min_instances", f"must be <= max_instances ({hi}), got {lo}")
+    if not lo <= initial <= hi:
+        t.fail("initial_instances", f"must be between min_instances ({lo}) and max_instances ({hi}), got {initial}")
+    return lo, initial, hi
+
+
+def placeholders(arg: str) -> list[str]:
+    """The `{name}`s in one command argument. Other braces are literal (a JSON argument is fine):
+    the daemon fills placeholders by plain replacement, not str.format."""
+    return _PLACEHOLDER.findall(arg)
+
+
+def _command(t: _Table) -> tuple[str, ...]:
+    argv = t.strings("command")
+    if argv and not argv[0].strip():
+        t.fail("command", "the program must be a non-empty string", 0)
+    seen: set[str] = set()
+    for i, arg in enumerate(argv):
+        for name in placeholders(arg):
+            if name not in PLACEHOLDERS:
+                valid = " ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+                t.fail("command", f"unknown placeholder {{{name}}} (valid: {valid})", i)
+            seen.add(name)
+    if argv and "port" not in seen:
+        t.fail("command", "must contain {port}: the backend picks each instance's port")
+    return argv
+
+
+def _env(t: _Table) -> dict[str, str]:
+    env = t.sub("env", None)
+    for key, value in env.data.items():
+        if not _ENV_NAME.fullmatch(key):
+            env.fail(key, "an environment variable name is A-Z a-z 0-9 _, not starting with a digit")
+        if not isinstance(value, str):
+            env.fail(key, f"must be a string, got {_show(value)}")
+    return dict(env.data)
+
+
+def _model(name: str, t: _Table, base: Path, local: LocalBackendConfig) -> ModelConfig:
+    if not MODEL_NAME.fullmatch(name):
+        t.fail(
+            "",
+            "a model name is 1-128 characters of A-Z a-z 0-9 . _ : / -, starting with a letter or digit",
+        )
+    path, prof = _profile(t, base, local)
+    slo = _slo(t)
+    lo, initial, hi = _instances(t)
+    return ModelConfig(
+        name=name,
+        profile_path=path,
+        profile=prof,
+        slo=slo,
+        min_instances=lo,
+        max_instances=hi,
+        initial_instances=initial,
+        command=_command(t),
+        env=_env(t),
+        sim_speedup=t.number("sim_speedup", _M["sim_speedup"]),
+        sim_startup_s=t.number("sim_startup_s", 0.0, "non-negative") if "sim_startup_s" in t.data else None,
+    )
+
+
+def _models(root: _Table, base: Path, local: LocalBackendConfig) -> dict[str, ModelConfig]:
+    table = root.sub("models", None)
+    if not table.data:
+        root.fail("models", 'at least one model is required: a [models."NAME"] table')
+    models = {name: _model(name, table.sub(name, MODEL_KEYS), base, local) for name in table.data}
+    _check_initial_gpus(root.file, models, local)
+    return models
+
+
+def _check_initial_gpus(file: str, models: Mapping[str, ModelConfig], local: LocalBackendConfig) -> None:
+    """The instances started at boot (at least min_instances each) must fit on the GPUs."""
+    need = sum(m.initial_instances * m.profile.gpus for m in models.values())
+    if need > local.gpus:
+        last = [m for m in models.values() if m.initial_instances][-1]
+        share = ", ".join(f"{m.name} {m.initial_instances} x {m.profile.gpus}" for m in models.values())
+        raise ConfigError(
+            f"{file}: {key_path('models', last.name, 'initial_instances')}: the initial instances need {need} GPUs "
+            f"({share}); backend.local.gpus is {local.gpus}"
+        )
+
+
+def _check_policy(t: _Table, daemon: DaemonConfig, models: Mapping[str, ModelConfig]) -> None:
+    """The policy must accept its parameters with these models' profiles."""
+    try:
+        make_policy(daemon.policy, {name: m.profile for name, m in models.items()}, daemon.policy_params)
+    except ValueError as e:
+        t.fail("policy_params", str(e))
+
+
+# ---------------------------------------------------------------- the file
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the daemon's config file. Raises ConfigError "FILE: key.path: reason"."""
+    path = Path(path)
+    file = str(path)
+    base = path.resolve().parent
+    root = _Table(file, (), _read_toml(path), ROOT_KEYS)
+    local = _local(root.sub("backend", BACKEND_KEYS).sub("local", LOCAL_KEYS))
+    daemon_table = root.sub("daemon", DAEMON_KEYS)
+    daemon = _daemon(daemon_table, base)
+    api = _api(root.sub("api", API_KEYS), base)
+    models = _models(root, base, local)
+    _check_policy(daemon_table, daemon, models)
+    return Config(path=path.resolve(), daemon=daemon, api=api, local=local, models=models)
+
+
+def load_keys(path: Path) -> dict[str, str]:
+    """API keys: one "KEY [NAME]" a line; '#' starts a comment, blank lines are skipped. Returns
+    key -> name (a key without a name is named "key..LAST4"). A key shorter than 16 characters, with
+    characters a bearer token cannot carry, or seen twice is a ConfigError "FILE:LINE: reason"
+    (the message never shows the key)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
+    keys: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        comment = next((i for i, w in enumerate(words) if w.startswith("#")), len(words))
+        words = words[:comment]
+        if not words:
+            continue
+        if len(words) > 2:
+            raise ConfigError(f"{path}:{n}: expected KEY [NAME], got {len(words)} fields")
+        key = words[0]
+        if len(key) < MIN_KEY_CHARS:
+            raise ConfigError(f"{path}:{n}: key too short ({len(key)} characters; at least {MIN_KEY_CHARS})")
+        if not _KEY_CHARS.fullmatch(key):
+            raise ConfigError(f"{path}:{n}: a key may hold only A-Z a-z 0-9 and . _ ~ + / = -")
+        if key in first_line:
+            raise ConfigError(f"{path}:{n}: duplicate key (first on line {first_line[key]})")
+        first_line[key] = n
+        keys[key] = words[1] if len(words) == 2 else f"key..{key[-4:]}"
+    return keys
+
+
+# ---------------------------------------------------------------- chirond check-config
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Legal but probably unintended settings."""
+    out = []
+    d, a = cfg.daemon, cfg.api
+    if a.auth == "open" and not _is_loopback(d.listen_host):
+        out.append(f'api.auth = "open" on {d.listen_host}: anyone who reaches port {d.listen_port} can use the models')
+    if a.auth == "keys" and a.keys_file is not None and not load_keys(a.keys_file):
+        out.append(f"api.keys_file {a.keys_file} holds no keys: every request will be refused")
+    lo, hi = cfg.local.port_range
+    if lo <= d.listen_port <= hi:
+        out.append(f"daemon.listen_port {d.listen_port} lies inside backend.local.port_range [{lo}, {hi}]")
+    for m in cfg.models.values():
+        floor = m.profile.step_s(1, 0)
+        if m.slo.tpot_s < floor:
+            out.append(
+                f"{key_path('models', m.name, 'slo', 'tpot_s')} = {m.slo.tpot_s:g} s is below one decode step of "
+                f"{m.profile.name} ({floor * 1000:.0f} ms): no batch size meets it"
+            )
+    return out
+
+
+def _engine(m: ModelConfig) -> str:
+    if m.command:
+        return " ".join(shlex.quote(arg) if any(c.isspace() for c in arg) or not arg else arg for arg in m.command)
+    startup = f"{m.sim_startup_s:g} s" if m.sim_startup_s is not None else "profile's cold start"
+    return f"simulated server, speedup {m.sim_speedup:g}, start-up {startup}"
+
+
+def print_summary(cfg: Config, console: Console) -> None:
+    """What the daemon would run: listen address, backend, policy, then each model."""
+    d, a, loc = cfg.daemon, cfg.api, cfg.local
+    auth = "open (no keys)" if a.auth == "open" else f"keys ({len(load_keys(a.keys_file or Path()))} in {a.keys_file})"
+    params = ", ".join(f"{k}={v:g}" for k, v in d.policy_params.items()) or "defaults"
+    console.print(f"[bold green]{escape(str(cfg.path))}: OK[/]")
+    console.print(f"listen   http://{escape(d.listen_host)}:{d.listen_port}, auth {escape(auth)}")
+    console.print(f"backend  {d.backend}: {loc.gpus} GPUs, ports {loc.port_range[0]}-{loc.port_range[1]}")
+    console.print(f"policy   {d.policy} ({escape(params)}), tick {d.tick_s:g} s")
+    console.print(f"state    {escape(str(d.state_dir))}, log level {d.log_level}")
+    for m in cfg.models.values():
+        gpus = f"{m.profile.gpus} GPU{'s' if m.profile.gpus > 1 else ''}/instance"
+        console.print(f"model    [bold]{escape(m.name)}[/]: profile {escape(m.profile.name)}, {gpus}")
+        console.print(
+            f"         SLO TTFT {m.slo.ttft_s:g} s, TPOT {m.slo.tpot_s:g} s; "
+            f"instances min {m.min_instances}, initial {m.initial_instances}, max {m.max_instances}"
+        )
+        console.print(f"         engine: {escape(_engine(m))}")
+
+
+def check_config_main(args: argparse.Namespace) -> int:
+    """`chirond check-config FILE`: 0 and a summary when the file is good, 2 and the error if not."""
+    try:
+        cfg = load_config(args.config)
+        warnings = config_warnings(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(cfg, Console())
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0

@@ -91,6 +91,35 @@ class Dispatcher:
         else:
             self.enqueue(req)
 
+    def withdraw(self, req: Request) -> bool:
+        """Take back a request that is no longer wanted (its client left or waited too long):
+        from its instance if dispatched, else from its queue. Returns False if it was in neither."""
+        if req.instance is not None:
+            return self.complete(req) is not None
+        q = self.queues[req.model]
+        if req.cls is ReqClass.INTERACTIVE:
+            for i, e in enumerate(q.inter_heap):
+                if e[3] is req:
+                    q.inter_heap[i] = q.inter_heap[-1]
+                    q.inter_heap.pop()
+                    heapq.heapify(q.inter_heap)
+                    break
+            else:
+                try:
+                    q.inter.remove(req)
+                except ValueError:
+                    return False
+            q.inter_tokens -= req.input_tokens
+            return True
+        for j, b in enumerate(q.batch):
+            if b[3] is req:
+                q.batch[j] = q.batch[-1]
+                q.batch.pop()
+                heapq.heapify(q.batch)
+                self._forget_backlog(q, req)
+                return True
+        return False
+
     def queued(self, model: str) -> tuple[int, int]:
         q = self.queues[model]
         return q.n_inter, len(q.batch)
@@ -209,13 +238,17 @@ class Dispatcher:
 
     def _pop_batch(self, q: ModelQueues) -> Request:
         req = heapq.heappop(q.batch)[3]
+        self._forget_backlog(q, req)
+        return req
+
+    @staticmethod
+    def _forget_backlog(q: ModelQueues, req: Request) -> None:
         deadline = req.deadline if req.deadline is not None else float("inf")
         g = q.backlog[deadline]
         g[0] -= 1
         g[1] -= req.input_tokens
         if g[0] <= 0:
             del q.backlog[deadline]
-        return req
 
     @staticmethod
     def _assign(slot: Slot, req: Request, now: float, assigned: list[Request]) -> None:

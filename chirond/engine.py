@@ -115,6 +115,46 @@ class Engine:
     def __len__(self) -> int:
         return len(self._seqs)
 
+    # ---------------------------------------------------------------- observation inside a segment
+    # For a caller that runs the engine against a live clock (the simulated vLLM server): what has
+    # happened by `now` inside the segment in flight. None of these change any state.
+
+    def steps_done(self, now: float) -> int:
+        """Decode steps of the segment in flight finished by `now` (0 in a prefill step, or idle)."""
+        if not self.busy or self._seg_chunks:
+            return 0
+        return self._steps_done_by(now - self.seg_start)
+
+    def generated(self, req: Request, now: float, steps_done: int | None = None) -> int:
+        """Output tokens `req` has produced by `now`, including the decode steps finished inside the
+        segment in flight. `steps_done` is `self.steps_done(now)`, for callers asking about many
+        requests at once. A finished request has all its tokens; one not here (aborted) none.
+        Assumes prompts of at least one token, as vLLM does."""
+        s = self._seqs.get(req.id)
+        if s is None:
+            return req.output_tokens if req.finish is not None else 0
+        if s.computed < s.prefill_len:  # waiting or prefilling: what it kept from before a preemption
+            return s.generated
+        if steps_done is None:
+            steps_done = self.steps_done(now)
+        return min(req.output_tokens, s.generated + self.step - s.join_step + steps_done)
+
+    def generation_tokens_by(self, now: float) -> int:
+        """`generation_tokens` plus the tokens decoded so far inside the segment in flight."""
+        return self.generation_tokens + self._n_dec * self.steps_done(now)
+
+    def step_prompts(self) -> list[Request]:
+        """Requests whose prompt work is in the step in flight (none in a decode segment). A request's
+        first such step is when it was scheduled; the step that completes its prompt gives it its
+        first token at `segment_end`."""
+        return [s.req for s, _ in self._seg_chunks if s.alive]
+
+    def step_tokens(self) -> tuple[int, int]:
+        """(tokens per step, steps) of the segment in flight: prompt chunks plus one per decoder."""
+        if not self.busy:
+            return 0, 0
+        return self._n_dec + sum(c for _, c in self._seg_chunks), self._seg_k
+
     # ---------------------------------------------------------------- input
 
     def submit(self, req: Request) -> None:

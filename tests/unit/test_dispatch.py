@@ -376,3 +376,27 @@ def test_batch_without_deadline_goes_last() -> None:
     d.enqueue(due)
     assert d.backlog(M)[-1].deadline == float("inf")
     assert d.dispatch(M, 2.0)[0] == [due]
+
+
+def test_withdraw_takes_requests_back_from_queues_and_instances() -> None:
+    from chirond.dispatch import Dispatcher
+    from chirond.model import DispatchRules, Ordering, Pool, ReqClass, Request
+
+    for ordering in (Ordering.PRIORITY, Ordering.SLO):
+        d = Dispatcher(DispatchRules(ordering=ordering), {"m": 1.0})
+        a = Request(1, "m", ReqClass.INTERACTIVE, 0.0, 100, 10)
+        b = Request(2, "m", ReqClass.INTERACTIVE, 0.1, 50, 10)
+        c = Request(3, "m", ReqClass.BATCH, 0.2, 70, 10, deadline=100.0)
+        for r in (a, b, c):
+            d.enqueue(r)
+        assert d.withdraw(b)
+        assert d.queued("m") == (1, 1)
+        assert d.interactive_tokens("m") == 100
+        assert d.withdraw(c)
+        assert d.backlog("m") == ()
+        assert not d.withdraw(c)  # already gone
+        d.add_instance(7, "m", Pool.INTERACTIVE, cap=4)
+        assigned, _ = d.dispatch("m", 1.0)
+        assert assigned == [a] and len(d.slots[7].inter) == 1
+        assert d.withdraw(a)
+        assert len(d.slots[7].inter) == 0

@@ -1,0 +1,169 @@
+"""vLLM's Prometheus metrics for the simulated server: the exposed names, labels (`model_name` and
+`engine="0"`), help texts and default buckets of vLLM 0.33 (`v1/metrics/loggers.py`, `buckets.py`).
+
+Everything is rendered at scrape time by one collector on a per-server `CollectorRegistry`, so
+several servers can live in one process. Gauges and engine counters are read from the engine then;
+histograms are plain bucket arrays whose `observe` takes a count, because with token coalescing one
+observation stands for several tokens and 512 streams must not pay a lock per token.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+               80.0)
+REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                           240.0, 480.0, 960.0, 1920.0, 7680.0)
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+
+
+def build_1_2_5_buckets(max_value: int) -> tuple[int, ...]:
+    """vLLM's token-count buckets: 1, 2, 5, 10, 20, 50, ... up to `max_value`."""
+    out: list[int] = []
+    scale = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > max_value:
+                return tuple(out)
+            out.append(m * scale)
+        scale *= 10
+
+
+class Hist:
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        """`n` observations of `value`."""
+        self.counts[bisect_left(self.bounds, value)] += n  # bucket i holds value <= bounds[i]
+        self.sum += value * n
+        self.count += n
+
+    def family(self, name: str, doc: str, labels: list[str], values: list[str]) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, doc, labels=labels)
+        cum, buckets = 0, []
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            cum += c
+            buckets.append((floatToGoString(b), float(cum)))
+        buckets.append(("+Inf", float(self.count)))
+        fam.add_metric(values, buckets, self.sum)
+        return fam
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSample:
+    """What the engine says at scrape time."""
+
+    running: int
+    waiting: int
+    kv_usage: float
+    preemptions: int
+    generation_tokens: int
+
+
+class ServerMetrics(Collector):
+    """The `vllm:*` series of one server. The driver feeds the per-request histograms and counters;
+    `sample` reads the engine's state when Prometheus scrapes."""
+
+    def __init__(self, model: str, max_model_len: int, block_size: int, num_gpu_blocks: int,
+                 sample: Callable[[], EngineSample]) -> None:
+        self._labels = ["model_name", "engine"]
+        self._values = [model, "0"]
+        self._sample = sample
+        self._cache_info = {"block_size": str(block_size), "num_gpu_blocks": str(num_gpu_blocks),
+                            "cache_dtype": "auto", "gpu_memory_utilization": "0.9", "enable_prefix_caching": "False",
+                            "engine": "0"}
+        self.created = time.time()
+        self.prompt_tokens = 0
+        self.success = dict.fromkeys(FINISHED_REASONS, 0)
+        tokens = build_1_2_5_buckets(max_model_len)
+        self.ttft = Hist(TTFT_BUCKETS)
+        self.itl = Hist(ITL_BUCKETS)
+        self.tpot = Hist(ITL_BUCKETS)
+        self.e2e = Hist(REQUEST_LATENCY_BUCKETS)
+        self.queue = Hist(REQUEST_LATENCY_BUCKETS)
+        self.inference = Hist(REQUEST_LATENCY_BUCKETS)
+        self.prefill = Hist(REQUEST_LATENCY_BUCKETS)
+        self.decode = Hist(REQUEST_LATENCY_BUCKETS)
+        self.req_prompt = Hist(tokens)
+        self.req_generation = Hist(tokens)
+        self.max_tokens = Hist(tokens)
+        self.params_n = Hist(PARAMS_N_BUCKETS)
+        self.iteration = Hist(ITERATION_TOKENS_BUCKETS)
+        self._hists: tuple[tuple[str, str, Hist], ...] = (
+            ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft),
+            ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", self.itl),
+            ("vllm:request_time_per_output_token_seconds",
+             "Histogram of time_per_output_token_seconds per request.", self.tpot),
+            ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.e2e),
+            ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", self.queue),
+            ("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
+             self.inference),
+            ("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+             self.prefill),
+            ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", self.decode),
+            ("vllm:request_prompt_tokens", "Number of prefill tokens processed.", self.req_prompt),
+            ("vllm:request_generation_tokens", "Number of generation tokens processed.", self.req_generation),
+            ("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", self.max_tokens),
+            ("vllm:request_params_n", "Histogram of the n request parameter.", self.params_n),
+            ("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", self.iteration),
+        )
+
+    def registry(self) -> CollectorRegistry:
+        """A fresh registry with these series and, as vLLM has, the process and Python ones."""
+        reg = CollectorRegistry()
+        reg.register(self)
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        return reg
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._sample()
+        labels, values = self._labels, self._values
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric(values, value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(values, value, created=self.created)
+            return c
+
+        yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", s.running)
+        yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", s.waiting)
+        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", s.kv_usage)
+        yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", s.preemptions)
+        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
+        yield counter("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens)
+        ok = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
+                                 labels=[*labels, "finished_reason"])
+        for reason, n in self.success.items():
+            ok.add_metric([*values, reason], n, created=self.created)
+        yield ok
+        for name, doc, h in self._hists:
+            yield h.family(name, doc, labels, values)
+        info = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+                                 labels=list(self._cache_info))
+        info.add_metric(list(self._cache_info.values()), 1.0)
+        yield info

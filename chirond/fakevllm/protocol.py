@@ -1,0 +1,209 @@
+"""vLLM's OpenAI-compatible wire format: request validation, errors, and the JSON of responses and
+SSE chunks (shapes of vLLM 0.33, see shared notes on vLLM §2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from chirond.tokens import count_messages, count_prompt, make_text
+
+VLLM_VERSION = "0.33.0"  # the version the simulated server reports at /version and in its logs
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 501: "NotImplementedError",
+                503: "ServiceUnavailableError", 500: "InternalServerError"}
+
+
+class ApiError(Exception):
+    """An error answered in vLLM's shape; the HTTP status equals `code`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    def response(self) -> web.Response:
+        err = {"message": self.message, "type": _ERROR_TYPES.get(self.status, "BadRequestError"),
+               "param": self.param, "code": self.status}
+        return web.json_response({"error": err}, status=self.status)
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class GenParams:
+    """A validated generation request (one choice)."""
+
+    chat: bool
+    request_id: str
+    prompt_tokens: int
+    prompt_key: bytes  # what the natural output length is hashed from
+    max_tokens: int | None  # as asked (None: up to the context limit)
+    min_tokens: int
+    ignore_eos: bool
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    priority: int
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param)
+
+
+def _opt_int(body: dict[str, object], key: str, minimum: int | None = None) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(f"{key}: Input should be a valid integer, got {v!r}", key)
+    if minimum is not None and v < minimum:
+        raise _bad(f"{key} must be at least {minimum}, got {v}.", key)
+    return v
+
+
+def _opt_bool(body: dict[str, object], key: str) -> bool:
+    v = body.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise _bad(f"{key}: Input should be a valid boolean, got {v!r}", key)
+    return v
+
+
+def parse_generate(body: object, *, chat: bool, served_model: str, header_request_id: str | None,
+                   default_request_id: str) -> GenParams:
+    """Validate a /v1/chat/completions or /v1/completions body the way vLLM does (400 for a bad
+    field, 404 for another model); unknown fields are ignored."""
+    if not isinstance(body, dict):
+        raise _bad("Input should be a valid dictionary or object to extract fields from")
+    model = body.get("model")
+    if model is not None and model != served_model:
+        if not isinstance(model, str):
+            raise _bad(f"model: Input should be a valid string, got {model!r}", "model")
+        raise ApiError(404, f"The model `{model}` does not exist.", "model")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _bad("messages: Field required (a non-empty list of messages)", "messages")
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise _bad("messages: every message must be an object with a string 'role'", "messages")
+        prompt_tokens = count_messages(messages)
+        prompt_key = dumps(messages).encode()
+        max_tokens = _opt_int(body, "max_completion_tokens", 1)
+        if max_tokens is None:
+            max_tokens = _opt_int(body, "max_tokens", 1)
+    else:
+        if "prompt" not in body:
+            raise _bad("prompt: Field required", "prompt")
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and len(prompt) > 1 and not all(isinstance(t, int) for t in prompt):
+            raise _bad("this simulated server takes one prompt per request, not a batch of prompts", "prompt")
+        prompt_tokens = count_prompt(prompt)
+        if prompt_tokens == 0:
+            raise _bad("The decoder prompt cannot be empty", "prompt")
+        prompt_key = dumps(prompt).encode()
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if "max_tokens" not in body else _opt_int(body, "max_tokens", 1)
+    n = _opt_int(body, "n", 1)
+    if n is not None and n != 1:
+        raise _bad("n: this simulated server supports n=1 only", "n")
+    min_tokens = _opt_int(body, "min_tokens", 0) or 0
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise _bad(f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.",
+                   "min_tokens")
+    stream = _opt_bool(body, "stream")
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise _bad("stream_options: Input should be a valid dictionary", "stream_options")
+        if not stream:
+            raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
+    include_usage = _opt_bool(opts, "include_usage") if opts else False
+    continuous = _opt_bool(opts, "continuous_usage_stats") if opts else False
+    priority = _opt_int(body, "priority") or 0
+    rid = body.get("request_id")
+    if rid is not None and not isinstance(rid, str):
+        raise _bad("request_id: Input should be a valid string", "request_id")
+    return GenParams(chat=chat, request_id=header_request_id or rid or default_request_id,
+                     prompt_tokens=prompt_tokens, prompt_key=prompt_key, max_tokens=max_tokens,
+                     min_tokens=min_tokens, ignore_eos=_opt_bool(body, "ignore_eos"), stream=stream,
+                     include_usage=include_usage, continuous_usage=continuous, priority=priority)
+
+
+def context_error(max_model_len: int, prompt_tokens: int, max_tokens: int) -> ApiError:
+    return ApiError(
+        400,
+        f"This model's maximum context length is {max_model_len} tokens. However, you requested {max_tokens} "
+        f"output tokens and your prompt contains at least {prompt_tokens} input tokens, for a total of at least "
+        f"{prompt_tokens + max_tokens} tokens. Please reduce the length of the input prompt or the number of "
+        f"requested output tokens. (parameter=input_tokens, value={prompt_tokens})",
+        "input_tokens",
+    )
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+
+
+def text(start: int, end: int) -> str:
+    """Output tokens start..end-1: 4-character words, so `count_text` of the whole is its token count."""
+    return make_text(end - start, seed=start)
+
+
+class Render:
+    """One request's response JSON. SSE chunks are pre-cut templates: 512 streams write thousands
+    of chunks a second, and only the text and the finish reason change between them."""
+
+    def __init__(self, p: GenParams, model: str, created: int) -> None:
+        self.p = p
+        self.model = model
+        self.created = created
+        self.id = ("chatcmpl-" if p.chat else "cmpl-") + p.request_id
+        obj = "chat.completion.chunk" if p.chat else "text_completion"
+        self._head = f'data: {{"id":{dumps(self.id)},"object":"{obj}","created":{created},"model":{dumps(model)},'
+        self._open = self._head + ('"choices":[{"index":0,"delta":{"content":' if p.chat
+                                   else '"choices":[{"index":0,"text":')
+
+    def role_chunk(self) -> str:
+        extra = f',"usage":{dumps(usage(self.p.prompt_tokens, 0))}' if self.p.continuous_usage else ""
+        return (f'{self._head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
+                f'"logprobs":null,"finish_reason":null}}]{extra}}}\n\n')
+
+    def chunk(self, start: int, end: int, finish: str | None) -> str:
+        """Tokens start..end-1; the last chunk of a choice carries its finish reason."""
+        if finish is not None:
+            tail = f'"logprobs":null,"finish_reason":"{finish}","stop_reason":null'
+        elif self.p.chat:
+            tail = '"logprobs":null,"finish_reason":null'
+        else:
+            tail = '"logprobs":null,"finish_reason":null,"stop_reason":null'
+        close = "}" if self.p.chat else ""  # chat text sits in a "delta" object
+        extra = f',"usage":{dumps(usage(self.p.prompt_tokens, end))}' if self.p.continuous_usage else ""
+        return f'{self._open}"{text(start, end)}"{close},{tail}}}]{extra}}}\n\n'
+
+    def usage_chunk(self, completion: int) -> str:
+        return f'{self._head}"choices":[],"usage":{dumps(usage(self.p.prompt_tokens, completion))}}}\n\n'
+
+    def full(self, completion: int, finish: str) -> dict[str, object]:
+        choice: dict[str, object]
+        if self.p.chat:
+            choice = {"index": 0,
+                      "message": {"role": "assistant", "content": text(0, completion), "refusal": None,
+                                  "annotations": None, "audio": None, "function_call": None, "tool_calls": [],
+                                  "reasoning": None},
+                      "logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None}
+        else:
+            choice = {"index": 0, "text": text(0, completion), "logprobs": None, "finish_reason": finish,
+                      "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}
+        u: dict[str, object] = {**usage(self.p.prompt_tokens, completion), "prompt_tokens_details": None}
+        return {"id": self.id, "object": "chat.completion" if self.p.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "service_tier": None,
+                "system_fingerprint": None, "usage": u, "prompt_logprobs": None, "prompt_token_ids": None,
+                "kv_transfer_params": None}

@@ -1,0 +1,58 @@
+"""chirond's own Prometheus metrics (`chirond_*`), fed by the same hooks the autoscaler reads.
+Labels stay bounded: model, class, pool, state, action, outcome; per-instance series (cap) are
+removed when the instance goes."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# vLLM's own TTFT and inter-token buckets, so chirond's and the engines' histograms line up.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.queue = Gauge("chirond_queue_length", "Requests waiting in chirond's queues", ["model", "class"],
+                           registry=r)
+        self.instances = Gauge("chirond_instances", "Instances by pool and state", ["model", "pool", "state"],
+                               registry=r)
+        self.cap = Gauge("chirond_instance_batch_cap", "In-flight cap (local batch size) per instance",
+                         ["model", "instance"], registry=r)
+        self.gpus = Gauge("chirond_gpus_in_use", "GPUs held by chirond's instances", registry=r)
+        self.ttft = Histogram("chirond_time_to_first_token_seconds", "TTFT from arrival at chirond",
+                              ["model", "class"], buckets=TTFT_BUCKETS, registry=r)
+        self.tpot = Histogram("chirond_time_per_output_token_seconds", "Mean time per output token per request",
+                              ["model", "class"], buckets=TPOT_BUCKETS, registry=r)
+        self.requests = Counter("chirond_requests", "Requests by outcome (ok, error, rejected, cancelled)",
+                                ["model", "class", "outcome"], registry=r)
+        self.slo_met = Counter("chirond_slo_met", "Finished requests that met their SLO (TTFT and TPOT; "
+                               "batch: deadline)", ["model", "class"], registry=r)
+        self.slo_attainment = Gauge("chirond_slo_attainment", "Fraction of finished requests that met their "
+                                    "SLO since start", ["model", "class"], registry=r)
+        self.preemptions = Counter("chirond_preemptions", "Batch requests evicted for interactive ones, and "
+                                   "requests whose instance was lost", ["model", "reason"], registry=r)
+        self.retries = Counter("chirond_upstream_retries", "Attempts retried on another instance",
+                               ["model"], registry=r)
+        self.scaling = Counter("chirond_scaling_actions", "Actions applied by the control loop",
+                               ["model", "action"], registry=r)
+        self.tick = Histogram("chirond_control_tick_seconds", "Time spent in one control tick",
+                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
+        self._finished: dict[tuple[str, str], list[int]] = {}
+
+    def finished(self, model: str, cls: str, met: bool) -> None:
+        n = self._finished.setdefault((model, cls), [0, 0])
+        n[0] += 1
+        n[1] += met
+        if met:
+            self.slo_met.labels(model, cls).inc()
+        self.slo_attainment.labels(model, cls).set(n[1] / n[0])
+
+    def drop_instance(self, model: str, inst_id: int) -> None:
+        with contextlib.suppress(KeyError):
+            self.cap.remove(model, str(inst_id))

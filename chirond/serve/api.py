@@ -1,0 +1,313 @@
+"""The OpenAI-compatible HTTP surface (aiohttp): auth, parsing, admission, and the relay of each
+request to the instance the dispatcher gives it.
+
+Upstream, every request is streamed (the proxy sees the first token, and can resume or assemble);
+the client gets a stream or one JSON body, as it asked. Semantics (docs/serving.md):
+- an instance that fails before the first byte reaches the client: the request is retried on
+  another instance (up to `api.max_retries` times);
+- a batch-class request evicted for an interactive one: its upstream request is aborted and it is
+  queued again; it later resumes from the text it had generated (preemption by recompute), so the
+  client sees one answer; the GPU work of the evicted attempt is what is lost;
+- a stream whose instance dies mid-way (or is evicted and cannot resume) ends with an error event;
+- a client that disconnects aborts its upstream request (aiohttp cancels the handler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from chirond.config import Config
+from chirond.metrics import Metrics
+from chirond.model import ReqClass
+from chirond.serve import openai_api as oa
+from chirond.serve.gateway import Gateway, Job
+
+CHAT, COMPLETIONS = "chat", "completions"
+_PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"}
+
+
+class ControlPlane(Protocol):
+    """What the API needs from the daemon."""
+
+    def instance_url(self, inst_id: int) -> str | None: ...
+
+    def instance_failed(self, inst_id: int, reason: str) -> None: ...
+
+    def upstream_priority(self, model: str, cls: ReqClass) -> int | None: ...
+
+    def model_status(self) -> list[dict[str, Any]]: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def on_arrival(self, job: Job) -> None: ...
+
+    def on_first_token(self, job: Job) -> None: ...
+
+    def on_finished(self, job: Job, outcome: str) -> None: ...
+
+
+@dataclass
+class _Outcome:
+    kind: str  # "done" | "retry" (nothing reached the upstream client yet) | "broken" | "error"
+    error: oa.ApiError | None = None
+    upstream_status: int = 0
+    upstream_body: bytes = b""
+
+
+class _ClientSide:
+    """The client's half of one request: a stream opened at the first byte, or one JSON body."""
+
+    def __init__(self, request: web.Request, parsed: oa.ParsedRequest) -> None:
+        self.request = request
+        self.parsed = parsed
+        self.resp: web.StreamResponse | None = None
+        self.acc = oa.StreamAccumulator()  # what the client has seen, over every attempt
+        self.resume: oa.Resume | None = None  # set when an attempt continues a cut one
+
+    @property
+    def started(self) -> bool:
+        return self.resp is not None
+
+    async def send(self, frames: list[bytes]) -> None:
+        if self.resp is None:
+            self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await self.resp.prepare(self.request)
+        if frames:
+            await self.resp.write(b"".join(frames))
+
+
+class ProxyApi:
+    def __init__(
+        self,
+        config: Config,
+        gateway: Gateway,
+        control: ControlPlane,
+        metrics: Metrics,
+        keys: dict[str, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = config
+        self.api = config.api
+        self.gateway = gateway
+        self.control = control
+        self.metrics = metrics
+        self.keys = keys
+        self.clock = clock
+        self.session: aiohttp.ClientSession | None = None
+        self.accepting = True
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.api.max_body_bytes, middlewares=[self._errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prom)
+        return app
+
+    # ---------------------------------------------------------------- plumbing
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except oa.ApiError as e:
+            return web.json_response(e.body(), status=e.status, headers=e.headers)
+        except web.HTTPRequestEntityTooLarge:
+            e2 = oa.ApiError.too_large(self.api.max_body_bytes)
+            return web.json_response(e2.body(), status=e2.status)
+        except web.HTTPNotFound:
+            e3 = oa.ApiError(404, f"no route {request.method} {request.path}", "invalid_request_error")
+            return web.json_response(e3.body(), status=404)
+        except web.HTTPMethodNotAllowed:
+            e4 = oa.ApiError(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
+            return web.json_response(e4.body(), status=405)
+
+    def _auth(self, request: web.Request) -> str:
+        """The caller's name (the key's name), or raise 401."""
+        if self.api.auth == "open":
+            return "anonymous"
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() == "bearer" and key:
+            for k, name in self.keys.items():
+                if hmac.compare_digest(k.encode(), key.strip().encode()):
+                    return name
+        raise oa.ApiError.unauthorized()
+
+    # ---------------------------------------------------------------- read-only routes
+
+    async def models(self, request: web.Request) -> web.Response:
+        self._auth(request)
+        return web.json_response({"object": "list", "data": self.control.model_status()})
+
+    async def health(self, request: web.Request) -> web.Response:
+        body = self.control.health()
+        return web.json_response(body, status=200 if self.accepting else 503)
+
+    async def prom(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ---------------------------------------------------------------- generation
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, CHAT)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, COMPLETIONS)
+
+    async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        self._auth(request)
+        if not self.accepting:
+            raise oa.ApiError.unavailable("chirond is shutting down", self.api.retry_after_s)
+        raw = await request.read()
+        parsed = oa.parse_request(endpoint, raw, request.headers.get("Content-Type"), self.api.max_body_bytes)
+        if parsed.model not in self.cfg.models:
+            raise oa.ApiError.unknown_model(parsed.model, sorted(self.cfg.models))
+        cls = oa.request_class(parsed, request.headers.get(self.api.batch_header))
+        inter, batch = self.gateway.dispatcher.queued(parsed.model)
+        limit = self.api.max_queue_interactive if cls is ReqClass.INTERACTIVE else self.api.max_queue_batch
+        if (inter if cls is ReqClass.INTERACTIVE else batch) >= limit:
+            self.metrics.requests.labels(parsed.model, cls.value, "rejected").inc()
+            raise oa.ApiError.queue_full(parsed.model, cls.value, limit, self.api.retry_after_s)
+        req = self.gateway.new_request(
+            parsed.model, cls, parsed.input_tokens, parsed.max_tokens or 0, self.api.batch_deadline_s
+        )
+        job = self.gateway.admit(req)
+        self.control.on_arrival(job)
+        client = _ClientSide(request, parsed)
+        outcome = "error"
+        try:
+            resp = await self._serve(job, client)
+            if job.req.finish is not None:
+                outcome = "ok"
+            return resp
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if job.task is not None and not job.task.done():
+                job.task.cancel()  # the client left: abort upstream
+            self.gateway.finish(job)
+            self.control.on_finished(job, outcome)
+
+    async def _serve(self, job: Job, client: _ClientSide) -> web.StreamResponse:
+        parsed = client.parsed
+        deadline = job.req.arrival + self.api.max_wait_s
+        while True:
+            try:
+                inst_id = await self.gateway.wait_turn(job, max(0.0, deadline - self.clock()))
+            except TimeoutError:
+                err = oa.ApiError.unavailable(
+                    f"no capacity for model {parsed.model!r} within {self.api.max_wait_s:.0f} s", self.api.retry_after_s
+                )
+                return await self._fail(client, err)
+            url = self.control.instance_url(inst_id)
+            if url is None:  # gone between dispatch and now
+                self.gateway.requeue(job)
+                continue
+            prio = self.control.upstream_priority(job.req.model, job.req.cls)
+            if client.resume is None:
+                body: bytes | None = oa.upstream_body(parsed, job.req.model, prio)
+            else:
+                body = oa.resume_body(parsed, client.acc, job.req.model, prio)
+            if body is None:
+                return await self._fail(client, oa.ApiError.upstream("the request was interrupted and cannot resume"))
+            job.attempts += 1
+            job.interrupted = None
+            task: asyncio.Task[object] = asyncio.create_task(
+                self._attempt(job, url + _PATHS[parsed.endpoint], body, client)
+            )
+            job.task = task
+            await asyncio.wait([task])
+            if task.cancelled():  # interrupted by the gateway: the job is already queued again
+                if job.interrupted == "preempted" or not client.started:
+                    client.resume = oa.Resume.after(client.acc, parsed, client.resume)
+                    continue
+                return await self._fail(client, oa.ApiError.upstream(f"instance {inst_id} was lost mid-stream"))
+            out = task.result()
+            assert isinstance(out, _Outcome)
+            if out.kind == "done":
+                return await self._done(job, client)
+            if out.kind == "error":  # the engine refused the request (e.g. too long): that is the answer
+                return web.Response(
+                    body=out.upstream_body, status=out.upstream_status, headers={"Content-Type": "application/json"}
+                )
+            self.control.instance_failed(inst_id, out.error.message if out.error else out.kind)
+            if out.kind == "retry" and not client.started and job.attempts <= self.api.max_retries:
+                self.metrics.retries.labels(parsed.model).inc()
+                client.resume = oa.Resume.after(client.acc, parsed, client.resume)
+                self.gateway.requeue(job)
+                continue
+            return await self._fail(client, out.error or oa.ApiError.upstream(f"instance {inst_id} failed"))
+
+    async def _attempt(self, job: Job, url: str, body: bytes, client: _ClientSide) -> _Outcome:
+        """One upstream request; relays its chunks to the client as they come (see openai_api)."""
+        assert self.session is not None
+        acc, resume, parsed = client.acc, client.resume, client.parsed
+        got_any = False
+        try:
+            async with self.session.post(url, data=body, headers={"Content-Type": "application/json"}) as up:
+                if up.status != 200:
+                    data = await up.read()
+                    if up.status >= 500 or up.status == 429:
+                        return _Outcome("retry", oa.ApiError.upstream(f"instance answered {up.status}"))
+                    return _Outcome("error", upstream_status=up.status, upstream_body=data)
+                parser = oa.SseParser()
+                done = False
+                async for data in up.content.iter_any():
+                    frames: list[bytes] = []
+                    for payload in parser.feed(data):
+                        if payload == oa.DONE:
+                            done = True
+                            continue
+                        chunk = oa.parse_chunk(payload)
+                        if "error" in chunk:
+                            err = oa.ApiError.from_error_object(chunk["error"])
+                            return _Outcome("broken" if client.started else "retry", err)
+                        got_any = True
+                        out = payload if resume is None else oa.rewrite_chunk_for_client(payload, chunk, resume)
+                        if out is None:
+                            continue
+                        if acc.feed(chunk) and job.req.first_token is None:
+                            job.req.first_token = self.clock()
+                            self.control.on_first_token(job)
+                        if parsed.stream and (parsed.include_usage or not oa.is_usage_only(chunk)):
+                            frames.append(oa.sse_frame(out))
+                    if frames:
+                        await client.send(frames)
+                if not done:
+                    kind = "broken" if client.started else "retry"
+                    return _Outcome(kind, oa.ApiError.upstream("the instance closed the stream early"))
+                return _Outcome("done")
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+            kind = "broken" if (got_any and client.started) else "retry"
+            return _Outcome(kind, oa.ApiError.upstream(f"instance connection failed: {e.__class__.__name__}"))
+        except oa.ApiError as e:  # garbage from the instance
+            return _Outcome("broken" if client.started else "retry", e)
+
+    async def _done(self, job: Job, client: _ClientSide) -> web.StreamResponse:
+        job.req.finish = self.clock()
+        job.req.output_tokens = client.acc.tokens
+        if client.parsed.stream:
+            await client.send([oa.SSE_DONE])
+            assert client.resp is not None
+            await client.resp.write_eof()
+            return client.resp
+        return web.json_response(oa.assemble_response(client.parsed, client.acc, job.req.model))
+
+    async def _fail(self, client: _ClientSide, err: oa.ApiError) -> web.StreamResponse:
+        if client.resp is None:
+            raise err
+        await client.resp.write(oa.error_event(err))
+        await client.resp.write_eof()
+        return client.resp
