@@ -175,7 +175,7 @@ class Driver:
         live.last_n = 1
         m = self.metrics
         m.prompt_tokens += live.req.input_tokens
-        m.ttft.observe(1.3 * (wall - live.arrival))
+        m.ttft.observe(wall - live.arrival)
         if live.stream:
             # The last token always goes out with the finish, so a stream never ends on an empty chunk.
             live.avail = min(live.req.output_tokens - 1, 1)

@@ -57,7 +57,8 @@ class Hist:
         self.sum += value * n
         self.count += n
 
-    def family(self, name: str, doc: str, labels: list[str], values: list[str]) -> HistogramMetricFamily:
+    def family(self, name: str, doc: str, labels: list[str], values: list[str], created: float
+               ) -> HistogramMetricFamily:
         fam = HistogramMetricFamily(name, doc, labels=labels)
         cum, buckets = 0, []
         for b, c in zip(self.bounds, self.counts, strict=False):
@@ -65,6 +66,7 @@ class Hist:
             buckets.append((floatToGoString(b), float(cum)))
         buckets.append(("+Inf", float(self.count)))
         fam.add_metric(values, buckets, self.sum)
+        fam.add_sample(name + "_created", dict(zip(labels, values, strict=True)), created)  # as Histogram has
         return fam
 
 
@@ -105,7 +107,7 @@ class ServerMetrics(Collector):
         self.decode = Hist(REQUEST_LATENCY_BUCKETS)
         self.req_prompt = Hist(tokens)
         self.req_generation = Hist(tokens)
-        self.max_tokens = Hist(tokens)
+        self.max_tokens = Hist(tokens)  # also vllm:request_max_num_generation_tokens (n = 1: the same)
         self.params_n = Hist(PARAMS_N_BUCKETS)
         self.iteration = Hist(ITERATION_TOKENS_BUCKETS)
         self._hists: tuple[tuple[str, str, Hist], ...] = (
@@ -123,6 +125,8 @@ class ServerMetrics(Collector):
             ("vllm:request_prompt_tokens", "Number of prefill tokens processed.", self.req_prompt),
             ("vllm:request_generation_tokens", "Number of generation tokens processed.", self.req_generation),
             ("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", self.max_tokens),
+            ("vllm:request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.",
+             self.max_tokens),
             ("vllm:request_params_n", "Histogram of the n request parameter.", self.params_n),
             ("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", self.iteration),
         )
@@ -153,16 +157,34 @@ class ServerMetrics(Collector):
         yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", s.running)
         yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", s.waiting)
         yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", s.kv_usage)
+        by_reason = GaugeMetricFamily("vllm:num_requests_waiting_by_reason", "Number of requests waiting, by reason.",
+                                      labels=[*labels, "reason"])
+        by_reason.add_metric([*values, "capacity"], s.waiting)
+        by_reason.add_metric([*values, "deferred"], 0)
+        yield by_reason
+        sleep = GaugeMetricFamily("vllm:engine_sleep_state", "Engine sleep state.", labels=[*labels, "sleep_state"])
+        for state in ("awake", "weights_offloaded", "discard_all"):
+            sleep.add_metric([*values, state], 1.0 if state == "awake" else 0.0)
+        yield sleep
         yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", s.preemptions)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens)
+        # No prefix caching is simulated: every prompt token is a query and none is a hit.
+        yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+                      self.prompt_tokens)
+        yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", 0)
+        rejected = CounterMetricFamily("vllm:admission_rejections", "Requests rejected at admission.",
+                                       labels=["model_name", "reason"])  # no engine label, as in vLLM
+        for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
+            rejected.add_metric([values[0], reason], 0, created=self.created)
+        yield rejected
         ok = CounterMetricFamily("vllm:request_success", "Count of successfully processed requests.",
                                  labels=[*labels, "finished_reason"])
         for reason, n in self.success.items():
             ok.add_metric([*values, reason], n, created=self.created)
         yield ok
         for name, doc, h in self._hists:
-            yield h.family(name, doc, labels, values)
+            yield h.family(name, doc, labels, values, self.created)
         info = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
                                  labels=list(self._cache_info))
         info.add_metric(list(self._cache_info.values()), 1.0)

@@ -94,7 +94,7 @@ class FakeVllm:
         self.priority = scheduling_policy == "priority"
         self.engine = Engine(profile, max_num_seqs, max_num_batched_tokens, priority=self.priority)
         self.metrics = ServerMetrics(model, max_model_len, profile.block_tokens, profile.kv_blocks,
-                                     lambda: self.driver.sample())
+                                     lambda: self.driver.sample())  # the driver is made next
         self.driver = Driver(self.engine, speedup, self.metrics, min_emit_interval)
         self.registry = self.metrics.registry()
         self._bearer = frozenset(f"Bearer {k}" for k in api_keys)

@@ -195,6 +195,11 @@ async def test_metrics_names_labels_buckets_and_counters(server: FakeVllm) -> No
         assert les == [*(str(float(b)) for b in buckets), "+Inf"], name
         assert m[name + "_count" + lab()] == (28 if name == "vllm:inter_token_latency_seconds" else 2)
     assert m["vllm:iteration_tokens_total_count" + lab()] > 0
+    assert m["vllm:num_requests_waiting_by_reason" + lab(reason="capacity")] == 0
+    assert m["vllm:engine_sleep_state" + lab(sleep_state="awake")] == 1
+    assert m["vllm:prefix_cache_queries_total" + lab()] == prompt
+    assert m["vllm:request_max_num_generation_tokens_sum" + lab()] == 30
+    assert "vllm:e2e_request_latency_seconds_created" + lab() in m
     info = [k for k in m if k.startswith("vllm:cache_config_info")]
     assert len(info) == 1 and "block_size=16" in info[0] and f"num_gpu_blocks={PROFILE.kv_blocks}" in info[0]
     # The raw exposition, as a scraper matches it.
