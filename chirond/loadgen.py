@@ -18,8 +18,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
+from asyncio import FIRST_COMPLETED
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,7 +59,7 @@ KINDS: dict[str, tuple[Api, bool]] = {
 }
 DEFAULT_MIX = "chat-stream=80,completions-stream=10,chat=10"
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
+EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_UNFINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DESCRIPTION = """\
 Drive a short sample workload through an OpenAI-compatible endpoint (chirond, vLLM, ...) with the
@@ -87,10 +89,11 @@ never retried."""
 
 EPILOG = """\
 exit status:
-  0  every request was answered (error responses are counted in the report, not fatal)
-  1  the endpoint could not be reached at start, or rejected the key, or has no model
-  2  bad arguments or trace file
-  3  some requests got no answer before the deadline (duration + drain)"""
+  0    every request was answered (error responses are counted in the report, not fatal)
+  1    the endpoint could not be reached at start, or rejected the key, or lists no model
+  2    bad arguments or trace file
+  3    some requests got no answer before the deadline (duration + drain)
+  130  interrupted: the first Ctrl-C stops the run and still prints the report, a second aborts"""
 
 
 # ---------------------------------------------------------------- options
@@ -300,9 +303,9 @@ def _trace_window(
     last = min(first + n, len(arrivals))
     if last < len(arrivals):
         end = float(arrivals[last])  # the next arrival closes the window: gaps before it are kept
-    elif last > first:  # the trace ran out: close it one mean gap after its last request
-        span = float(arrivals[last - 1]) - start_s
-        end = float(arrivals[last - 1]) + span / (last - first)
+    elif last > first:  # the trace ran out: close the window one mean gap after its last request
+        gap = float(arrivals[last - 1] - arrivals[first]) / (last - first - 1) if last - first > 1 else 0.0
+        end = float(arrivals[last - 1]) + gap
     else:
         end = start_s
     span = end - start_s
@@ -415,7 +418,8 @@ class ClassSummary:
     requests: int
     ok: int
     errors: int
-    unfinished: int  # includes unsent
+    unfinished: int  # sent and not answered by the deadline, or never sent
+    unsent: int  # of which never sent (the run was stopped early, or the batch backlog outlasted it)
     ttft_p50_s: float | None  # streaming requests only
     ttft_p90_s: float | None
     ttft_p99_s: float | None
@@ -441,6 +445,7 @@ def summarize_class(cls: Cls, records: Sequence[Record], slo: Slo) -> ClassSumma
         ok=len(ok),
         errors=sum(r.outcome == "error" for r in rs),
         unfinished=sum(r.outcome in ("unfinished", "unsent") for r in rs),
+        unsent=sum(r.outcome == "unsent" for r in rs),
         ttft_p50_s=percentile(ttft, 50),
         ttft_p90_s=percentile(ttft, 90),
         ttft_p99_s=percentile(ttft, 99),
@@ -453,14 +458,17 @@ def summarize_class(cls: Cls, records: Sequence[Record], slo: Slo) -> ClassSumma
     )
 
 
+UNANSWERED = {"unfinished": "no answer by the end", "unsent": "not sent"}
+
+
 def error_breakdown(records: Sequence[Record]) -> dict[str, dict[str, int]]:
     """{error label: {class: count}}, most frequent first; unfinished and unsent requests included."""
     counts: Counter[tuple[str, str]] = Counter()
     for r in records:
         if r.outcome == "error":
             counts[(r.error or "error", r.cls)] += 1
-        elif r.outcome in ("unfinished", "unsent"):
-            counts[(f"{r.outcome} at deadline", r.cls)] += 1
+        elif r.outcome in UNANSWERED:
+            counts[(UNANSWERED[r.outcome], r.cls)] += 1
     out: dict[str, dict[str, int]] = {}
     totals: Counter[str] = Counter()
     for (label, cls), n in counts.items():
@@ -485,8 +493,13 @@ class InstanceSample:
     eta_s: float | None
 
 
-def _int_or(v: object, default: int | None) -> int | None:
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else default
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _count(v: object) -> int | None:
+    n = _number(v)
+    return None if n is None else int(n)
 
 
 def sample_from_model(t: float, item: dict[str, Any]) -> InstanceSample | None:
@@ -496,30 +509,26 @@ def sample_from_model(t: float, item: dict[str, Any]) -> InstanceSample | None:
         return None
     raw_q = item.get("queue")
     q: dict[str, Any] = raw_q if isinstance(raw_q, dict) else {}
-    eta = item.get("eta_s")
     state = item.get("state")
     return InstanceSample(
         t=t,
         state=state if isinstance(state, str) else None,
-        ready=_int_or(inst.get("ready"), 0) or 0,
-        starting=_int_or(inst.get("starting"), 0) or 0,
-        pending=_int_or(inst.get("pending"), 0) or 0,
-        draining=_int_or(inst.get("draining"), 0) or 0,
-        queue_interactive=_int_or(q.get("interactive"), None),
-        queue_batch=_int_or(q.get("batch"), None),
-        eta_s=float(eta) if isinstance(eta, int | float) and not isinstance(eta, bool) else None,
+        ready=_count(inst.get("ready")) or 0,
+        starting=_count(inst.get("starting")) or 0,
+        pending=_count(inst.get("pending")) or 0,
+        draining=_count(inst.get("draining")) or 0,
+        queue_interactive=_count(q.get("interactive")),
+        queue_batch=_count(q.get("batch")),
+        eta_s=_number(item.get("eta_s")),
     )
 
 
 def scale_events(samples: Sequence[InstanceSample]) -> list[InstanceSample]:
     """The samples where the instance counts or the state changed (the first one always)."""
-    events: list[InstanceSample] = []
-    for s in samples:
-        key = (s.state, s.ready, s.starting, s.pending, s.draining)
-        if not events or key != (events[-1].state, events[-1].ready, events[-1].starting, events[-1].pending,
-                                 events[-1].draining):
-            events.append(s)
-    return events
+    def key(s: InstanceSample) -> tuple[object, ...]:
+        return s.state, s.ready, s.starting, s.pending, s.draining
+
+    return [s for i, s in enumerate(samples) if i == 0 or key(s) != key(samples[i - 1])]
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -569,10 +578,9 @@ async def fetch_models(
 
 
 async def probe(http: aiohttp.ClientSession, base_url: str, api_key: str) -> list[dict[str, Any]]:
+    """GET /models at start; any transport failure becomes an EndpointError that says what to check."""
     try:
         return await fetch_models(http, base_url, api_key)
-    except EndpointError:
-        raise
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise EndpointError(f"cannot reach {base_url}: is chirond running? ({type(e).__name__}: {e})") from e
 
@@ -580,10 +588,8 @@ async def probe(http: aiohttp.ClientSession, base_url: str, api_key: str) -> lis
 def resolve_slo(cfg: LoadConfig, item: dict[str, Any] | None) -> tuple[Slo, str]:
     """The SLO to judge by and where it came from ("endpoint", "options" or "default")."""
     adv = item.get("slo") if item else None
-    ttft = tpot = None
-    if isinstance(adv, dict):
-        ttft = adv.get("ttft_s") if isinstance(adv.get("ttft_s"), int | float) else None
-        tpot = adv.get("tpot_s") if isinstance(adv.get("tpot_s"), int | float) else None
+    ttft = _number(adv.get("ttft_s")) if isinstance(adv, dict) else None
+    tpot = _number(adv.get("tpot_s")) if isinstance(adv, dict) else None
     source = "endpoint" if ttft is not None or tpot is not None else "default"
     if cfg.ttft_slo_s is not None or cfg.tpot_slo_s is not None:
         source = "options"
@@ -607,6 +613,9 @@ def prompt_text(tokens: int, seed: int) -> str:
     return _text_base(size)[start : start + 4 * tokens]
 
 
+HTTP_LIBRARIES = ("httpx", "httpcore", "aiohttp")
+
+
 def _error_info(e: BaseException) -> tuple[int | None, str]:
     """(HTTP status or None, error class) for the report."""
     if isinstance(e, openai.APIStatusError):
@@ -617,7 +626,7 @@ def _error_info(e: BaseException) -> tuple[int | None, str]:
     if isinstance(e, StreamError | openai.APIError) and not isinstance(e, openai.APIConnectionError):
         return None, "stream error"
     # Transport errors while a stream is read come from the HTTP library unwrapped.
-    if isinstance(e, openai.APIConnectionError | OSError) or type(e).__module__.startswith(("httpx", "httpcore")):
+    if isinstance(e, openai.APIConnectionError | OSError) or type(e).__module__.startswith(HTTP_LIBRARIES):
         return None, "connection error"
     return None, name
 
@@ -647,24 +656,26 @@ class Driver:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    async def run(self, t0: float) -> None:
-        """Send everything; at t0 + duration + drain cancel what is outstanding."""
+    async def run(self, t0: float, stop: asyncio.Event | None = None) -> None:
+        """Send everything; at t0 + duration + drain, or when `stop` is set, cancel what is outstanding."""
         self.t0 = t0
-        batch = deque(p for p in self.workload.requests if p.cls == "batch")
-        workers = [asyncio.create_task(self._batch_worker(batch)) for _ in range(self.cfg.batch_concurrency)]
-        sender = asyncio.create_task(self._send_interactive(self.workload.of("interactive")))
+        work = asyncio.create_task(self._send_all())
+        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
+        waits = {work} if stopper is None else {work, stopper}
         try:
-            async with asyncio.timeout(max(self.deadline_s - self.now(), 0.0)):
-                await asyncio.gather(sender, *workers)
-                while self._tasks:
-                    await asyncio.wait(set(self._tasks))
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=max(self.deadline_s - self.now(), 0.0), return_when=FIRST_COMPLETED)
         finally:
-            pending = [sender, *workers, *self._tasks]
+            pending = [*waits, *self._tasks]
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _send_all(self) -> None:
+        batch = deque(p for p in self.workload.requests if p.cls == "batch")
+        workers = [self._batch_worker(batch) for _ in range(self.cfg.batch_concurrency)]
+        await asyncio.gather(self._send_interactive(self.workload.of("interactive")), *workers)
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     async def _send_interactive(self, planned: list[Planned]) -> None:
         for p in sorted(planned, key=lambda p: p.at):
@@ -820,6 +831,7 @@ class LoadResult:
     records: list[Record]
     samples: list[InstanceSample]  # empty when the endpoint reports no instance counts
     wall_s: float
+    interrupted: bool = False  # stopped early (Ctrl-C)
     summaries: dict[str, ClassSummary] = field(default_factory=dict)
 
     @property
@@ -834,6 +846,7 @@ class LoadResult:
             "model": self.model,
             "slo": {"ttft_s": self.slo.ttft_s, "tpot_s": self.slo.tpot_s, "source": self.slo_source},
             "wall_s": self.wall_s,
+            "interrupted": self.interrupted,
             "trace_window_s": list(self.workload.trace_window),
             "speedup": self.workload.speedup,
             "classes": {c: asdict(s) for c, s in self.summaries.items()},
@@ -876,11 +889,12 @@ async def _poll_instances(
         await asyncio.sleep(max(POLL_INTERVAL_S - (driver.now() - t), 0.05))
 
 
-async def run_load(cfg: LoadConfig, console: Console | None = None) -> LoadResult:
+async def run_load(cfg: LoadConfig, console: Console | None = None, stop: asyncio.Event | None = None) -> LoadResult:
     """Run the workload `cfg` describes against cfg.base_url and return every record.
 
     Raises EndpointError if GET /models fails at start, ValueError (ScenarioError) for a bad trace.
-    Shows a live progress display on `console` when cfg.show_progress.
+    Shows a live progress display on `console` when cfg.show_progress. Setting `stop` ends the run
+    early, as the deadline does: what is outstanding is cancelled and counted as unfinished.
     """
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -899,7 +913,7 @@ async def run_load(cfg: LoadConfig, console: Console | None = None) -> LoadResul
             driver.t0 = t0
             poller = asyncio.create_task(_poll_instances(http, cfg, model, driver, samples, on_sample))
             try:
-                await driver.run(t0)
+                await driver.run(t0, stop)
             finally:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -908,7 +922,8 @@ async def run_load(cfg: LoadConfig, console: Console | None = None) -> LoadResul
         last = await _sample_once(http, cfg, model, driver.now())  # the state the run left behind
         if last is not None:
             samples.append(last)
-    result = LoadResult(cfg.base_url, model, slo, slo_source, workload, driver.records, samples, wall)
+    result = LoadResult(cfg.base_url, model, slo, slo_source, workload, driver.records, samples, wall,
+                        interrupted=stop is not None and stop.is_set())
     result.summaries = {c: summarize_class(c, driver.records, slo) for c in ("interactive", "batch")}
     return result
 
@@ -1029,6 +1044,9 @@ def print_report(result: LoadResult, console: Console) -> None:
         f"(trace {w.trace_window[0]:.0f}-{w.trace_window[1]:.0f} s, {w.speedup:.2f}x) + "
         f"{len(w.of('batch'))} batch requests, {result.wall_s:.1f} s"
     )
+    if result.interrupted:
+        console.print(f"[yellow]interrupted after {result.wall_s:.1f} s: what was not answered counts as "
+                      "unfinished[/yellow]")
     console.print(_class_table(result))
     slo = result.slo
     console.print(
@@ -1068,7 +1086,7 @@ def _class_table(result: LoadResult) -> Table:
         ("requests", lambda s: str(s.requests)),
         ("ok", lambda s: str(s.ok)),
         ("errors", lambda s: str(s.errors)),
-        ("unfinished", lambda s: str(s.unfinished)),
+        ("unfinished", lambda s: str(s.unfinished) + (f" ({s.unsent} not sent)" if s.unsent else "")),
         ("TTFT p50 ms", lambda s: _ms(s.ttft_p50_s)),
         ("TTFT p90 ms", lambda s: _ms(s.ttft_p90_s)),
         ("TTFT p99 ms", lambda s: _ms(s.ttft_p99_s)),
@@ -1121,9 +1139,9 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run started
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print_report(result, console)
     if args.json_out:
         try:
@@ -1133,6 +1151,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: cannot write {args.json_out}: {e}", file=sys.stderr)
             return EXIT_USAGE
         console.print(f"wrote {args.json_out}")
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if result.all_answered else EXIT_UNFINISHED
 
 
@@ -1140,6 +1160,21 @@ def _run(cfg: LoadConfig, console: Console) -> LoadResult:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.run(run_load(cfg, console))
+        return asyncio.run(_run_until_interrupted(cfg, console))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_load(cfg, console))
+        return runner.run(_run_until_interrupted(cfg, console))
+
+
+async def _run_until_interrupted(cfg: LoadConfig, console: Console) -> LoadResult:
+    """The first Ctrl-C ends the run early and still reports; a second one aborts."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def first_interrupt() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+        console.print("[yellow]interrupted: cancelling outstanding requests (Ctrl-C again to abort)[/yellow]")
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here: Ctrl-C aborts
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+    return await run_load(cfg, console, stop)

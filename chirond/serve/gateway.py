@@ -65,10 +65,15 @@ class Gateway:
     async def wait_turn(self, job: Job, timeout_s: float) -> int:
         """The instance the job may use now. Raises TimeoutError (the job stays queued: the caller
         withdraws it)."""
-        if not job.turn.done():
-            # shield: a timeout must not cancel the future the dispatcher may resolve meanwhile
-            await asyncio.wait_for(asyncio.shield(job.turn), timeout_s)
-        return job.turn.result()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            fut = job.turn
+            if fut.done():
+                return fut.result()
+            # shield: a timeout must not cancel the future the dispatcher may resolve meanwhile.
+            # Once it resolves, look again: an eviction may have replaced it before we woke.
+            await asyncio.wait_for(asyncio.shield(fut), max(0.0, end - loop.time()))
 
     def kick(self, model: str) -> None:
         """Dispatch what can be dispatched for `model`: wake the jobs given a slot, interrupt the

@@ -4,6 +4,7 @@ test's event loop (streaming and not, chat and completions, chirond's extra /mod
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from rich.console import Console
 
 from chirond import loadgen
 from chirond.loadgen import EndpointError, LoadConfig, parse_mix, run_load
@@ -43,6 +45,8 @@ class FakeOpenAI:
 
     fail_every: int = 0
     hang_batch: bool = False
+    on_request: asyncio.Event | None = None  # set when the first generation request arrives
+    cut_streams: bool = False  # drop the connection after the first token of every stream
     seen: list[Seen] = field(default_factory=list)
     model_polls: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,7 +61,7 @@ class FakeOpenAI:
 
     async def models(self, request: web.Request) -> web.Response:
         self.model_polls += 1
-        ready = 1 if len(self.seen) < 10 else 2  # "scales up" after ten requests
+        ready = 1 if self.model_polls <= 2 else 2  # "scales up" after the first poll of the run
         return web.json_response({"object": "list", "data": [{
             "id": MODEL, "object": "model", "owned_by": "chirond", "state": "live",
             "instances": {"ready": ready, "starting": 2 - ready, "pending": 0, "draining": 0},
@@ -72,6 +76,8 @@ class FakeOpenAI:
         n = int(body["max_tokens"])
         self.seen.append(Seen("chat" if chat else "completions", stream, n, body.get("service_tier"),
                               request.headers.get("X-Chirond-Class"), body.get("ignore_eos") is True, prompt))
+        if self.on_request is not None:
+            self.on_request.set()
         if self.fail_every and next(self._n) % self.fail_every == self.fail_every - 1:
             err = {"error": {"message": "no capacity", "type": "server_error", "code": 503}}
             return web.json_response(err, status=503)
@@ -89,6 +95,9 @@ class FakeOpenAI:
         for _ in range(n):
             await _sse(resp, _chunk(chat, {"content": "tok "}))
             await asyncio.sleep(0.001)
+            if self.cut_streams and request.transport is not None:
+                request.transport.close()
+                return resp
         await _sse(resp, _chunk(chat, {} if chat else {"content": ""}, finish="length"))
         await _sse(resp, {**_chunk(chat, {}), "choices": [], "usage": usage})
         await resp.write(b"data: [DONE]\n\n")
@@ -185,9 +194,13 @@ async def test_drives_every_path_and_measures(serve: Any) -> None:
     assert (s["interactive"].requests, s["interactive"].ok, s["interactive"].errors) == (20, 20, 0)
     assert s["batch"].attainment == 1.0
     assert result.all_answered
-    # the instances were polled; the change from 1 to 2 ready is an event
-    assert fake.model_polls >= 2
-    assert result.samples and result.samples[0].ready == 1
+    # the instances were polled, at the start and once more at the end
+    assert fake.model_polls >= 3
+    assert result.samples[0].ready == 1 and result.samples[-1].ready == 2
+
+    out = json.loads(json.dumps(result.to_json()))
+    assert len(out["requests"]) == 26 and out["summary"]["classes"]["batch"]["ok"] == 6
+    assert out["summary"]["scale_events"][0]["ready"] == 1 and out["summary"]["peak_ready"] == 2
 
 
 async def test_503s_are_counted_as_errors(serve: Any) -> None:
@@ -206,6 +219,20 @@ async def test_503s_are_counted_as_errors(serve: Any) -> None:
     assert s["batch"].attainment == s["batch"].ok / s["batch"].requests < 1.0
     assert result.all_answered  # error answers are answers
 
+    console = Console(file=io.StringIO(), width=100)
+    loadgen.print_report(result, console)
+    report = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "HTTP 503" in report and "SLO attainment" in report and "peak 2 ready" in report
+
+
+async def test_a_dropped_stream_is_a_connection_error(serve: Any) -> None:
+    result = await run_load(small(await serve(FakeOpenAI(cut_streams=True))))
+
+    streamed = [r for r in result.records if r.stream]
+    assert streamed and all(r.outcome == "error" and r.error == "connection error" for r in streamed)
+    assert all(r.outcome == "ok" for r in result.records if not r.stream)
+    assert result.all_answered
+
 
 async def test_deadline_cancels_outstanding_requests(serve: Any) -> None:
     fake = FakeOpenAI(hang_batch=True)
@@ -216,7 +243,21 @@ async def test_deadline_cancels_outstanding_requests(serve: Any) -> None:
     assert [r.outcome for r in batch].count("unsent") == 4
     assert all(r.outcome == "ok" for r in result.records if r.cls == "interactive")
     assert not result.all_answered
-    assert result.summaries["batch"].unfinished == 6 and result.summaries["batch"].attainment == 0.0
+    s = result.summaries["batch"]
+    assert (s.unfinished, s.unsent, s.attainment) == (6, 4, 0.0)
+
+
+async def test_stop_ends_the_run_early_and_keeps_the_records(serve: Any) -> None:
+    stop = asyncio.Event()
+    fake = FakeOpenAI(on_request=stop)  # stop as soon as the first request arrives
+    result = await run_load(small(await serve(fake), duration_s=30.0, batch_requests=0), stop=stop)
+
+    assert result.interrupted
+    outcomes = [r.outcome for r in result.records]
+    assert len(outcomes) == 600
+    assert outcomes.count("unsent") > 500  # arrivals were due over 30 s
+    assert set(outcomes) <= {"ok", "unfinished", "unsent"}
+    assert len(fake.seen) == len(outcomes) - outcomes.count("unsent")
 
 
 async def test_unreachable_endpoint_is_a_clear_error() -> None:
@@ -225,3 +266,14 @@ async def test_unreachable_endpoint_is_a_clear_error() -> None:
         port = s.getsockname()[1]
     with pytest.raises(EndpointError, match=rf"cannot reach http://127.0.0.1:{port}/v1: is chirond running\?"):
         await run_load(LoadConfig(base_url=f"http://127.0.0.1:{port}/v1", show_progress=False))
+
+
+async def test_against_chirond(daemon_factory: Any) -> None:
+    """The product demo's path: the load driver in front of the real daemon and simulated engines."""
+    d = await daemon_factory()
+    result = await run_load(small(f"http://127.0.0.1:{d.port}/v1", rate=5.0, batch_requests=3, drain_s=60.0))
+
+    assert [r.outcome for r in result.records] == ["ok"] * 8, [r.detail for r in result.records]
+    assert all(r.completion_tokens == r.max_tokens for r in result.records)
+    assert (result.model, result.slo.ttft_s, result.slo.tpot_s, result.slo_source) == ("llama-8b", 2.0, 0.2, "endpoint")
+    assert result.samples and all(s.ready >= 1 and s.state == "live" for s in result.samples)
