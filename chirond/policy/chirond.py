@@ -17,6 +17,9 @@ request needs the slot. Each tick, per model:
    at the measured mean length, at the mixed instances' throughput), plus the interactive work over
    the same span, must fit in instances x (time left - lead time) x `batch_efficiency`. The fewest
    instances meeting every deadline; more as soon as the plan needs them, in one step.
+   Backpressure on top: interactive requests waiting past half the TTFT SLO add an instance (one
+   at a time, none while one is starting), as the estimates lag a ramp; that level holds for
+   `scale_down_hold_s` after the queueing was last seen.
 4. Scale down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`), one instance a
    tick, never on stale data. Instances whose job time limit is closer than the lead time are
    replaced ahead of time and then drained.
@@ -25,7 +28,7 @@ request needs the slot. Each tick, per model:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from chirond.model import (
@@ -51,6 +54,8 @@ from chirond.profiles import Profile
 @dataclass(frozen=True)
 class ChirondState:
     low_since: dict[str, float]  # model -> since when the plan asks for fewer instances
+    # model -> (when, instances): the last time queueing asked for more instances than the estimates
+    pressure: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 class ChirondPolicy(Policy):
@@ -66,6 +71,7 @@ class ChirondPolicy(Policy):
         "scale_down_hold_s": 60.0,
         "reserve_slots": 4.0,
         "idle_rate_per_s": 0.01,
+        "queue_wait_share": 0.5,
     }
 
     def engine_args(self, model: str, slo: Slo) -> EngineArgs:
@@ -82,6 +88,7 @@ class ChirondPolicy(Policy):
     def plan(self, snap: Snapshot, state: object) -> Decision:
         st = state if isinstance(state, ChirondState) else ChirondState({})
         low_since = dict(st.low_since)
+        pressure = dict(st.pressure)
         actions: list[Action] = []
         reasons: list[str] = []
         for m in snap.models:
@@ -91,6 +98,7 @@ class ChirondPolicy(Policy):
             n_now = max(1, len(alive(m)))
             _, tps = self._cap(m, prof, n_now)
             need, why = self._needed(m, prof, tps, snap.now)
+            need, why = self._backpressure(m, need, why, snap.now, pressure)
             cap, _ = self._cap(m, prof, max(n_now, need))
             batch_cap = max(0, cap - int(self.params["reserve_slots"]))
             for i in m.instances:
@@ -100,7 +108,29 @@ class ChirondPolicy(Policy):
             actions.extend(acts)
             if acts or note:
                 reasons.append(f"{m.name}: need {need} ({why}){note}")
-        return Decision(tuple(actions), "; ".join(reasons) or "hold", ChirondState(low_since))
+        return Decision(tuple(actions), "; ".join(reasons) or "hold", ChirondState(low_since, pressure))
+
+    def _backpressure(
+        self, m: ModelView, need: int, why: str, now: float, pressure: dict[str, tuple[float, int]]
+    ) -> tuple[int, str]:
+        """Interactive requests waiting in chirond's queue past a share of the TTFT SLO mean the
+        estimates lag the load (a ramp, a new mix): one instance more than now, unless one is on
+        its way. The level holds for `scale_down_hold_s` after the queueing was last seen, so the
+        instance is not drained as soon as it has emptied the queue."""
+        serving = alive(m)
+        if (
+            m.interactive_queue
+            and m.oldest_interactive_wait_s > self.params["queue_wait_share"] * m.slo.ttft_s
+            and all(i.state is InstanceState.READY for i in serving)
+        ):
+            pressure[m.name] = (now, min(m.max_instances, max(need, len(serving) + 1)))
+            why += f", queue {m.interactive_queue} waiting {m.oldest_interactive_wait_s:.1f} s"
+        held = pressure.get(m.name)
+        if held is not None and now - held[0] > self.params["scale_down_hold_s"]:
+            del pressure[m.name]
+        elif held is not None and held[1] > need:
+            return held[1], why + f", held at {held[1]} after queueing"
+        return need, why
 
     # ---------------------------------------------------------------- local: batch caps
 

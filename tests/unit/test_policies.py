@@ -509,3 +509,30 @@ def test_same_snapshot_without_stale_does_scale_down(name: str) -> None:
 def test_chiron_does_not_change_a_stale_instances_cap() -> None:
     s = snap(model([inst(1, pool=Pool.INTERACTIVE, cap=32, inter=10, tpot=0.3, stale=True)]))
     assert [a for a in policy("chiron").plan(s, None).actions if isinstance(a, SetBatchCap)] == []
+
+
+def test_chirond_adds_an_instance_when_interactive_requests_wait_and_holds_it() -> None:
+    from dataclasses import replace
+
+    p = policy("chirond", scale_down_hold_s=60.0)
+    base = model([inst(1, inter=32)], interactive_queue=12, stats=load(0.5, 500, 100))
+    waiting = replace(base, oldest_interactive_wait_s=SLO.ttft_s)  # past half the TTFT SLO
+    d = p.plan(snap(waiting, now=100.0), None)
+    assert sum(a.count for a in launches(d)) == 1
+    # Not while one is on its way.
+    starting = replace(waiting, instances=(*waiting.instances, inst(2, state=InstanceState.STARTING)))
+    assert not launches(p.plan(snap(starting, now=105.0), d.state))
+    # Waiting shorter than half the SLO is not pressure.
+    calm = replace(base, oldest_interactive_wait_s=0.1 * SLO.ttft_s)
+    assert not launches(p.plan(snap(calm, now=100.0), None))
+    # Once the queue is gone the level holds for the hold time, then scale-down may start.
+    two = replace(base, interactive_queue=0, instances=(inst(1), inst(2)))
+    assert not drains(p.plan(snap(two, now=150.0), d.state))
+    st = d.state
+    drained_at = []
+    for t in (150.0, 170.0, 200.0, 240.0):
+        later = p.plan(snap(two, now=t), st)
+        st = later.state
+        if drains(later):
+            drained_at.append(t)
+    assert drained_at == [240.0]  # held until 160, then the usual 60 s of hysteresis
