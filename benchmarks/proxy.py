@@ -5,9 +5,12 @@ request of the daemon, the instance and the load client, and where the added TTF
 as the client, chirond and the instance each see it). Prints tables and writes them into
 docs/benchmarks.md (section "Proxy overhead").
 
-    python benchmarks/proxy.py                                  # 1, 64, 512 streams, 2 rounds per path (~3 min)
-    python benchmarks/proxy.py --concurrency 64 --rounds 2 --no-write
-    python benchmarks/proxy.py --profile-daemon /tmp/daemon.prof --concurrency 64 --no-write   # cProfile
+    python benchmarks/proxy.py                          # 1, 64, 512 and 64 x 128 tokens, 2 rounds per path (~3 min)
+    python benchmarks/proxy.py --concurrency 64,64x8 --no-write --samples /tmp/ttft.csv
+    python benchmarks/proxy.py --concurrency 64 --profile-daemon /tmp/daemon.prof --no-write   # cProfile
+
+A load is STREAMS or STREAMSxTOKENS (mean max_tokens; default --max-tokens 32). While it runs, the
+daemon's pid is printed first, e.g. for `py-spy record -p PID`.
 
 Set-up: `chirond serve` with a generated config (policy static, open auth, one model on the 8B profile,
 exactly one instance P of the simulated server) and a second simulated server D started with P's own
@@ -345,7 +348,7 @@ class Round:
     completed: int  # requests that finished inside the window
     chunks: int  # their chunks
     tokens: int  # their tokens
-    cpu: dict[str, float]  # CPU seconds inside the window: "daemon", "instance", "client", "machine"
+    cpu: dict[str, float]  # CPU seconds in the window: "daemon", "instance", "client", "idle instance", "machine"
     layer_ttft: dict[str, tuple[float, float]]  # the round's TTFT (sum, count) seen by "daemon" and "instance"
 
     @property
@@ -363,7 +366,8 @@ async def run_round(
     cap_s: float,
 ) -> Round:
     url = setup.urls[path] + "/v1/chat/completions"
-    pids = {"daemon": setup.daemon, "instance": setup.instances[path], "client": os.getpid()}
+    other = setup.instances["proxy" if path == "direct" else "direct"]  # idle during this round
+    pids = {"daemon": setup.daemon, "instance": setup.instances[path], "client": os.getpid(), "idle instance": other}
     layers = {"instance": setup.urls[f"instance:{path}"]} | ({"daemon": setup.urls["proxy"]} if path == "proxy" else {})
     before = {k: await ttft_totals(session, u, TTFT_METRIC[k]) for k, u in layers.items()}
     samples: list[Sample] = []
@@ -472,6 +476,12 @@ class PathStats:
         """CPU seconds per wall second (1.0 = one core busy)."""
         return self._sum(lambda r: r.cpu[who]) / self.window_s if self.window_s else math.nan
 
+    @property
+    def other_load(self) -> float:
+        """Cores busy with processes other than the benchmark's four."""
+        ours = ("daemon", "instance", "client", "idle instance")
+        return self.cores("machine") - sum(self.cores(w) for w in ours)
+
     def mean_ttft(self, layer: str) -> float:
         """Mean TTFT of all the rounds' requests (start bursts included) as `layer` saw it: "client",
         "daemon" (chirond, from the parsed request to the first upstream chunk) or "instance" (the simulated
@@ -550,7 +560,7 @@ def ms(x: float, sign: bool = False) -> str:
 
 HEAD = ["streams", "max tokens", "path", "TTFT samples", "TTFT p50 ms", "TTFT p99 ms", "e2e p50 ms", "req/s",
         "chunks/s", "tokens/s", "chunks/req", "CPU ms/req daemon", "CPU ms/req instance", "CPU ms/req client",
-        "machine busy (cores)", "errors"]  # fmt: skip
+        "other load (cores)", "errors"]  # fmt: skip
 
 
 def rows(results: Results) -> list[list[str]]:
@@ -563,7 +573,7 @@ def rows(results: Results) -> list[list[str]]:
                 ms(quantile(s.e2es, 0.5)), f"{s.rps:,.0f}", f"{s.chunks_ps:,.0f}", f"{s.tokens_ps:,.0f}",
                 f"{s.chunks_per_request:.1f}",
                 f"{s.cpu_ms('daemon'):.2f}" if p == "proxy" else "-", f"{s.cpu_ms('instance'):.2f}",
-                f"{s.cpu_ms('client'):.2f}", f"{s.cores('machine'):.2f}", str(s.errors),
+                f"{s.cpu_ms('client'):.2f}", f"{s.other_load:.2f}", str(s.errors),
             ])  # fmt: skip
     return out
 
@@ -693,53 +703,65 @@ INTRO = """\
 `python benchmarks/proxy.py` measures what chirond's proxy adds to a streamed request: the same requests
 go straight to a simulated vLLM instance (`chirond fake-vllm`, the *direct* path) and through `chirond
 serve` to its own, identical instance (the *proxy* path), side by side in one run on loopback, at 1, 64
-and 512 concurrent streams (and 64 streams with 4 times longer answers). The daemon runs the `static`
+and 512 concurrent streams, and at 64 streams with 4 times longer answers. The daemon runs the `static`
 policy with one instance of the 8B profile; the direct instance is started with the daemon's instance's
 own command line (read from `/proc`), only the port changed. The load client is a lean aiohttp loop in
-the benchmark process (raw SSE parsing, not the openai client), a closed loop of *c* workers. Per load:
+the benchmark process (raw SSE parsing, not the openai client): a closed loop of *c* workers. Per load:
 a warm-up round per path, then measured rounds in the order direct, proxy, proxy, direct (so drift hits
 both alike). A round is measured from the end of its start burst (the first *c* requests) to its last
-issue, so every figure is at full concurrency: requests/s and chunks/s count the requests finished in
-that window; CPU per request is utime + stime from `/proc/PID/stat` over the window divided by them
-(daemon = the `chirond serve` process only; instance = the instance at the end of that path; client =
-the benchmark process; machine = every process on the machine, from `/proc/stat`); TTFT is to the first
-chunk with content, for every request issued after the burst. *Added TTFT* is proxy minus direct, per
-quantile.
+issue, so every figure is at full concurrency: requests/s, chunks/s and tokens/s count the requests
+finished in that window; CPU per request is utime + stime from `/proc/PID/stat` over the window divided
+by them (daemon = the `chirond serve` process alone; instance = the instance at the end of that path;
+client = the benchmark process); "other load" is what the rest of the machine used meanwhile (`/proc/stat`
+less those processes). TTFT is to the first chunk with content, for every request issued after the
+burst. *Added TTFT* is proxy minus direct, per quantile.
 
-Choices worth knowing when reading the numbers:
+Reading the numbers:
 
-- **Output lengths vary.** `max_tokens` runs through 16..48 (mean 32; `--spread 0.5`; the same fixed
-  sequence on both paths) with `ignore_eos`. With one fixed length a closed loop runs in lockstep: the
-  simulated engine admits a wave of requests in one step, they finish in the same step and come back
-  together, and the wave's chunked prefill (64 x 64 prompt tokens over a 2048-token step budget) sets
-  the TTFT. The waves differ between the paths and from round to round (seen while building this:
+- **Output lengths vary.** `max_tokens` runs through 16..48 for a mean of 32 (`--spread 0.5`; the same
+  fixed sequence on both paths) with `ignore_eos`. With one fixed length a closed loop runs in lockstep:
+  the simulated engine admits a wave of requests in one step, they finish in the same step and come
+  back together, and the wave's chunked prefill (64 prompts of 64 tokens over a 2048-token step budget)
+  sets the TTFT. The waves differ between the paths and from round to round (seen while building this:
   direct TTFT p50 24 ms in every round, proxy 15 to 29 ms from one round to the next at 64 streams),
-  which swamps a millisecond. Varied lengths break the waves (direct TTFT p50 then 6 to 7 ms, stable).
+  which swamps a millisecond. Varied lengths break the waves (direct TTFT p50 6 ms, stable).
 - **Speedup 10** (`--speedup`): the engine model runs 10 times faster than real time, so a 32-token
   answer takes about 40 ms at 1 stream. At 64 streams the simulated engine is the bottleneck of the
-  direct path, so in the closed loop requests/s = 64 / e2e latency on both paths: a lower proxy rate
-  there is the added latency (Little's law), not a lack of capacity. At 512 streams the host CPU is
-  the bottleneck: that row shows the proxy's capacity on this machine.
-- **64 streams is a heavy load here**: 800 requests/s and 12,000 chunks/s on one instance, about ten
-  times the request rate that 64 real streams with answers of a few hundred tokens produce. The
-  `64 x 128 tok` row keeps the chunk rate and cuts the request rate by four.
-- **Chunks.** The simulated server sends at most one chunk per stream every 5 ms, so at this speedup a
-  chunk carries about 3 tokens (real vLLM sends one per token). The proxy's CPU is per request and per
-  chunk: the fit below gives both, to scale to other answer lengths and chunk rates.
-- **512 streams.** The daemon holds a request until its instance has a free slot (the per-instance
-  cap, the profile's `max_num_seqs` = 256) and the engine holds it in its waiting queue (its own
+  direct path, and in a closed loop requests/s = streams / e2e latency on both paths: a lower proxy
+  rate there is the added latency (Little's law), not a lack of capacity. At 512 streams the host CPU
+  is the bottleneck: that row is the proxy's capacity on this machine.
+- **64 streams is a heavy load here**: about 800 requests/s and 13,000 chunks/s through one daemon and
+  one instance, some ten times the request rate of 64 real streams with answers of a few hundred tokens.
+  The 64 x 128 row keeps the chunk rate and cuts the request rate by four.
+- **Chunks.** The simulated server sends at most one chunk per stream every 5 ms (a chunk carries all
+  the tokens ready by then), so here a chunk carries 2 to 3 tokens where real vLLM sends one per token.
+  A slower reader gets fewer, bigger chunks: at 512 streams the saturated daemon reads its instance less
+  often, so chunks/s falls much more than tokens/s on the proxy path; compare tokens/s there. The
+  daemon's CPU is per request and per chunk; the fit below the tables gives both, to scale to other
+  answer lengths and chunk rates.
+- **512 streams.** The daemon holds a request until its instance has a free slot (the per-instance cap,
+  the profile's `max_num_seqs` = 256), and the engine holds it in its waiting queue (its own
   `max_num_seqs` = 256): either way 256 streams run and 256 wait, so TTFT at 512 streams is mostly
-  queueing and follows the throughput (Little's law again); the added TTFT there measures lost
-  throughput, not per-request latency.
-- **Where the added TTFT goes** uses the mean TTFT that each layer records in its own Prometheus
-  histogram (`chirond_time_to_first_token_seconds`: from the parsed request to the first upstream chunk;
+  queueing and follows the throughput (Little's law again). The added TTFT there measures lost
+  throughput, not per-request latency, and in the layer table the wait sits in "chirond to instance and
+  back" on the proxy path (chirond's queue) but inside "direct: instance" on the direct path.
+- **Where the added TTFT goes** uses the mean TTFT each layer records in its own Prometheus histogram
+  (`chirond_time_to_first_token_seconds`: from the parsed request to the first upstream chunk;
   `vllm:time_to_first_token_seconds`: from the parsed request to the first token), read before and after
   each round. "Added outside the engine" = (client - instance) on the proxy path minus the same on the
   direct path: it does not depend on the engine's own TTFT, which differs a little between the paths.
+  At 1 stream it is the floor: one more HTTP exchange between two Python event loops (what the direct
+  path's "client to instance and back" costs) plus chirond's own work.
+- **Asymmetries that belong to chirond:** the daemon scrapes its instance's `/metrics` every tick
+  (`tick_s` 1 here, 5 by default; rendering the page holds the instance's event loop about 4 ms), asks
+  it for a usage chunk per stream (read and dropped), and keeps its control loop running (the idle
+  figure below).
 - **The machine.** A 2-core shared virtual machine: the client, the daemon and the instance compete for
-  the same two cores, and with whatever else runs there (the "machine busy" column counts every
-  process; about 1 core was busy with other work during this run). Absolute numbers are pessimistic and
-  noisy, p99 most of all: compare the two paths within one run, and ratios.
+  the same two cores (about 1.5 cores busy at 64 streams on the proxy path), and with whatever else runs
+  there ("other load"). Absolute numbers are pessimistic and noisy, p99 most of all, and the proxy path,
+  with one more busy process, suffers more from other load: with about half a core of other load the
+  64-stream added TTFT p50 went from 3 to 9-13 ms in trial runs. Compare the two paths within one run,
+  and ratios.
 """
 
 

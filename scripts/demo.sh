@@ -14,8 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 keep=0
 [ "${1:-}" = "--keep" ] && keep=1
-bash scripts/setup.sh
 mkdir -p out/demo
+echo "setting up .venv (log: out/demo/setup.log)"
+bash scripts/setup.sh >out/demo/setup.log 2>&1 || { cat out/demo/setup.log; exit 1; }
 .venv/bin/chirond check-config etc/demo.toml
 url=http://127.0.0.1:8000
 if .venv/bin/python - "$url" <<'EOF' 2>/dev/null; then
