@@ -52,9 +52,10 @@ while time.time() < end:
     time.sleep(0.5)
 sys.exit("error: chirond did not become live within 90 s; see out/demo/chirond.log")
 EOF
+rc=0
 # shellcheck disable=SC2086
 .venv/bin/chiron load --base-url "$url/v1" --model llama-8b --duration-s 90 --rate 12 \
-  --batch-requests 300 --batch-concurrency 64 --json-out out/demo/load.json ${DEMO_ARGS:-}
+  --batch-requests 300 --batch-concurrency 64 --json-out out/demo/load.json ${DEMO_ARGS:-} || rc=$?
 echo
 echo "control decisions (one line per tick with its reason; actions only):"
 grep -E "launch|drain|ready at|stopping|failed" out/demo/chirond.log | sed -E 's/^[0-9-]+ //' | tail -n 25 || true
@@ -63,3 +64,4 @@ if [ "$keep" = 1 ]; then
   echo "chirond keeps serving at $url/v1 (OPENAI_BASE_URL=$url/v1 OPENAI_API_KEY=none); Ctrl-C to stop"
   wait "$pid" || true
 fi
+exit "$rc"
