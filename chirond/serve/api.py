@@ -254,6 +254,9 @@ class ProxyApi:
         """One upstream request; relays its chunks to the client as they come (see openai_api)."""
         assert self.session is not None
         acc, resume, parsed = client.acc, client.resume, client.parsed
+        # Fast path: an interactive stream is never preempted and never resumed, so after its first
+        # token only the usage and error events need decoding; the rest is forwarded as it came.
+        light = resume is None and parsed.stream and job.req.cls is ReqClass.INTERACTIVE
         got_any = False
         try:
             async with self.session.post(url, data=body, headers={"Content-Type": "application/json"}) as up:
@@ -269,6 +272,9 @@ class ProxyApi:
                     for payload in parser.feed(data):
                         if payload == oa.DONE:
                             done = True
+                            continue
+                        if light and acc.first_content_seen and b'"usage"' not in payload and b'"error"' not in payload:
+                            frames.append(oa.sse_frame(payload))
                             continue
                         chunk = oa.parse_chunk(payload)
                         if "error" in chunk:
@@ -299,9 +305,10 @@ class ProxyApi:
         job.req.finish = self.clock()
         job.req.output_tokens = client.acc.tokens
         if client.parsed.stream:
-            await client.send([oa.SSE_DONE])
+            if client.resp is None:
+                await client.send([])
             assert client.resp is not None
-            await client.resp.write_eof()
+            await client.resp.write_eof(oa.SSE_DONE)
             return client.resp
         return web.json_response(oa.assemble_response(client.parsed, client.acc, job.req.model))
 
