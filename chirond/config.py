@@ -45,6 +45,7 @@ class DaemonConfig:
     policy_params: dict[str, float] = field(default_factory=dict)  # overrides of the policy's defaults
     backend: str = "local"  # "local" (more in later releases)
     log_level: str = "info"  # debug | info | warning | error
+    shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,7 @@ def _daemon(t: _Table, base: Path) -> DaemonConfig:
         policy_params=values,
         backend=t.string("backend", _D.backend, BACKENDS),
         log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
+        shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
     )
 
 

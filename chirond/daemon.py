@@ -46,7 +46,6 @@ from chirond.stats import ArrivalWindow
 
 log = logging.getLogger("chirond")
 
-SHUTDOWN_TIMEOUT_S = 30.0  # in-flight requests get this long to finish on SIGTERM
 HEALTH_POLL_S = 0.25
 PLACEHOLDERS = ("model", "host", "profile", "max_num_seqs", "max_num_batched_tokens", "scheduling_policy", "gpus")
 
@@ -136,7 +135,7 @@ class Daemon:
     async def stop(self) -> None:
         """Graceful: refuse new requests, let in-flight ones finish (bounded), stop instances."""
         self.api.accepting = False
-        end = self.clock() + SHUTDOWN_TIMEOUT_S
+        end = self.clock() + self.cfg.daemon.shutdown_timeout_s
         while self.gateway.jobs and self.clock() < end:
             await asyncio.sleep(0.1)
         if self._control is not None:
@@ -547,7 +546,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     gc.set_threshold(20_000, 50, 100)
     try:
         await stop.wait()
-        log.info("stopping: letting in-flight requests finish (up to %.0f s)", SHUTDOWN_TIMEOUT_S)
+        log.info("stopping: letting in-flight requests finish (up to %.0f s)", cfg.daemon.shutdown_timeout_s)
     finally:
         await daemon.stop()
 
