@@ -100,7 +100,7 @@ class Config:
 
 # ---------------------------------------------------------------- the vocabulary
 
-PROFILES_DIR = Path(chirond.__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = Path(chirond.__file__).resolve().parent / "data" / "profiles"  # shipped as package data
 BACKENDS = ("local",)
 AUTH_MODES = ("keys", "open")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -40,6 +40,7 @@ from chirond.model import (
     Snapshot,
 )
 from chirond.policy import make_policy
+from chirond.sdnotify import Notifier, watchdog_loop
 from chirond.serve.api import ProxyApi
 from chirond.serve.gateway import Gateway, Job
 from chirond.stats import ArrivalWindow
@@ -110,6 +111,8 @@ class Daemon:
         self.ticks = 0
         self.last_reason = ""
         self._priority: dict[str, bool] = {}  # model -> engines run with priority scheduling
+        self.notifier = Notifier({})  # systemd notifications: disabled here; serve() sets the real one
+        self.loop_at = 0.0  # clock() when the control loop last went round (the watchdog reads it)
 
     # ---------------------------------------------------------------- lifetime
 
@@ -130,6 +133,7 @@ class Daemon:
             n = self.policy.initial_instances(name, m.initial_instances, m.initial_instances)
             for _ in range(max(n, m.min_instances)):
                 await self._launch(name, self.policy.initial_pool)
+        self.loop_at = self.clock()
         self._control = asyncio.create_task(self._control_loop())
 
     async def stop(self) -> None:
@@ -173,6 +177,7 @@ class Daemon:
                 await self.tick()
             except Exception:  # one bad tick must not stop scaling; it is logged with its traceback
                 log.exception("control tick failed")
+            self.loop_at = self.clock()
             nxt += tick_s
             await asyncio.sleep(max(0.0, nxt - self.clock()))
 
@@ -189,8 +194,11 @@ class Daemon:
             await self._apply(act, now)
         self.ticks += 1
         self.last_reason = decision.reason
-        log.info("tick %d %s | %s | %s", self.ticks, _digest(snap), decision.reason,
+        digest = _digest(snap)
+        log.info("tick %d %s | %s | %s", self.ticks, digest, decision.reason,
                  ", ".join(map(_fmt_action, decision.actions)) or "no action")
+        state = "serving" if self.api.accepting else f"draining, {len(self.gateway.jobs)} request(s) in flight"
+        self.notifier.status(f"{state}; tick {self.ticks}: {digest}")
         self._gauges()
         self.metrics.tick.observe(time.perf_counter() - t0)
 
@@ -488,6 +496,11 @@ class Daemon:
             })  # fmt: skip
         return out
 
+    def alive(self) -> bool:
+        """For the systemd watchdog: the control loop went round lately (within 3 ticks, at least
+        30 s), or a shutdown is under way (bounded by the unit's TimeoutStopSec instead)."""
+        return not self.api.accepting or self.clock() - self.loop_at < max(3 * self.cfg.daemon.tick_s, 30.0)
+
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.api.accepting else "stopping", "ticks": self.ticks,
                 "instances": len(self.instances), "requests_in_flight": len(self.gateway.jobs)}
@@ -533,12 +546,19 @@ def _fmt_action(a: Action) -> str:
 
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     daemon = Daemon(cfg)
+    # Under systemd (Type=notify): read NOTIFY_SOCKET/WATCHDOG_* and take them out of the
+    # environment, so the engines the backend starts do not inherit them.
+    notifier = daemon.notifier = Notifier(unset_environment=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await daemon.start()
+    d = cfg.daemon
+    notifier.ready(f"serving on http://{d.listen_host}:{daemon.port}/v1, {len(cfg.models)} model(s), "
+                   f"policy {daemon.policy.name}")
+    watchdog = asyncio.create_task(watchdog_loop(notifier, daemon.alive))
     # Everything allocated so far lives as long as the daemon: keep it out of the collector's
     # scans, and collect young objects less often. Full collections otherwise stall the event
     # loop for tens of milliseconds under load (seen as p99 TTFT in benchmarks/proxy.py).
@@ -548,7 +568,14 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("stopping: letting in-flight requests finish (up to %.0f s)", cfg.daemon.shutdown_timeout_s)
     finally:
-        await daemon.stop()
+        notifier.stopping(f"draining, {len(daemon.gateway.jobs)} request(s) in flight")
+        try:
+            await daemon.stop()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            notifier.close()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from chirond.serve.gateway import Gateway, Job
 
 CHAT, COMPLETIONS = "chat", "completions"
 _PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"}
+_JSON = {"Content-Type": "application/json"}
 
 
 class ControlPlane(Protocol):
@@ -195,7 +196,7 @@ class ProxyApi:
             outcome = "cancelled"
             raise
         finally:
-            if job.task is not None and not job.task.done():
+            if job.task is not None and not job.task.done() and job.task is not asyncio.current_task():
                 job.task.cancel()  # the client left: abort upstream
             self.gateway.finish(job)
             self.control.on_finished(job, outcome)
@@ -224,18 +225,12 @@ class ProxyApi:
                 return await self._fail(client, oa.ApiError.upstream("the request was interrupted and cannot resume"))
             job.attempts += 1
             job.interrupted = None
-            task: asyncio.Task[object] = asyncio.create_task(
-                self._attempt(job, url + _PATHS[parsed.endpoint], body, client)
-            )
-            job.task = task
-            await asyncio.wait([task])
-            if task.cancelled():  # interrupted by the gateway: the job is already queued again
+            out = await self._run_attempt(job, url + _PATHS[parsed.endpoint], body, client)
+            if out is None:  # interrupted by the gateway: the job is already queued again
                 if job.interrupted == "preempted" or not client.started:
                     client.resume = oa.Resume.after(client.acc, parsed, client.resume)
                     continue
                 return await self._fail(client, oa.ApiError.upstream(f"instance {inst_id} was lost mid-stream"))
-            out = task.result()
-            assert isinstance(out, _Outcome)
             if out.kind == "done":
                 return await self._done(job, client)
             if out.kind == "error":  # the engine refused the request (e.g. too long): that is the answer
@@ -250,6 +245,28 @@ class ProxyApi:
                 continue
             return await self._fail(client, out.error or oa.ApiError.upstream(f"instance {inst_id} failed"))
 
+    async def _run_attempt(self, job: Job, url: str, body: bytes, client: _ClientSide) -> _Outcome | None:
+        """One attempt, or None when the gateway interrupted it (by cancelling `job.task`).
+        Interactive requests run it inline: they are only interrupted when their instance is lost,
+        and a task per request costs a loop iteration before the upstream request even starts.
+        Batch ones run it as a task of their own, as they are evicted mid-stream routinely."""
+        if job.req.cls is ReqClass.INTERACTIVE:
+            me = asyncio.current_task()
+            job.task = me
+            try:
+                return await self._attempt(job, url, body, client)
+            except asyncio.CancelledError:
+                # Ours only if the gateway asked and nobody else did (a client that left cancels too).
+                if job.interrupted is None or me is None or me.uncancel() > 0:
+                    raise
+                return None
+            finally:
+                job.task = None
+        task: asyncio.Task[_Outcome] = asyncio.create_task(self._attempt(job, url, body, client))
+        job.task = task
+        await asyncio.wait([task])
+        return None if task.cancelled() else task.result()
+
     async def _attempt(self, job: Job, url: str, body: bytes, client: _ClientSide) -> _Outcome:
         """One upstream request; relays its chunks to the client as they come (see openai_api)."""
         assert self.session is not None
@@ -259,7 +276,7 @@ class ProxyApi:
         light = resume is None and parsed.stream and job.req.cls is ReqClass.INTERACTIVE
         got_any = False
         try:
-            async with self.session.post(url, data=body, headers={"Content-Type": "application/json"}) as up:
+            async with self.session.post(url, data=body, headers=_JSON) as up:
                 if up.status != 200:
                     data = await up.read()
                     if up.status >= 500 or up.status == 429:

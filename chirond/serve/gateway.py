@@ -14,6 +14,7 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from chirond.dispatch import Dispatcher
 from chirond.model import ReqClass, Request
@@ -23,7 +24,7 @@ from chirond.model import ReqClass, Request
 class Job:
     req: Request
     turn: asyncio.Future[int]  # resolves to the instance id when dispatched
-    task: asyncio.Task[object] | None = None  # the current upstream attempt
+    task: asyncio.Task[Any] | None = None  # the current upstream attempt (or the handler itself)
     interrupted: str | None = None  # why the current attempt was cancelled: "preempted", "instance lost"
     attempts: int = 0
     extra: dict[str, object] = field(default_factory=dict)

@@ -32,7 +32,7 @@ from chirond.policy import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 ETC = ROOT / "etc"
-P8 = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
+P8 = ROOT / "chirond" / "data" / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"  # profiles/ links here
 KEY_A = "0123456789abcdef0123456789abcdef"
 KEY_B = "fedcba9876543210fedcba9876543210"
 DELETE = object()  # in an override: remove the key
