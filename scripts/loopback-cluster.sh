@@ -66,12 +66,20 @@ nodes() {
 }
 node_port() { echo $((SLURMD_BASE_PORT + 10#${1#gpu})); }
 
+# proc_live PID: the process exists and is not a zombie (daemons are children of PID 1, which
+# here may take seconds to reap them)
+proc_live() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
 # pid_alive PIDFILE NAME: the PID file names a live process whose command is NAME
 pid_alive() {
   local pid
   [ -s "$1" ] || return 1
   pid=$(head -n1 "$1" | tr -dc '0-9')
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+  [ -n "$pid" ] && proc_live "$pid" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
 }
 
 # stop_pidfile PIDFILE NAME: TERM, wait up to 10 s, then KILL; only the process the PID file names
@@ -86,10 +94,10 @@ stop_pidfile() {
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do
-    [ -d "/proc/$pid" ] || break
+    proc_live "$pid" || break
     sleep 0.1
   done
-  if [ -d "/proc/$pid" ]; then
+  if proc_live "$pid"; then
     warn "$name (pid $pid) ignored SIGTERM for 10 s: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   fi
@@ -273,7 +281,7 @@ start_munge() {
     return 0
   fi
   log "starting munged (as user munge; pid file $MUNGE_PID)"
-  runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG/munged.start.log" 2>&1 ||
+  runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG/munged.start.log" 2>&1 9>&- ||
     die "munged did not start" "$LOG/munged.start.log" /var/log/munge/munged.log
   wait_for 10 "munge credentials" munge_works ||
     die "munged does not answer" "$LOG/munged.start.log" /var/log/munge/munged.log
@@ -282,8 +290,11 @@ start_munge() {
 ctld_up() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
 
 slurm_stop_daemons() {
-  local n
-  while read -r n; do stop_pidfile "$RUN/slurmd-$n.pid" slurmd; done < <(nodes)
+  local f
+  # every slurmd with a PID file, also of nodes an earlier CHIROND_LOOPBACK_NODES had
+  for f in "$RUN"/slurmd-*.pid; do
+    [ -e "$f" ] && stop_pidfile "$f" slurmd
+  done
   stop_pidfile "$CTLD_PID" slurmctld
 }
 
@@ -293,7 +304,7 @@ start_slurmctld() {
   else
     port_open "$CTLD_PORT" && die "port $CTLD_PORT is taken by another process: $(ss -ltnpH "sport = :$CTLD_PORT")"
     log "starting slurmctld (port $CTLD_PORT; log $LOG/slurmctld.log)"
-    /usr/sbin/slurmctld -f "$SLURM_CONF" </dev/null >>"$LOG/slurmctld.start.log" 2>&1 ||
+    /usr/sbin/slurmctld -f "$SLURM_CONF" </dev/null >>"$LOG/slurmctld.start.log" 2>&1 9>&- ||
       die "slurmctld did not start" "$LOG/slurmctld.start.log" "$LOG/slurmctld.log"
   fi
   wait_for 20 "slurmctld to answer 'scontrol ping'" ctld_up ||
@@ -310,7 +321,7 @@ start_slurmds() {
     port=$(node_port "$n")
     port_open "$port" && die "port $port (slurmd $n) is taken by another process: $(ss -ltnpH "sport = :$port")"
     log "starting slurmd -N $n (port $port; log $LOG/slurmd-$n.log)"
-    /usr/sbin/slurmd -f "$SLURM_CONF" -N "$n" </dev/null >>"$LOG/slurmd-$n.start.log" 2>&1 ||
+    /usr/sbin/slurmd -f "$SLURM_CONF" -N "$n" </dev/null >>"$LOG/slurmd-$n.start.log" 2>&1 9>&- ||
       die "slurmd $n did not start" "$LOG/slurmd-$n.start.log" "$LOG/slurmd-$n.log"
   done < <(nodes)
 }
@@ -426,7 +437,7 @@ EOF
   if ! pid_alive "$SSHD_PID" sshd; then
     port_open "$SSH_PORT" && die "port $SSH_PORT is taken by another process: $(ss -ltnpH "sport = :$SSH_PORT")"
     log "starting sshd on 127.0.0.1:$SSH_PORT (config $SSHD_CONFIG; log $LOG/sshd.log)"
-    /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$LOG/sshd.log" </dev/null >>"$LOG/sshd.start.log" 2>&1 ||
+    /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$LOG/sshd.log" </dev/null >>"$LOG/sshd.start.log" 2>&1 9>&- ||
       die "sshd did not start" "$LOG/sshd.start.log" "$LOG/sshd.log"
   fi
   wait_for 10 "ssh $TEST_USER@127.0.0.1:$SSH_PORT" ssh_works ||
@@ -539,9 +550,9 @@ cmd_status() {
   if pid_alive "$CTLD_PID" slurmctld; then note "slurmctld  up (pid $(cat "$CTLD_PID"))"; else note "slurmctld  DOWN"; ok=1; fi
   while read -r n; do
     if pid_alive "$RUN/slurmd-$n.pid" slurmd; then
-      note "slurmd $n up (pid $(cat "$RUN/slurmd-$n.pid"))"
+      note "slurmd $n  up (pid $(cat "$RUN/slurmd-$n.pid"))"
     else
-      note "slurmd $n DOWN"
+      note "slurmd $n  DOWN"
       ok=1
     fi
   done < <(nodes)
@@ -557,7 +568,7 @@ cmd_status() {
     ok=1
   fi
   log "ssh $TEST_USER@127.0.0.1:$SSH_PORT"
-  if [ -s "$SSH_KEY" ] && ssh_works; then note "answers (key login, strict host key check)"; else note "does NOT answer"; ok=1; fi
+  if [ -s "$SSH_KEY" ] && ssh_works 2>/dev/null; then note "answers (key login, strict host key check)"; else note "does NOT answer"; ok=1; fi
   return "$ok"
 }
 

@@ -3,6 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+# The integration tests run against a real Slurm (munge, slurmctld, two slurmd with fake GPUs) and
+# an sshd, all on 127.0.0.1; this installs and starts them (idempotent, a few seconds when present).
+# CHIROND_SKIP_INTEGRATION=1 skips both the bring-up and those tests.
+if [ "${CHIROND_SKIP_INTEGRATION:-0}" != 1 ]; then
+  bash scripts/loopback-cluster.sh up
+fi
+# systemd-analyze checks etc/chirond.service (tests/unit/test_service_unit.py).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get install -y -qq systemd >/dev/null || echo "warning: could not install systemd; unit checks skip"
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 set +e

@@ -280,7 +280,7 @@ def job_facts(job: SlurmJob, instance_id: int, addr: tuple[str, int] | None, now
     backend_state, _ = STATE_TABLE.get(job.state, (JobState.UNKNOWN, None))
     host, port = addr if addr is not None else (None, None)
     started_at = job.start_time
-    if started_at is None and job.run_time_s is not None and backend_state is not JobState.PENDING:
+    if started_at is None and job.run_time_s is not None and backend_state is JobState.RUNNING:
         started_at = now - job.run_time_s  # text format: only the elapsed time is known
     if backend_state is JobState.PENDING:
         started_at = None  # start_time of a pending job is only the scheduler's guess
@@ -450,17 +450,25 @@ def parse_sinfo_json(text: str) -> list[NodeInfo]:
 
 
 def parse_sacct_text(text: str) -> list[SlurmJob]:
-    """`sacct -X -n -P -o JobID,JobName,User,State,ExitCode,Start,End,NodeList` lines."""
+    """`sacct -P` lines: without a header (`-n`) in SACCT_FIELDS order, or with sacct's header line
+    (any order, other fields ignored)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    columns = SACCT_FIELDS.lower().split(",")
+    if lines and lines[0].lower().startswith("jobid|"):
+        columns = lines.pop(0).lower().split("|")
     out = []
-    for line in text.splitlines():
-        f = line.split("|")
-        if len(f) < 8 or not _JOB_ID.match(f[0].strip()):
+    for line in lines:
+        f = dict(zip(columns, line.split("|"), strict=False))
+        job_id = f.get("jobid", "").strip()
+        if not _JOB_ID.match(job_id) or "state" not in f:
             continue
-        state, raw = normalize_state(f[3].split(" by ")[0])  # "CANCELLED by 1000"
-        code, sig = _exit_code(f[4].strip()) if _ending(state) else (None, None)
+        state, raw = normalize_state(f["state"].split(" by ")[0])  # "CANCELLED by 1000"
+        code, sig = _exit_code(f.get("exitcode", "").strip()) if _ending(state) else (None, None)
+        nodes = f.get("nodelist", "")
         out.append(SlurmJob(
-            job_id=f[0].strip(), name=f[1], user=f[2], state=state, state_raw=raw,
-            nodes="" if f[7] == "None assigned" else f[7], start_time=_sacct_time(f[5]), end_time=_sacct_time(f[6]),
+            job_id=job_id, name=f.get("jobname", ""), user=f.get("user", ""), state=state, state_raw=raw,
+            nodes="" if nodes == "None assigned" else nodes, partition=f.get("partition", ""),
+            start_time=_sacct_time(f.get("start", "")), end_time=_sacct_time(f.get("end", "")),
             exit_code=code, exit_signal=sig,
         ))
     return out

@@ -231,7 +231,7 @@ def test_bad_values_are_refused_naming_the_field(field: str, value: Any) -> None
 
 def test_template_placeholders_are_checked() -> None:
     spec = CASES["fake-vllm-minimal"]
-    with pytest.raises(JobTemplateError, match="lacks placeholder.*SITE_HOOKS"):
+    with pytest.raises(JobTemplateError, match=r"lacks placeholder.*SITE_HOOKS"):
         render_job(spec, default_template().replace("@@SITE_HOOKS@@", ""))
     with pytest.raises(JobTemplateError, match="unknown placeholder @@NOPE@@"):
         render_job(spec, default_template() + "\n# @@NOPE@@\n")
@@ -439,7 +439,7 @@ def test_address_file_then_engine_status(tmp_path: Path, jobs: list[Job]) -> Non
 def test_busy_ports_are_skipped_and_none_free_fails(tmp_path: Path, jobs: list[Job]) -> None:
     record = tmp_path / "record.json"
     spec = job_spec(tmp_path, (sys.executable, "-c", RECORDER), env={"RECORD": str(record)})
-    lo, hi = spec.port_range
+    lo = spec.port_range[0]
     job_id = str(4 * 1000)  # 4000 % 4 == 0: the first port tried is lo
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", lo))
