@@ -30,7 +30,8 @@ from pathlib import Path
 
 JOB_NAME_PREFIX = "chirond-"
 PORT_PLACEHOLDER = "{port}"
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "slurm" / "chirond-instance.sbatch"
+# Package data, so an installed chirond has it; slurm/chirond-instance.sbatch links here.
+TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "data" / "chirond-instance.sbatch"
 
 # Exit codes of the job script itself (before the engine runs); the engine's own status otherwise.
 EXIT_NO_ADDR_FILE = 96  # could not write the address file
