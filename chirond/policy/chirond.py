@@ -17,8 +17,9 @@ request needs the slot. Each tick, per model:
    at the measured mean length, at the mixed instances' throughput), plus the interactive work over
    the same span, must fit in instances x (time left - lead time) x `batch_efficiency`. The fewest
    instances meeting every deadline; more as soon as the plan needs them, in one step.
-   Backpressure on top: interactive requests waiting past half the TTFT SLO add an instance (one
-   at a time, none while one is starting), as the estimates lag a ramp; that level holds for
+   Backpressure on top: interactive requests waiting past half the TTFT SLO add instances (as many
+   as the queue fills at current caps, none while one is starting), as the estimates lag a ramp;
+   that level holds for
    `scale_down_hold_s` after the queueing was last seen.
 4. Scale down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`), one instance a
    tick, never on stale data. Instances whose job time limit is closer than the lead time are
@@ -114,16 +115,19 @@ class ChirondPolicy(Policy):
         self, m: ModelView, need: int, why: str, now: float, pressure: dict[str, tuple[float, int]]
     ) -> tuple[int, str]:
         """Interactive requests waiting in chirond's queue past a share of the TTFT SLO mean the
-        estimates lag the load (a ramp, a new mix): one instance more than now, unless one is on
-        its way. The level holds for `scale_down_hold_s` after the queueing was last seen, so the
-        instance is not drained as soon as it has emptied the queue."""
+        estimates lag the load (a ramp, a new mix): as many instances more as the queue fills at
+        the current caps (at least one), unless one is on its way. The level holds for
+        `scale_down_hold_s` after the queueing was last seen, so an instance is not drained as
+        soon as it has emptied the queue."""
         serving = alive(m)
         if (
             m.interactive_queue
             and m.oldest_interactive_wait_s > self.params["queue_wait_share"] * m.slo.ttft_s
             and all(i.state is InstanceState.READY for i in serving)
         ):
-            pressure[m.name] = (now, min(m.max_instances, max(need, len(serving) + 1)))
+            caps = [i.cap for i in serving if i.cap > 0]
+            extra = max(1, math.ceil(m.interactive_queue / (sum(caps) / len(caps)))) if caps else 1
+            pressure[m.name] = (now, min(m.max_instances, max(need, len(serving) + extra)))
             why += f", queue {m.interactive_queue} waiting {m.oldest_interactive_wait_s:.1f} s"
         held = pressure.get(m.name)
         if held is not None and now - held[0] > self.params["scale_down_hold_s"]:
