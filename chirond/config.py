@@ -9,6 +9,8 @@ reference for the file is docs/config.md; etc/chirond.toml is the commented exam
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import ipaddress
 import math
 import re
@@ -43,7 +45,7 @@ class DaemonConfig:
     stale_after_s: float = 15.0  # an instance whose scrape failed this long is marked stale
     policy: str = "chirond"  # a key of chirond.policy.REGISTRY
     policy_params: dict[str, float] = field(default_factory=dict)  # overrides of the policy's defaults
-    backend: str = "local"  # "local" (more in later releases)
+    backend: str = "local"  # "local" (child processes) or "slurm" (one Slurm job per instance)
     log_level: str = "info"  # debug | info | warning | error
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
 
@@ -72,6 +74,33 @@ class LocalBackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SlurmBackendConfig:
+    """[backend.slurm]: one Slurm job per instance (chirond/cluster/slurm_backend.py)."""
+
+    partition: str  # required
+    account: str = ""  # "" = omitted (the user's default account, QoS, no reservation)
+    qos: str = ""
+    reservation: str = ""
+    gres_type: str = ""  # GPU type, e.g. "a100"; "" = any type
+    gpus_flag: str = "gres"  # "gres": --gres=gpu[:TYPE]:N (any Slurm); "gpus": --gpus=[TYPE:]N (cons_tres)
+    time_limit_s: float | None = None  # None = the partition's default time limit
+    signal_before_end_s: int = 120  # --signal=B:USR1@N: the job logs the warning; Slurm checks about once a minute
+    cpus_per_task: int | None = None  # None = omitted
+    mem_gb: float | None = None  # None = omitted
+    run_dir: Path | None = None  # address files and job logs; None = <daemon.state_dir>/jobs; absolute once loaded
+    python: str = sys.executable  # in the job: the port picker, and the simulated server's interpreter
+    site_hooks: tuple[str, ...] = ()  # shell lines run in the job before the engine (module load, venv)
+    port_range: tuple[int, int] = (20000, 29999)  # inclusive; where the job looks for a free port on its node
+    bind_host: str = "0.0.0.0"  # where the port is probed (the address the engine listens on)
+    advertise_host: str = ""  # what chirond connects to; "" = the node's hostname
+    squeue_min_interval_s: float = 2.0  # at most one squeue per interval, however often the daemon polls
+    command_timeout_s: float = 30.0  # one Slurm command, then it is killed
+    user: str = ""  # whose jobs squeue lists; "" = the daemon's user
+    extra_sbatch_args: tuple[str, ...] = ()  # appended to chirond's sbatch options (a later option wins)
+    keep_jobs_on_stop: bool = False  # false: stopping the daemon cancels the jobs it submitted
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str  # what clients send as `model`, and --served-model-name
     profile_path: Path  # absolute, resolved from the `profile` key
@@ -96,12 +125,14 @@ class Config:
     api: ApiConfig
     local: LocalBackendConfig
     models: dict[str, ModelConfig]  # in file order
+    slurm: SlurmBackendConfig | None = None  # [backend.slurm]; present whenever daemon.backend = "slurm"
 
 
 # ---------------------------------------------------------------- the vocabulary
 
 PROFILES_DIR = Path(chirond.__file__).resolve().parent / "data" / "profiles"  # shipped as package data
-BACKENDS = ("local",)
+BACKENDS = ("local", "slurm")
+GPUS_FLAGS = ("gres", "gpus")
 AUTH_MODES = ("keys", "open")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PLACEHOLDERS = (
@@ -122,6 +153,9 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what a client can send in "Authorization: Bearer"
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # partition, account, qos, reservation, GPU type (as jobtemplate)
+_HOST = re.compile(r"[A-Za-z0-9_.:-]+")  # bind/advertise host as the job script accepts it
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")
 
 _D, _A, _L = DaemonConfig(), ApiConfig(), LocalBackendConfig()
 _M: dict[str, Any] = {f.name: f.default for f in fields(ModelConfig)}
@@ -136,6 +170,7 @@ DAEMON_KEYS = _keys(DaemonConfig)
 API_KEYS = _keys(ApiConfig)
 BACKEND_KEYS = BACKENDS
 LOCAL_KEYS = _keys(LocalBackendConfig)
+SLURM_KEYS = _keys(SlurmBackendConfig)
 MODEL_KEYS = _keys(ModelConfig, "name", "profile_path")  # `profile` is the profile's path in the file
 SLO_KEYS = _keys(Slo)
 
@@ -222,6 +257,14 @@ class _Table:
             self.fail(key, f"must be one of {', '.join(choices)}, got {_show(v)}")
         return v
 
+    def boolean(self, key: str, default: bool) -> bool:
+        if key not in self.data:
+            return default
+        v = self.data[key]
+        if not isinstance(v, bool):
+            self.fail(key, f"must be true or false, got {_show(v)}")
+        return v
+
     def resolved_path(self, key: str, default: Path, base: Path) -> Path:
         """A path; relative ones are relative to `base` (the config file's directory)."""
         if key not in self.data:
@@ -294,11 +337,11 @@ def _api(t: _Table, base: Path) -> ApiConfig:
     )
 
 
-def _port_range(t: _Table) -> tuple[int, int]:
-    v = t.data.get("port_range", list(_L.port_range))
-    ok = isinstance(v, list) and len(v) == 2 and all(type(p) is int and 1 <= p <= 65535 for p in v)
+def _port_range(t: _Table, default: tuple[int, int] = _L.port_range, lowest: int = 1) -> tuple[int, int]:
+    v = t.data.get("port_range", list(default))
+    ok = isinstance(v, list) and len(v) == 2 and all(type(p) is int and lowest <= p <= 65535 for p in v)
     if not ok or v[0] > v[1]:
-        t.fail("port_range", f"must be [lo, hi] with 1 <= lo <= hi <= 65535, got {_show(v)}")
+        t.fail("port_range", f"must be [lo, hi] with {lowest} <= lo <= hi <= 65535, got {_show(v)}")
     return v[0], v[1]
 
 
@@ -309,6 +352,77 @@ def _local(t: _Table) -> LocalBackendConfig:
         health_timeout_s=t.number("health_timeout_s", _L.health_timeout_s),
         drain_timeout_s=t.number("drain_timeout_s", _L.drain_timeout_s),
         stop_grace_s=t.number("stop_grace_s", _L.stop_grace_s),
+    )
+
+
+_S: dict[str, Any] = {f.name: f.default for f in fields(SlurmBackendConfig)}
+
+
+def _optional_string(t: _Table, key: str) -> str:
+    """A string where "" means "not set" (the same as leaving the key out)."""
+    v = t.data.get(key, "")
+    if not isinstance(v, str):
+        t.fail(key, f"must be a string, got {_show(v)}")
+    return v
+
+
+def _slurm_name(t: _Table, key: str) -> str:
+    v = _optional_string(t, key)
+    if v and not _SLURM_NAME.fullmatch(v):
+        t.fail(key, f"must be a Slurm name of A-Z a-z 0-9 _ . -, got {_show(v)}")
+    return v
+
+
+def _host(t: _Table, key: str, default: str) -> str:
+    v = _optional_string(t, key) if not default else t.string(key, default)
+    if v and not _HOST.fullmatch(v):
+        t.fail(key, f"must be a host name or address (A-Z a-z 0-9 _ . : -), got {_show(v)}")
+    return v
+
+
+def _one_line_strings(t: _Table, key: str) -> tuple[str, ...]:
+    items = t.strings(key)
+    for i, item in enumerate(items):
+        if "\n" in item or "\r" in item or "\0" in item:
+            t.fail(key, "must be one line (no line break or NUL)", i)
+    return items
+
+
+def _slurm(t: _Table, base: Path) -> SlurmBackendConfig:
+    if not t.data.get("partition"):
+        t.fail("partition", "required: the Slurm partition the instance jobs run in")
+    run_dir = t.resolved_path("run_dir", Path(), base) if "run_dir" in t.data else None
+    if run_dir is not None and "%" in str(run_dir):
+        t.fail("run_dir", f"must not contain '%' (Slurm expands it in log file names), got {_show(str(run_dir))}")
+    extra = _one_line_strings(t, "extra_sbatch_args")
+    for i, arg in enumerate(extra):
+        if not arg.startswith("--"):
+            t.fail("extra_sbatch_args", f"must be a long option such as \"--constraint=a100\", got {_show(arg)}", i)
+    user = _optional_string(t, "user")
+    if user and not _USER.fullmatch(user):
+        t.fail("user", f"must be a user name, got {_show(user)}")
+    return SlurmBackendConfig(
+        partition=_slurm_name(t, "partition"),
+        account=_slurm_name(t, "account"),
+        qos=_slurm_name(t, "qos"),
+        reservation=_slurm_name(t, "reservation"),
+        gres_type=_slurm_name(t, "gres_type"),
+        gpus_flag=t.string("gpus_flag", _S["gpus_flag"], GPUS_FLAGS),
+        time_limit_s=t.number("time_limit_s", 0.0) if "time_limit_s" in t.data else None,
+        signal_before_end_s=t.integer("signal_before_end_s", _S["signal_before_end_s"], 1, 65535),
+        cpus_per_task=t.integer("cpus_per_task", 0, 1) if "cpus_per_task" in t.data else None,
+        mem_gb=t.number("mem_gb", 0.0) if "mem_gb" in t.data else None,
+        run_dir=run_dir,
+        python=t.string("python", _S["python"]),
+        site_hooks=_one_line_strings(t, "site_hooks"),
+        port_range=_port_range(t, _S["port_range"], 1024),
+        bind_host=_host(t, "bind_host", _S["bind_host"]),
+        advertise_host=_host(t, "advertise_host", ""),
+        squeue_min_interval_s=t.number("squeue_min_interval_s", _S["squeue_min_interval_s"]),
+        command_timeout_s=t.number("command_timeout_s", _S["command_timeout_s"]),
+        user=user,
+        extra_sbatch_args=extra,
+        keep_jobs_on_stop=t.boolean("keep_jobs_on_stop", _S["keep_jobs_on_stop"]),
     )
 
 
@@ -333,7 +447,7 @@ def resolve_profile(raw: str, base: Path) -> Path | None:
     return None
 
 
-def _profile(t: _Table, base: Path, local: LocalBackendConfig) -> tuple[Path, Profile]:
+def _profile(t: _Table, base: Path, local: LocalBackendConfig | None) -> tuple[Path, Profile]:
     if "profile" not in t.data:
         t.fail("profile", f"required: a profile file or name (available: {', '.join(available_profiles())})")
     raw = t.string("profile", "")
@@ -348,7 +462,7 @@ def _profile(t: _Table, base: Path, local: LocalBackendConfig) -> tuple[Path, Pr
         prof = load_profile(path)
     except ProfileError as e:
         t.fail("profile", str(e))
-    if prof.gpus > local.gpus:
+    if local is not None and prof.gpus > local.gpus:
         t.fail("profile", f"{prof.name} needs {prof.gpus} GPUs per instance; backend.local.gpus is {local.gpus}")
     return path, prof
 
@@ -404,7 +518,7 @@ def _env(t: _Table) -> dict[str, str]:
     return dict(env.data)
 
 
-def _model(name: str, t: _Table, base: Path, local: LocalBackendConfig) -> ModelConfig:
+def _model(name: str, t: _Table, base: Path, local: LocalBackendConfig | None) -> ModelConfig:
     if not MODEL_NAME.fullmatch(name):
         t.fail(
             "",
@@ -428,12 +542,15 @@ def _model(name: str, t: _Table, base: Path, local: LocalBackendConfig) -> Model
     )
 
 
-def _models(root: _Table, base: Path, local: LocalBackendConfig) -> dict[str, ModelConfig]:
+def _models(root: _Table, base: Path, local: LocalBackendConfig | None) -> dict[str, ModelConfig]:
+    """`local`: the GPUs instances must fit on; None when the backend is Slurm (the partition's nodes
+    are checked by `chirond check-config`, which asks sinfo)."""
     table = root.sub("models", None)
     if not table.data:
         root.fail("models", 'at least one model is required: a [models."NAME"] table')
     models = {name: _model(name, table.sub(name, MODEL_KEYS), base, local) for name in table.data}
-    _check_initial_gpus(root.file, models, local)
+    if local is not None:
+        _check_initial_gpus(root.file, models, local)
     return models
 
 
@@ -479,13 +596,19 @@ def load_config(path: str | Path) -> Config:
     file = str(path)
     base = path.resolve().parent
     root = _Table(file, (), _read_toml(path), ROOT_KEYS)
-    local = _local(root.sub("backend", BACKEND_KEYS).sub("local", LOCAL_KEYS))
+    backend = root.sub("backend", BACKEND_KEYS)
+    local = _local(backend.sub("local", LOCAL_KEYS))
     daemon_table = root.sub("daemon", DAEMON_KEYS)
     daemon = _daemon(daemon_table, base)
+    slurm = None
+    if "slurm" in backend.data or daemon.backend == "slurm":
+        if "slurm" not in backend.data:
+            backend.fail("slurm", 'required when daemon.backend = "slurm": a [backend.slurm] table with a partition')
+        slurm = _slurm(backend.sub("slurm", SLURM_KEYS), base)
     api = _api(root.sub("api", API_KEYS), base)
-    models = _models(root, base, local)
+    models = _models(root, base, local if daemon.backend == "local" else None)
     _check_policy(daemon_table, daemon, models)
-    return Config(path=path.resolve(), daemon=daemon, api=api, local=local, models=models)
+    return Config(path=path.resolve(), daemon=daemon, api=api, local=local, models=models, slurm=slurm)
 
 
 def load_keys(path: Path) -> dict[str, str]:
@@ -542,9 +665,10 @@ def config_warnings(cfg: Config) -> list[str]:
         out.append(f'api.auth = "open" on {d.listen_host}: anyone who reaches port {d.listen_port} can use the models')
     if a.auth == "keys" and a.keys_file is not None and not load_keys(a.keys_file):
         out.append(f"api.keys_file {a.keys_file} holds no keys: every request will be refused")
-    lo, hi = cfg.local.port_range
-    if lo <= d.listen_port <= hi:
-        out.append(f"daemon.listen_port {d.listen_port} lies inside backend.local.port_range [{lo}, {hi}]")
+    if d.backend == "local":  # Slurm instances listen on compute nodes, not next to the daemon
+        lo, hi = cfg.local.port_range
+        if lo <= d.listen_port <= hi:
+            out.append(f"daemon.listen_port {d.listen_port} lies inside backend.local.port_range [{lo}, {hi}]")
     for m in cfg.models.values():
         floor = m.profile.step_s(1, 0)
         if m.slo.tpot_s < floor:
@@ -569,7 +693,10 @@ def print_summary(cfg: Config, console: Console) -> None:
     params = ", ".join(f"{k}={v:g}" for k, v in d.policy_params.items()) or "defaults"
     console.print(f"[bold green]{escape(str(cfg.path))}: OK[/]")
     console.print(f"listen   http://{escape(d.listen_host)}:{d.listen_port}, auth {escape(auth)}")
-    console.print(f"backend  {d.backend}: {loc.gpus} GPUs, ports {loc.port_range[0]}-{loc.port_range[1]}")
+    if cfg.slurm is not None and d.backend == "slurm":
+        console.print(f"backend  slurm: {escape(_slurm_summary(cfg.slurm, d.state_dir))}")
+    else:
+        console.print(f"backend  {d.backend}: {loc.gpus} GPUs, ports {loc.port_range[0]}-{loc.port_range[1]}")
     console.print(f"policy   {d.policy} ({escape(params)}), tick {d.tick_s:g} s")
     console.print(f"state    {escape(str(d.state_dir))}, log level {d.log_level}")
     for m in cfg.models.values():
@@ -582,15 +709,63 @@ def print_summary(cfg: Config, console: Console) -> None:
         console.print(f"         engine: {escape(_engine(m))}")
 
 
+def _slurm_summary(s: SlurmBackendConfig, state_dir: Path) -> str:
+    kind = f"{s.gres_type}:" if s.gres_type else ""
+    gpu = f"--gres=gpu:{kind}N" if s.gpus_flag == "gres" else f"--gpus={kind}N"
+    limit = f"{s.time_limit_s:g} s" if s.time_limit_s is not None else "the partition's default"
+    bits = [f"partition {s.partition}"] + [f"{k} {getattr(s, k)}" for k in ("account", "qos", "reservation")
+                                           if getattr(s, k)]
+    bits += [f"GPUs {gpu}", f"time limit {limit}", f"run dir {s.run_dir or state_dir / 'jobs'}",
+             f"user {s.user or getpass.getuser()}"]
+    return ", ".join(bits)
+
+
+def probe_slurm(cfg: Config) -> str:
+    """Ask this machine's Slurm (sinfo) whether the configured partition exists and its nodes can
+    hold each model's GPUs. Returns a one-line summary; raises ConfigError with the key path."""
+    from chirond.cluster.slurm import LocalTransport, SlurmCli, SlurmError, TransportError
+    from chirond.cluster.slurm_backend import partition_problem
+
+    s = cfg.slurm
+    assert s is not None
+    where = f"{cfg.path}: {key_path('backend', 'slurm')}"
+    cli = SlurmCli(LocalTransport(), s.user or getpass.getuser(), timeout_s=s.command_timeout_s)
+    try:
+        nodes = asyncio.run(cli.sinfo())
+    except TransportError as e:
+        raise ConfigError(f"{where}: cannot ask Slurm about the partition: {e} "
+                          "(are Slurm's commands, sinfo sbatch squeue scancel, installed on this machine?)") from None
+    except SlurmError as e:
+        raise ConfigError(f"{where}: sinfo failed: {e}") from None
+    problem = partition_problem(nodes, s.partition)
+    if problem is not None:
+        raise ConfigError(f"{cfg.path}: {key_path('backend', 'slurm', 'partition')}: {problem}")
+    mine = [n for n in nodes if s.partition in n.partitions]
+    biggest = max(n.gpus_total for n in mine)
+    for m in cfg.models.values():
+        if m.profile.gpus > biggest:
+            raise ConfigError(
+                f"{cfg.path}: {key_path('models', m.name, 'profile')}: {m.profile.name} needs {m.profile.gpus} GPUs "
+                f"per instance; the largest node of partition {s.partition!r} has {biggest}"
+            )
+    usable = [n for n in mine if n.usable]
+    return (f"partition {s.partition}: {len(usable)} of {len(mine)} node(s) usable, "
+            f"{sum(n.gpus_free for n in usable)} of {sum(n.gpus_total for n in mine)} GPUs free")
+
+
 def check_config_main(args: argparse.Namespace) -> int:
-    """`chirond check-config FILE`: 0 and a summary when the file is good, 2 and the error if not."""
+    """`chirond check-config FILE`: 0 and a summary when the file is good, 2 and the error if not.
+    With the Slurm backend it also asks sinfo whether the partition exists (nothing is submitted)."""
     try:
         cfg = load_config(args.config)
         warnings = config_warnings(cfg)
+        probed = probe_slurm(cfg) if cfg.daemon.backend == "slurm" else None
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(cfg, Console())
+    if probed is not None:
+        Console().print(f"slurm    {escape(probed)}")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ from chirond.cluster.backend import Backend, BackendError, JobFacts, JobState, L
 from chirond.cluster.instances import Instance
 from chirond.cluster.local import LocalBackend
 from chirond.cluster.probe import ProbeError, scrape
+from chirond.cluster.slurm_backend import SlurmBackend
 from chirond.config import Config, ConfigError, ModelConfig, load_config, load_keys
 from chirond.dispatch import Dispatcher
 from chirond.metrics import Metrics
@@ -51,11 +52,14 @@ HEALTH_POLL_S = 0.25
 PLACEHOLDERS = ("model", "host", "profile", "max_num_seqs", "max_num_batched_tokens", "scheduling_policy", "gpus")
 
 
-def engine_command(m: ModelConfig, max_num_seqs: int, max_num_batched_tokens: int, priority: bool) -> tuple[str, ...]:
-    """The argv of one instance; `{port}` is left for the backend, which allocates it."""
+def engine_command(
+    m: ModelConfig, max_num_seqs: int, max_num_batched_tokens: int, priority: bool, host: str = "127.0.0.1"
+) -> tuple[str, ...]:
+    """The argv of one instance; `{port}` is left for the backend, which allocates it. `host` is
+    the address the engine listens on (loopback for local instances, all interfaces on a node)."""
     values = {
         "model": m.name,
-        "host": "127.0.0.1",
+        "host": host,
         "profile": str(m.profile_path),
         "max_num_seqs": str(max_num_seqs),
         "max_num_batched_tokens": str(max_num_batched_tokens),
@@ -71,7 +75,7 @@ def engine_command(m: ModelConfig, max_num_seqs: int, max_num_batched_tokens: in
         return tuple(out)
     return (
         sys.executable, "-m", "chirond", "fake-vllm",
-        "--profile", values["profile"], "--model", m.name, "--host", "127.0.0.1", "--port", "{port}",
+        "--profile", values["profile"], "--model", m.name, "--host", host, "--port", "{port}",
         "--max-num-seqs", values["max_num_seqs"], "--max-num-batched-tokens", values["max_num_batched_tokens"],
         "--scheduling-policy", values["scheduling_policy"],
         "--speedup", repr(m.sim_speedup), "--startup-s", repr(startup_s(m)),
@@ -85,6 +89,15 @@ def startup_s(m: ModelConfig) -> float:
     return m.sim_startup_s if m.sim_startup_s is not None else m.profile.cold_start_s / m.sim_speedup
 
 
+def make_backend(cfg: Config) -> Backend:
+    """The backend `daemon.backend` names: "local" (child processes) or "slurm" (one job per instance)."""
+    if cfg.daemon.backend == "slurm":
+        if cfg.slurm is None:
+            raise ConfigError('daemon.backend = "slurm" needs a [backend.slurm] table')
+        return SlurmBackend(cfg.slurm, cfg.daemon.state_dir)
+    return LocalBackend(cfg.local, cfg.daemon.state_dir)
+
+
 class Daemon:
     def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
         self.cfg = cfg
@@ -95,7 +108,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self.policy.rules, {n: m.slo.ttft_s for n, m in cfg.models.items()})
         self.metrics = Metrics()
         self.gateway = Gateway(self.dispatcher, self.clock, on_preempt=self._on_preempt)
-        self.backend: Backend = backend or LocalBackend(cfg.local, cfg.daemon.state_dir)
+        self.backend: Backend = backend or make_backend(cfg)
         keys = load_keys(cfg.api.keys_file) if cfg.api.auth == "keys" and cfg.api.keys_file else {}
         self.api = ProxyApi(cfg, self.gateway, self, self.metrics, keys, self.clock)
         self.instances: dict[int, Instance] = {}
@@ -367,7 +380,8 @@ class Daemon:
     async def _launch(self, model: str, pool: Pool) -> bool:
         m = self.cfg.models[model]
         args = self.policy.engine_args(model, m.slo)
-        argv = engine_command(m, args.max_num_seqs, args.max_num_batched_tokens, args.priority)
+        host = self.cfg.slurm.bind_host if self.cfg.daemon.backend == "slurm" and self.cfg.slurm else "127.0.0.1"
+        argv = engine_command(m, args.max_num_seqs, args.max_num_batched_tokens, args.priority, host)
         inst = Instance(self._next_id, model, pool, m.profile.gpus, self.clock(), startup_s(m))
         spec = LaunchSpec(inst.id, model, argv, dict(m.env), gpus=m.profile.gpus)
         try:
@@ -598,4 +612,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:  # e.g. the port is taken
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BackendError as e:  # e.g. Slurm refuses the partition at start-up
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

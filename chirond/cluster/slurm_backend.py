@@ -1,0 +1,382 @@
+"""The Slurm backend: every instance is one Slurm job (slurm/chirond-instance.sbatch), submitted,
+watched and cancelled through `SlurmCli` (one place where Slurm's commands run, over a transport:
+local subprocesses now, SSH later).
+
+What `poll()` reports, per job this backend submitted:
+  * squeue lists it: its state through `slurm.job_facts` (the state table), with host:port from the
+    job's address file `<run_dir>/<job id>.addr.json`, read once the job runs until it is there.
+  * squeue does not list it (finished jobs stay listed for MinJobAge, so this is rare): UNKNOWN first,
+    never ended on one answer. Once two squeue answers at least `squeue_min_interval_s` apart have
+    missed it, `sacct` is asked; without accounting (sacct: "accounting storage is disabled") the job
+    is reported ENDED with detail "vanished from squeue": two misses over the interval are as sure as
+    this cluster lets us be, and an instance that never ends would hold its model's slot forever.
+  * an answer that predates the submission (squeue's answers are cached for the interval) reports
+    the job PENDING "submitted".
+  * squeue failing: every live job UNKNOWN (the daemon keeps what it knew).
+ENDED jobs are reported in two consecutive polls, then forgotten (and their address file removed).
+
+`cancel(job, grace_s)` lets the engine drain: `scancel --signal=TERM --batch` reaches the batch
+shell alone, which forwards TERM to the engine (the template traps it) and exits with the engine's
+status; after `grace_s` a plain `scancel` follows if the job is still there (TERM to every process
+of the job, then SIGKILL after the site's KillWait). A pending job is plainly cancelled at once
+(Slurm cannot signal a job that is not running). A plain `scancel` from outside also reaches the
+engine with TERM, but its drain is bounded by KillWait.
+
+`stop()` cancels the jobs this process submitted (plain `scancel`: the daemon has already let its
+requests finish) unless `keep_jobs_on_stop`, so a stopped daemon leaves no GPU job behind; a
+restarted daemon does not adopt jobs yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chirond.cluster.backend import BackendError, JobFacts, JobState, LaunchSpec
+from chirond.cluster.jobtemplate import JobSpec, JobTemplateError, addr_path, parse_addr_json, render_job
+from chirond.cluster.slurm import (
+    STATE_TABLE,
+    LocalTransport,
+    NodeInfo,
+    SlurmCli,
+    SlurmError,
+    SlurmJob,
+    SqueueResult,
+    job_facts,
+)
+from chirond.config import SlurmBackendConfig
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_FREE_GPUS = 1 << 20  # free_gpus() before sinfo has answered: do not hold launches back
+SINFO_INTERVAL_S = 10.0  # free GPUs are a hint for the policy: refreshed at most this often
+_ENDED_REPORTS = 2  # polls that report a job ENDED before it is forgotten (the protocol's "twice")
+_DAEMON_ID = re.compile(r"[A-Za-z0-9-]+")
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    job_id: str
+    instance_id: int
+    gpus: int
+    submitted_at: float  # wall clock, after sbatch returned
+    state: JobState = JobState.PENDING  # as last reported
+    addr: tuple[str, int] | None = None
+    bad_addr_logged: bool = False
+    first_miss_at: float | None = None  # fetched_at_wall of the first squeue answer (in a row) without it
+    last_miss_at: float | None = None  # ... and of the latest
+    unknown: JobFacts | None = None  # the last UNKNOWN report while missing
+    final: JobFacts | None = None  # ENDED: reported as is until forgotten
+    ended_reports: int = 0
+    kill_at: float | None = None  # cancel(): plain scancel at this wall time if still there
+
+
+def partition_problem(nodes: Iterable[NodeInfo], partition: str) -> str | None:
+    """Why `partition` cannot take jobs, judging by sinfo's nodes; None when it has nodes."""
+    nodes = list(nodes)
+    if any(partition in n.partitions for n in nodes):
+        return None
+    known = sorted({p for n in nodes for p in n.partitions})
+    return f"no partition {partition!r} in this cluster (sinfo lists: {', '.join(known) or 'none'})"
+
+
+def mem_option(mem_gb: float | None) -> str:
+    """sbatch --mem for `mem_gb`: whole gigabytes as "64G", anything else in megabytes (rounded up)."""
+    if mem_gb is None:
+        return ""
+    return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{math.ceil(mem_gb * 1024)}M"
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def __init__(
+        self,
+        cfg: SlurmBackendConfig,
+        state_dir: Path,
+        cli: SlurmCli | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = cfg
+        self._state_dir = Path(state_dir)
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir is not None else self._state_dir / "jobs"
+        self._clock = clock
+        self._cli = cli or SlurmCli(
+            LocalTransport(), cfg.user or getpass.getuser(), min_squeue_interval_s=cfg.squeue_min_interval_s,
+            timeout_s=cfg.command_timeout_s, wall_clock=clock,
+        )
+        self.daemon_id: str | None = None  # read or made by start(); names this daemon's jobs (--comment)
+        self._jobs: dict[str, _Job] = {}
+        self._nodes: list[NodeInfo] | None = None  # last sinfo of the partition
+        self._counted: set[str] = set()  # our jobs that were running at that sinfo (in its gres_used)
+        self._sinfo_at = -math.inf
+
+    @property
+    def _local_files(self) -> bool:
+        """Can the daemon read the run directory itself (rather than `cat` through the transport)?"""
+        return isinstance(self._cli.transport, LocalTransport)
+
+    # --- lifetime ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        if self._local_files:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.daemon_id = self._load_daemon_id()
+        await self._refresh_sinfo(force=True)
+        if self._nodes == []:  # sinfo answered without nodes: an unknown partition stops us before any sbatch
+            try:
+                problem = partition_problem(await self._cli.sinfo(), self._cfg.partition)
+            except SlurmError:
+                problem = f"sinfo lists no nodes in partition {self._cfg.partition!r}"
+            if problem is not None:
+                raise BackendError(f"backend.slurm.partition: {problem}")
+        log.info("slurm backend: daemon id %s, partition %s, run dir %s", self.daemon_id, self._cfg.partition,
+                 self.run_dir)
+
+    async def stop(self) -> None:
+        for j in self._jobs.values():
+            if j.final is not None:
+                self._remove_addr(j)
+        live = [j for j in self._jobs.values() if j.final is None]
+        if self._cfg.keep_jobs_on_stop:
+            if live:
+                log.info("keep_jobs_on_stop: leaving job(s) %s running", ", ".join(j.job_id for j in live))
+            return
+        for j in live:
+            await self._scancel(j)
+
+    def _load_daemon_id(self) -> str:
+        """This daemon's id from `state_dir/daemon-id`, made once (a uuid4) so it survives restarts."""
+        path = self._state_dir / "daemon-id"
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = str(uuid.uuid4())
+            tmp = path.with_name(f".daemon-id.{os.getpid()}")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, path)
+            return text
+        if not _DAEMON_ID.fullmatch(text):
+            raise BackendError(f"{path}: not a daemon id ({text[:40]!r}); remove the file to make a new one")
+        return text
+
+    # --- submit ---------------------------------------------------------------------------------------
+
+    def job_spec(self, spec: LaunchSpec) -> JobSpec:
+        """The job that runs `spec`, with this backend's Slurm settings."""
+        if self.daemon_id is None:
+            raise BackendError("the slurm backend is not started")
+        c = self._cfg
+        argv = spec.argv
+        # The simulated server's command starts with the daemon's interpreter; the job uses `python`.
+        if argv and argv[0] == sys.executable and c.python != sys.executable:
+            argv = (c.python, *argv[1:])
+        return JobSpec(
+            model=spec.model, instance_id=spec.instance_id, daemon_id=self.daemon_id, engine_argv=argv,
+            run_dir=str(self.run_dir), partition=c.partition, account=c.account, qos=c.qos,
+            reservation=c.reservation, gpus=spec.gpus, gpu_type=c.gres_type, gpu_option=c.gpus_flag,
+            cpus_per_task=c.cpus_per_task, mem=mem_option(c.mem_gb),
+            time_limit_s=spec.time_limit_s if spec.time_limit_s is not None else c.time_limit_s,
+            warn_before_s=c.signal_before_end_s, site_hooks=c.site_hooks, env=dict(spec.env), python=c.python,
+            port_range=c.port_range, bind_host=c.bind_host, advertise_host=c.advertise_host,
+        )  # fmt: skip
+
+    async def submit(self, spec: LaunchSpec) -> str:
+        try:
+            script, args = render_job(self.job_spec(spec))
+        except JobTemplateError as e:
+            raise BackendError(f"instance {spec.instance_id}: {e}") from e
+        try:
+            job_id = await self._cli.sbatch(script, [*args, *self._cfg.extra_sbatch_args])
+        except SlurmError as e:
+            raise BackendError(f"instance {spec.instance_id}: {e}") from e
+        self._jobs[job_id] = _Job(job_id, spec.instance_id, spec.gpus, self._clock())
+        log.info("submitted job %s: instance %d (%s), %d GPU(s), partition %s", job_id, spec.instance_id,
+                 spec.model, spec.gpus, self._cfg.partition)
+        return job_id
+
+    # --- poll -----------------------------------------------------------------------------------------
+
+    async def poll(self) -> dict[str, JobFacts]:
+        await self._refresh_sinfo()
+        await self._kill_overdue()
+        try:
+            sq = await self._cli.squeue()
+        except SlurmError as e:
+            log.warning("squeue failed: %s", e)
+            facts = {j.job_id: j.final or self._unknown(j, f"squeue failed: {e}") for j in self._jobs.values()}
+        else:
+            facts = {j.job_id: await self._facts(j, sq) for j in list(self._jobs.values())}
+        for job_id, f in facts.items():
+            self._record(self._jobs[job_id], f)
+        return facts
+
+    async def _facts(self, j: _Job, sq: SqueueResult) -> JobFacts:
+        if j.final is not None:
+            return j.final
+        seen = sq.jobs.get(j.job_id)
+        if seen is not None:
+            j.first_miss_at = j.last_miss_at = None
+            if j.addr is None and STATE_TABLE.get(seen.state, (JobState.UNKNOWN, None))[0] is JobState.RUNNING:
+                j.addr = await self._read_addr(j)
+            return job_facts(seen, j.instance_id, j.addr, sq.fetched_at_wall)
+        if sq.fetched_at_wall <= j.submitted_at:  # an answer from before the submission (cached)
+            return JobFacts(j.job_id, j.instance_id, JobState.PENDING, detail="submitted")
+        return await self._missing(j, sq.fetched_at_wall)
+
+    async def _missing(self, j: _Job, fetched_at: float) -> JobFacts:
+        """A job squeue did not list: UNKNOWN until two answers over the interval missed it, then what
+        accounting says, or ENDED "vanished from squeue" where there is none."""
+        if j.last_miss_at == fetched_at and j.unknown is not None:
+            return j.unknown  # the same (cached) answer again: nothing new to decide on
+        j.last_miss_at = fetched_at
+        if j.first_miss_at is None:
+            j.first_miss_at = fetched_at
+        # A second answer at least the interval after the first (the interval is > 0, so one answer never is).
+        if fetched_at - j.first_miss_at < self._cfg.squeue_min_interval_s:
+            return self._unknown(j, "missing from squeue")
+        try:
+            rows = await self._cli.sacct([j.job_id])
+        except SlurmError as e:
+            log.warning("job %s is missing from squeue and sacct failed: %s", j.job_id, e)
+            return self._unknown(j, f"missing from squeue; sacct failed: {e}")
+        if rows is None:
+            return self._ended(j, "vanished from squeue (no accounting to say how it ended)")
+        row = next((r for r in rows if r.job_id == j.job_id), None)
+        if row is None:
+            return self._ended(j, "vanished from squeue and not in accounting")
+        return self._from_accounting(j, row)
+
+    def _from_accounting(self, j: _Job, row: SlurmJob) -> JobFacts:
+        f = job_facts(row, j.instance_id, j.addr, self._clock())
+        if f.state is JobState.ENDED:
+            return f
+        return self._unknown(j, f"missing from squeue; accounting says {row.state}")
+
+    def _unknown(self, j: _Job, detail: str) -> JobFacts:
+        j.unknown = self._plain_facts(j, JobState.UNKNOWN, detail)
+        return j.unknown
+
+    def _ended(self, j: _Job, detail: str) -> JobFacts:
+        return self._plain_facts(j, JobState.ENDED, detail)
+
+    @staticmethod
+    def _plain_facts(j: _Job, state: JobState, detail: str) -> JobFacts:
+        host, port = j.addr if j.addr is not None else (None, None)
+        return JobFacts(j.job_id, j.instance_id, state, host, port, detail=detail)
+
+    def _record(self, j: _Job, f: JobFacts) -> None:
+        """Keep what was reported; forget an ended job after its second report."""
+        if f.state is not JobState.UNKNOWN:
+            j.state = f.state
+        if f.state is not JobState.ENDED:
+            return
+        if j.final is None:
+            j.final = f
+            log.info("job %s (instance %d) ended: %s", j.job_id, j.instance_id, f.detail)
+        j.ended_reports += 1
+        if j.ended_reports >= _ENDED_REPORTS:
+            del self._jobs[j.job_id]
+            self._remove_addr(j)
+
+    async def _read_addr(self, j: _Job) -> tuple[str, int] | None:
+        """host:port from the job's address file; None while it is not there (or not readable yet)."""
+        path = addr_path(str(self.run_dir), j.job_id)
+        try:
+            if self._local_files:
+                try:
+                    text: str | None = Path(path).read_text()
+                except FileNotFoundError:
+                    text = None
+            else:
+                text = await self._cli.read_text(path)
+            if text is None:
+                return None
+            a = parse_addr_json(text, j.job_id)
+        except (OSError, SlurmError, ValueError) as e:
+            if not j.bad_addr_logged:
+                j.bad_addr_logged = True
+                log.warning("job %s: cannot use its address file %s: %s", j.job_id, path, e)
+            return None
+        log.info("job %s (instance %d) runs on %s, engine at %s:%d", j.job_id, j.instance_id, a.node, a.host, a.port)
+        return a.host, a.port
+
+    def _remove_addr(self, j: _Job) -> None:
+        if self._local_files:  # over SSH the file stays (it is small); its job id is never reused
+            with contextlib.suppress(OSError):
+                Path(addr_path(str(self.run_dir), j.job_id)).unlink()
+
+    # --- cancel ---------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, grace_s: float) -> None:
+        """TERM to the batch shell (which forwards it to the engine) now; a plain scancel after
+        `grace_s` (from poll()) if the job is still there. Pending jobs are cancelled at once.
+        Unknown or ended jobs are ignored, so a repeated cancel is harmless."""
+        j = self._jobs.get(job_id)
+        if j is None or j.final is not None:
+            return
+        deadline = self._clock() + max(0.0, grace_s)
+        if j.kill_at is not None:  # already asked: only bring the plain scancel forward
+            j.kill_at = min(j.kill_at, deadline)
+            return
+        j.kill_at = deadline
+        if j.state is JobState.RUNNING:
+            try:
+                if await self._cli.scancel(job_id, "TERM", batch=True):
+                    log.info("job %s: TERM to its batch shell; scancel in %.0f s if still there", job_id, grace_s)
+                    return
+            except SlurmError as e:  # e.g. "Job can not be altered now": it has not started after all
+                log.info("job %s: cannot signal it (%s); cancelling it", job_id, e)
+        await self._scancel(j)
+
+    async def _kill_overdue(self) -> None:
+        now = self._clock()
+        for j in list(self._jobs.values()):
+            if j.final is None and j.kill_at is not None and now >= j.kill_at:
+                log.warning("job %s still there after its grace period: scancel", j.job_id)
+                await self._scancel(j)
+
+    async def _scancel(self, j: _Job) -> None:
+        """Plain scancel. Failures are logged, and retried from poll() while the job is there."""
+        try:
+            await self._cli.scancel(j.job_id)
+        except (SlurmError, ValueError) as e:
+            log.warning("scancel %s failed: %s", j.job_id, e)
+            j.kill_at = self._clock()  # retried by the next poll
+            return
+        j.kill_at = math.inf  # done; squeue tells when it has ended
+
+    # --- free GPUs ------------------------------------------------------------------------------------
+
+    async def _refresh_sinfo(self, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._sinfo_at < SINFO_INTERVAL_S:
+            return
+        self._sinfo_at = now
+        try:
+            nodes = await self._cli.sinfo(self._cfg.partition)
+        except SlurmError as e:
+            log.warning("sinfo failed (free GPUs unknown until it answers): %s", e)
+            return
+        self._nodes = nodes
+        self._counted = {j.job_id for j in self._jobs.values() if j.state is JobState.RUNNING}
+
+    def free_gpus(self) -> int:
+        """GPUs on usable nodes of the partition that no job held at the last sinfo, less those of our
+        jobs that sinfo did not count (queued, or started since). A large number before sinfo answers."""
+        if self._nodes is None:
+            return UNKNOWN_FREE_GPUS
+        free = sum(n.gpus_free for n in self._nodes)
+        ours = sum(j.gpus for j in self._jobs.values() if j.final is None and j.job_id not in self._counted)
+        return max(0, free - ours)
