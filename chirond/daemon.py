@@ -142,12 +142,33 @@ class Daemon:
         await web.TCPSite(self._runner, d.listen_host, d.listen_port, backlog=1024).start()
         log.info("chirond listening on http://%s:%d/v1 (policy %s, backend %s, models %s)", d.listen_host,
                  d.listen_port, self.policy.name, self.backend.name, ", ".join(self.cfg.models))
+        adopted = await self._adopt()
         for name, m in self.cfg.models.items():
             n = self.policy.initial_instances(name, m.initial_instances, m.initial_instances)
-            for _ in range(max(n, m.min_instances)):
+            # Jobs adopted from an earlier run count: a restart submits only what is missing.
+            for _ in range(max(0, max(n, m.min_instances) - adopted.get(name, 0))):
                 await self._launch(name, self.policy.initial_pool)
         self.loop_at = self.clock()
         self._control = asyncio.create_task(self._control_loop())
+
+    async def _adopt(self) -> dict[str, int]:
+        """Take over the jobs an earlier run left (kill -9, crash, keep_jobs_on_stop): they become
+        instances under their old ids, and their facts go the usual way (running -> health -> ready).
+        New ids start above theirs, so no two live jobs share a name. Returns adopted jobs per model."""
+        jobs = await self.backend.adopt(list(self.cfg.models))
+        now = self.clock()
+        counts: dict[str, int] = {}
+        for a in jobs:
+            m = self.cfg.models[a.model]
+            inst = Instance(a.instance_id, a.model, self.policy.initial_pool, m.profile.gpus, now, startup_s(m))
+            inst.job_id = a.job_id
+            self.instances[inst.id] = inst
+            counts[a.model] = counts.get(a.model, 0) + 1
+            self._next_id = max(self._next_id, inst.id + 1)
+            log.info("instance %d (%s) adopted: job %s, %s", inst.id, a.model, a.job_id, a.state.value)
+        if jobs:
+            self._apply_facts(await self.backend.poll(), self.clock())
+        return counts
 
     async def stop(self) -> None:
         """Graceful: refuse new requests, let in-flight ones finish (bounded), stop instances."""

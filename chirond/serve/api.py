@@ -203,10 +203,9 @@ class ProxyApi:
 
     async def _serve(self, job: Job, client: _ClientSide) -> web.StreamResponse:
         parsed = client.parsed
-        deadline = job.req.arrival + self.api.max_wait_s
         while True:
             try:
-                inst_id = await self.gateway.wait_turn(job, max(0.0, deadline - self.clock()))
+                inst_id = await self.gateway.wait_turn(job, max(0.0, self._wait_until(job) - self.clock()))
             except TimeoutError:
                 err = oa.ApiError.unavailable(
                     f"no capacity for model {parsed.model!r} within {self.api.max_wait_s:.0f} s", self.api.retry_after_s
@@ -244,6 +243,14 @@ class ProxyApi:
                 self.gateway.requeue(job)
                 continue
             return await self._fail(client, out.error or oa.ApiError.upstream(f"instance {inst_id} failed"))
+
+    def _wait_until(self, job: Job) -> float:
+        """How long a job may wait for a slot: an interactive one `api.max_wait_s` from its arrival
+        (then afresh after a retry or a lost instance); a batch one until its deadline, at least."""
+        now = self.clock()
+        if job.req.cls is ReqClass.BATCH and job.req.deadline is not None:
+            return max(job.req.deadline, now + self.api.max_wait_s)
+        return job.req.arrival + self.api.max_wait_s if job.attempts == 0 else now + self.api.max_wait_s
 
     async def _run_attempt(self, job: Job, url: str, body: bytes, client: _ClientSide) -> _Outcome | None:
         """One attempt, or None when the gateway interrupted it (by cancelling `job.task`).

@@ -135,7 +135,9 @@ async def test_batch_work_is_preempted_for_interactive_and_resumes(
     # chirond's dispatch rules (interactive first, batch evicted from mixed instances), with the
     # caps pinned by the test instead of the policy.
     monkeypatch.setattr(ChirondPolicy, "plan", lambda self, snap, state: Decision((), "pinned by the test", state))
-    d: Daemon = await daemon_factory(model__sim_speedup=2.0)
+    # max_wait_s shorter than the batch requests' life: an evicted batch request waits again until
+    # its deadline, not max_wait_s from its arrival.
+    d: Daemon = await daemon_factory(model__sim_speedup=2.0, api__max_wait_s=0.5)
     (iid,) = list(d.dispatcher.slots)
     d.dispatcher.set_cap(iid, 2, 2)  # two slots, both may hold batch work
     c = client(d)
@@ -157,7 +159,7 @@ async def test_batch_work_is_preempted_for_interactive_and_resumes(
 
     batch = [asyncio.create_task(batch_stream()) for _ in range(2)]
     await wait_for(lambda: len(d.dispatcher.slots[iid].batch) == 2, 10, "two batch requests running")
-    await asyncio.sleep(0.3)  # let them generate some tokens
+    await asyncio.sleep(0.6)  # let them generate some tokens, and outlive max_wait_s
     r = await c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5, extra_body={"ignore_eos": True})
     assert r.usage is not None and r.usage.completion_tokens == 5
     assert d.dispatcher.evictions >= 1
