@@ -98,6 +98,40 @@ class SlurmBackendConfig:
     user: str = ""  # whose jobs squeue lists; "" = the daemon's user
     extra_sbatch_args: tuple[str, ...] = ()  # appended to chirond's sbatch options (a later option wins)
     keep_jobs_on_stop: bool = False  # false: stopping the daemon cancels the jobs it submitted
+    ssh: SshConfig | None = None  # [backend.slurm.ssh]: run Slurm's commands on a login node; None = here
+
+
+@dataclass(frozen=True, slots=True)
+class SshConfig:
+    """[backend.slurm.ssh]: Slurm's commands (and engine scrapes) over SSH to a login node
+    (chirond/cluster/ssh.py)."""
+
+    host: str  # the login node; required
+    key_file: Path  # private key, no passphrase; required; absolute once loaded
+    known_hosts: Path  # must hold the login node's (and jump host's) key; required; checking is never off
+    port: int = 22
+    user: str = ""  # "" = the daemon's user
+    jump_host: str = ""  # "" = none; else "[user@]host[:port]", checked with the same key and known_hosts
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 30.0  # upper bound for one command over SSH
+    keepalive_s: float = 15.0  # keepalive interval; 3 unanswered probes close the connection
+
+
+_JUMP_HOST = re.compile(
+    r"(?:(?P<user>[A-Za-z_][A-Za-z0-9._-]*)@)?(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]+))?"
+)
+
+
+def parse_jump_host(spec: str) -> tuple[str, str, int]:
+    """(user or "", host, port) from "[user@]host[:port]" (port 22 when left out; IPv6 in brackets).
+    ValueError when it is not that."""
+    m = _JUMP_HOST.fullmatch(spec)
+    if m is None:
+        raise ValueError(f"must be [user@]host[:port], got {spec!r}")
+    port = int(m["port"]) if m["port"] else 22
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be [user@]host[:port] with a port in 1..65535, got {spec!r}")
+    return m["user"] or "", m["host"].strip("[]"), port
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +204,8 @@ DAEMON_KEYS = _keys(DaemonConfig)
 API_KEYS = _keys(ApiConfig)
 BACKEND_KEYS = BACKENDS
 LOCAL_KEYS = _keys(LocalBackendConfig)
-SLURM_KEYS = _keys(SlurmBackendConfig)
+SLURM_KEYS = _keys(SlurmBackendConfig, "ssh")  # plain keys; the [backend.slurm.ssh] sub-table is read apart
+SSH_KEYS = _keys(SshConfig)
 MODEL_KEYS = _keys(ModelConfig, "name", "profile_path")  # `profile` is the profile's path in the file
 SLO_KEYS = _keys(Slo)
 
@@ -423,6 +458,57 @@ def _slurm(t: _Table, base: Path) -> SlurmBackendConfig:
         user=user,
         extra_sbatch_args=extra,
         keep_jobs_on_stop=t.boolean("keep_jobs_on_stop", _S["keep_jobs_on_stop"]),
+        ssh=_ssh(t.sub("ssh", SSH_KEYS), base) if "ssh" in t.data else None,
+    )
+
+
+_SSH: dict[str, Any] = {f.name: f.default for f in fields(SshConfig)}
+
+
+def _existing_file(t: _Table, key: str, base: Path, what: str) -> Path:
+    if key not in t.data:
+        t.fail(key, f"required: {what}")
+    path = t.resolved_path(key, Path(), base)
+    if not path.is_file():
+        relative = not Path(t.data[key]).expanduser().is_absolute()
+        hint = " (relative paths start at the config's directory)" if relative else ""
+        t.fail(key, f"no such file: {path}{hint}")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        t.fail(key, f"cannot read {path}: {e.strerror or e}")
+    return path
+
+
+def _ssh(t: _Table, base: Path) -> SshConfig:
+    if "host" not in t.data:
+        t.fail("host", "required: the login node that runs Slurm's commands")
+    host = t.string("host", "")
+    if not _HOST.fullmatch(host):
+        t.fail("host", f"must be a host name or address (A-Z a-z 0-9 _ . : -), got {_show(host)}")
+    user = _optional_string(t, "user")
+    if user and not _USER.fullmatch(user):
+        t.fail("user", f"must be a user name, got {_show(user)}")
+    jump = _optional_string(t, "jump_host")
+    if jump:
+        try:
+            parse_jump_host(jump)
+        except ValueError as e:
+            t.fail("jump_host", str(e))
+    if t.data.get("known_hosts") == "":
+        t.fail("known_hosts", "must name a known_hosts file: host keys are always checked")
+    return SshConfig(
+        host=host,
+        key_file=_existing_file(t, "key_file", base, "the private key chirond logs in with"),
+        known_hosts=_existing_file(t, "known_hosts", base, "a known_hosts file with the login node's host key "
+                                   "(host keys are always checked)"),
+        port=t.integer("port", _SSH["port"], 1, 65535),
+        user=user,
+        jump_host=jump,
+        connect_timeout_s=t.number("connect_timeout_s", _SSH["connect_timeout_s"]),
+        command_timeout_s=t.number("command_timeout_s", _SSH["command_timeout_s"]),
+        keepalive_s=t.number("keepalive_s", _SSH["keepalive_s"]),
     )
 
 
@@ -604,7 +690,7 @@ def load_config(path: str | Path) -> Config:
     if "slurm" in backend.data or daemon.backend == "slurm":
         if "slurm" not in backend.data:
             backend.fail("slurm", 'required when daemon.backend = "slurm": a [backend.slurm] table with a partition')
-        slurm = _slurm(backend.sub("slurm", SLURM_KEYS), base)
+        slurm = _slurm(backend.sub("slurm", (*SLURM_KEYS, "ssh")), base)
     api = _api(root.sub("api", API_KEYS), base)
     models = _models(root, base, local if daemon.backend == "local" else None)
     _check_policy(daemon_table, daemon, models)
@@ -717,21 +803,35 @@ def _slurm_summary(s: SlurmBackendConfig, state_dir: Path) -> str:
                                            if getattr(s, k)]
     bits += [f"GPUs {gpu}", f"time limit {limit}", f"run dir {s.run_dir or state_dir / 'jobs'}",
              f"user {s.user or getpass.getuser()}"]
+    if s.ssh is not None:
+        via = f" via {s.ssh.jump_host}" if s.ssh.jump_host else ""
+        bits.append(f"commands over ssh to {s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.host}:{s.ssh.port}{via}")
     return ", ".join(bits)
 
 
 def probe_slurm(cfg: Config) -> str:
     """Ask this machine's Slurm (sinfo) whether the configured partition exists and its nodes can
     hold each model's GPUs. Returns a one-line summary; raises ConfigError with the key path."""
-    from chirond.cluster.slurm import LocalTransport, SlurmCli, SlurmError, TransportError
+    from chirond.cluster.slurm import LocalTransport, NodeInfo, SlurmCli, SlurmError, TransportError
     from chirond.cluster.slurm_backend import partition_problem
 
     s = cfg.slurm
     assert s is not None
     where = f"{cfg.path}: {key_path('backend', 'slurm')}"
-    cli = SlurmCli(LocalTransport(), s.user or getpass.getuser(), timeout_s=s.command_timeout_s)
+
+    async def ask() -> list[NodeInfo]:
+        if s.ssh is None:
+            return await SlurmCli(LocalTransport(), s.user or getpass.getuser(), timeout_s=s.command_timeout_s).sinfo()
+        from chirond.cluster.ssh import SshTransport
+
+        ssh = SshTransport(s.ssh)
+        try:
+            return await SlurmCli(ssh, s.user or s.ssh.user or getpass.getuser(), timeout_s=s.command_timeout_s).sinfo()
+        finally:
+            await ssh.close()
+
     try:
-        nodes = asyncio.run(cli.sinfo())
+        nodes = asyncio.run(ask())
     except TransportError as e:
         raise ConfigError(f"{where}: cannot ask Slurm about the partition: {e} "
                           "(are Slurm's commands, sinfo sbatch squeue scancel, installed on this machine?)") from None

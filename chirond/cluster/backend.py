@@ -4,6 +4,7 @@ draining and metrics are the daemon's business over HTTP, the same for every bac
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -41,6 +42,19 @@ class JobFacts:
     detail: str = ""  # pending reason, exit code, signal, Slurm state
 
 
+@dataclass(frozen=True, slots=True)
+class AdoptedJob:
+    """A job that an earlier run of this daemon started and that `Backend.adopt()` took over: the
+    backend tracks it from now on (poll, cancel, stop) as if it had submitted it."""
+
+    job_id: str
+    instance_id: int  # the id the earlier run gave it (from the job's name and ownership tag)
+    model: str  # the configured model name
+    state: JobState  # PENDING or RUNNING
+    host: str | None = None  # from the job's address file, if it is there already
+    port: int | None = None
+
+
 class Backend(Protocol):
     name: str
 
@@ -48,6 +62,11 @@ class Backend(Protocol):
 
     async def stop(self) -> None:
         """Forget nothing and stop nothing that should outlive the daemon (local: stop children)."""
+
+    async def adopt(self, models: Collection[str]) -> list[AdoptedJob]:
+        """Once, after start() and before any submit(): take over the live jobs an earlier run of this
+        daemon left (a crash, kill -9, keep_jobs_on_stop) whose model is in `models`, and cancel this
+        daemon's other leftovers. Raises BackendError when it cannot tell what is there."""
 
     async def submit(self, spec: LaunchSpec) -> str:
         """Start a job; returns its id. Raises BackendError with a clear message on refusal."""

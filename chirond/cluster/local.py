@@ -22,11 +22,11 @@ import shlex
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from chirond.cluster.backend import BackendError, JobFacts, JobState, LaunchSpec
+from chirond.cluster.backend import AdoptedJob, BackendError, JobFacts, JobState, LaunchSpec
 from chirond.config import LocalBackendConfig
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,13 @@ class LocalBackend:
 
     async def start(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
+
+    async def adopt(self, models: Collection[str]) -> list[AdoptedJob]:
+        """Nothing to adopt: a child is known only to the process that started it (its GPUs and port
+        are bookkeeping here). A daemon stopped normally stops its children; under systemd
+        (KillMode=mixed) the unit's cgroup is killed before a restart after a crash. A daemon run
+        by hand and killed with SIGKILL leaves its engines running, unadopted: stop them yourself."""
+        return []
 
     def free_gpus(self) -> int:
         return self._cfg.gpus - sum(len(c.gpus) for c in self._children.values() if c.alive)

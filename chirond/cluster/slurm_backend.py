@@ -22,13 +22,31 @@ of the job, then SIGKILL after the site's KillWait). A pending job is plainly ca
 (Slurm cannot signal a job that is not running). A plain `scancel` from outside also reaches the
 engine with TERM, but its drain is bounded by KillWait.
 
-`stop()` cancels the jobs this process submitted (plain `scancel`: the daemon has already let its
-requests finish) unless `keep_jobs_on_stop`, so a stopped daemon leaves no GPU job behind; a
-restarted daemon does not adopt jobs yet.
+`adopt(models)` runs once at start-up, before any submission: one squeue, and for every job of this
+user whose name has chirond's prefix (the only jobs squeue's answer holds):
+  * no chirond ownership tag in its comment (`chirond:<daemon id>:<instance id>`): not chirond's
+    job, whatever its name says: left alone (logged).
+  * a tag with another daemon id: another chirond deployment sharing this account: left alone, with
+    a warning (never cancelled: this daemon cannot know whether that one still runs).
+  * ended or ending (COMPLETED, CANCELLED, ..., COMPLETING): nothing to do.
+  * this daemon's tag, and it can be adopted -- PENDING or RUNNING as the state table says, its name
+    `chirond-<model>-<n>` matches the tag's instance id n, the model is configured (exactly one
+    configured model has that name in a job name), and no job for instance n is adopted already --
+    adopted: tracked from now on as if submitted by this process, returned to the daemon.
+  * this daemon's tag but not adoptable -- the model is no longer configured (or two configured
+    models share its job name), a second job for an instance id already adopted (the one further
+    along is kept: running before pending, then the oldest), a name that disagrees with its tag, a
+    state chirond does not know -- an orphan: cancelled (plain scancel, retried from poll() if it
+    fails) and logged as a warning.
+If squeue fails (three tries), adopt() raises BackendError: starting without knowing could double every job.
+
+`stop()` cancels the jobs this process submitted or adopted (plain `scancel`: the daemon has already
+let its requests finish) unless `keep_jobs_on_stop`, so a stopped daemon leaves no GPU job behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import logging
@@ -38,12 +56,21 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chirond.cluster.backend import BackendError, JobFacts, JobState, LaunchSpec
-from chirond.cluster.jobtemplate import JobSpec, JobTemplateError, addr_path, parse_addr_json, render_job
+from chirond.cluster.backend import AdoptedJob, BackendError, JobFacts, JobState, LaunchSpec
+from chirond.cluster.jobtemplate import (
+    JobSpec,
+    JobTemplateError,
+    addr_path,
+    parse_addr_json,
+    parse_job_name,
+    parse_ownership_tag,
+    render_job,
+    sanitize_model,
+)
 from chirond.cluster.slurm import (
     STATE_TABLE,
     LocalTransport,
@@ -52,8 +79,11 @@ from chirond.cluster.slurm import (
     SlurmError,
     SlurmJob,
     SqueueResult,
+    Transport,
+    gres_count,
     job_facts,
 )
+from chirond.cluster.ssh import SshTransport
 from chirond.config import SlurmBackendConfig
 
 log = logging.getLogger(__name__)
@@ -62,6 +92,9 @@ UNKNOWN_FREE_GPUS = 1 << 20  # free_gpus() before sinfo has answered: do not hol
 SINFO_INTERVAL_S = 10.0  # free GPUs are a hint for the policy: refreshed at most this often
 _ENDED_REPORTS = 2  # polls that report a job ENDED before it is forgotten (the protocol's "twice")
 _DAEMON_ID = re.compile(r"[A-Za-z0-9-]+")
+ADOPT_TRIES = 3  # squeue at start-up: tries before the daemon gives up (it must not guess)
+ADOPT_RETRY_S = 2.0
+_ENDING = frozenset({"COMPLETING", "STAGE_OUT"})  # running by the state table, but on their way out
 
 
 @dataclass(slots=True, eq=False)
@@ -111,9 +144,12 @@ class SlurmBackend:
         self._state_dir = Path(state_dir)
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir is not None else self._state_dir / "jobs"
         self._clock = clock
+        # Slurm commands run on this machine, or on a login node over SSH ([backend.slurm.ssh]).
+        self.ssh: SshTransport | None = SshTransport(cfg.ssh) if cfg.ssh is not None and cli is None else None
+        transport: Transport = self.ssh if self.ssh is not None else LocalTransport()
         self._cli = cli or SlurmCli(
-            LocalTransport(), cfg.user or getpass.getuser(), min_squeue_interval_s=cfg.squeue_min_interval_s,
-            timeout_s=cfg.command_timeout_s, wall_clock=clock,
+            transport, cfg.user or (cfg.ssh.user if cfg.ssh else "") or getpass.getuser(),
+            min_squeue_interval_s=cfg.squeue_min_interval_s, timeout_s=cfg.command_timeout_s, wall_clock=clock,
         )
         self.daemon_id: str | None = None  # read or made by start(); names this daemon's jobs (--comment)
         self._jobs: dict[str, _Job] = {}
@@ -145,6 +181,13 @@ class SlurmBackend:
                  self.run_dir)
 
     async def stop(self) -> None:
+        try:
+            await self._stop_jobs()
+        finally:
+            if self.ssh is not None:
+                await self.ssh.close()
+
+    async def _stop_jobs(self) -> None:
         for j in self._jobs.values():
             if j.final is not None:
                 self._remove_addr(j)
@@ -170,6 +213,93 @@ class SlurmBackend:
         if not _DAEMON_ID.fullmatch(text):
             raise BackendError(f"{path}: not a daemon id ({text[:40]!r}); remove the file to make a new one")
         return text
+
+    # --- adopt -----------------------------------------------------------------------------------------
+
+    async def adopt(self, models: Collection[str]) -> list[AdoptedJob]:
+        """Take over this daemon's live jobs for configured `models`; cancel its other leftovers
+        (the rules are in the module's docstring). Once, after start() and before any submit()."""
+        if self.daemon_id is None:
+            raise BackendError("the slurm backend is not started")
+        for attempt in range(ADOPT_TRIES):
+            try:
+                sq = await self._cli.squeue()
+                break
+            except SlurmError as e:
+                if attempt + 1 == ADOPT_TRIES:
+                    raise BackendError(f"cannot tell which jobs an earlier run left (squeue failed {ADOPT_TRIES} "
+                                       f"times: {e}); not starting, so that no job is doubled") from e
+                log.warning("squeue failed (%s); asking again in %.0f s", e, ADOPT_RETRY_S)
+                await asyncio.sleep(ADOPT_RETRY_S)
+        by_job_name: dict[str, list[str]] = {}
+        for m in models:
+            with contextlib.suppress(JobTemplateError):
+                by_job_name.setdefault(sanitize_model(m), []).append(m)
+        ours: list[tuple[SlurmJob, int]] = []
+        for job in sq.jobs.values():
+            tag = parse_ownership_tag(job.comment)
+            if tag is None:
+                log.info("job %s (%s): no chirond ownership tag in its comment: not ours, left alone", job.job_id,
+                         job.name)
+            elif tag[0] != self.daemon_id:
+                if STATE_TABLE.get(job.state, (JobState.UNKNOWN, None))[0] is not JobState.ENDED:
+                    log.warning("job %s (%s) belongs to another chirond (daemon id %s) under this account: left "
+                                "alone", job.job_id, job.name, tag[0])
+            else:
+                ours.append((job, tag[1]))
+        # Of two jobs for one instance id, the one further along is kept: running first, then the oldest.
+        ours.sort(key=lambda p: (STATE_TABLE.get(p[0].state, (JobState.UNKNOWN, None))[0] is not JobState.RUNNING,
+                                 len(p[0].job_id), p[0].job_id))
+        adopted: dict[int, AdoptedJob] = {}
+        for job, iid in ours:
+            state = STATE_TABLE.get(job.state, (JobState.UNKNOWN, None))[0]
+            if state is JobState.ENDED or job.state in _ENDING:
+                continue
+            model, why = self._adoptable(job, iid, state, by_job_name, adopted)
+            if model is None:
+                await self._cancel_orphan(job, iid, why, sq.fetched_at_wall)
+                continue
+            adopted[iid] = await self._take_over(job, iid, model, state, sq.fetched_at_wall)
+        return list(adopted.values())
+
+    @staticmethod
+    def _adoptable(job: SlurmJob, iid: int, state: JobState, by_job_name: dict[str, list[str]],
+                   adopted: dict[int, AdoptedJob]) -> tuple[str | None, str]:
+        """(the configured model, "") for a job of this daemon that can be adopted; (None, why) for an orphan."""
+        if state not in (JobState.PENDING, JobState.RUNNING):
+            return None, f"state {job.state_raw or job.state!r} is not one chirond knows"
+        named = parse_job_name(job.name)
+        if named is None or named[1] != iid:
+            return None, f"its name {job.name!r} does not match its tag {job.comment!r}"
+        models = by_job_name.get(named[0], [])
+        if not models:
+            return None, f"model {named[0]!r} is no longer configured"
+        if len(models) > 1:
+            return None, f"configured models {', '.join(models)} share the job name; cannot tell which it serves"
+        if iid in adopted:
+            return None, f"a second job for instance {iid} (job {adopted[iid].job_id} is adopted)"
+        return models[0], ""
+
+    async def _take_over(self, job: SlurmJob, iid: int, model: str, state: JobState, now: float) -> AdoptedJob:
+        try:
+            gpus = gres_count(job.gres)
+        except ValueError:
+            gpus = 0
+        j = _Job(job.job_id, iid, gpus, job.submit_time or now, state=state)
+        self._jobs[j.job_id] = j
+        if state is JobState.RUNNING:
+            self._counted.add(j.job_id)  # it held its GPUs when start()'s sinfo looked
+            j.addr = await self._read_addr(j)
+        host, port = j.addr if j.addr is not None else (None, None)
+        log.info("adopted job %s: instance %d (%s), %s%s", j.job_id, iid, model, job.state,
+                 f", engine at {host}:{port}" if host is not None else "")
+        return AdoptedJob(j.job_id, iid, model, state, host, port)
+
+    async def _cancel_orphan(self, job: SlurmJob, iid: int, why: str, now: float) -> None:
+        log.warning("job %s (%s) is an orphan of this daemon: %s; cancelling it", job.job_id, job.name, why)
+        j = _Job(job.job_id, iid, 0, job.submit_time or now)
+        self._jobs[j.job_id] = j  # so that poll() retries a failed scancel and sees it end
+        await self._scancel(j)
 
     # --- submit ---------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ the [backend.slurm] config (key-path errors, docs, the shipped example) and chec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -611,3 +612,160 @@ def test_daemon_builds_the_backend_its_config_names(tmp_path: Path) -> None:
     assert isinstance(b, SlurmBackend) and b.run_dir == tmp_path.resolve() / "state" / "jobs"
     local = cfgmod.load_config(write_slurm(tmp_path, "", SLURM_BASE.replace('backend = "slurm"', "")))
     assert isinstance(daemon_backend(local), LocalBackend)
+
+
+# ---------------------------------------------------------------- adopt (restarts)
+
+RUNNING_JOB = next(j for j in json.loads((REC / "squeue-all.json").read_text())["jobs"] if j["job_id"] == 11)
+
+
+def sq_job(job_id: int, name: str, comment: str, state: str = "RUNNING") -> dict[str, Any]:
+    """A squeue --json job of USER, after the recorded running one."""
+    return {**RUNNING_JOB, "job_id": job_id, "name": name, "comment": comment, "job_state": state,
+            "state_reason": "Resources" if state == "PENDING" else "None", "submit_time": int(T0) - 100 + job_id}
+
+
+def squeue_json(*jobs: dict[str, Any]) -> tuple[int, str, str]:
+    return 0, json.dumps({"errors": [], "jobs": list(jobs)}), ""
+
+
+async def test_adopt_takes_ours_cancels_our_orphans_and_leaves_every_other_job_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b, fake, clock = await started(tmp_path)
+    me = b.daemon_id
+    other = "0b7c6f7e-1111-4222-8333-944455556666"
+    fake.queued["squeue"].append(squeue_json(
+        sq_job(20, "chirond-llama-8b-3", f"chirond:{me}:3", "PENDING"),  # duplicate of 21 (pending: 21 is kept)
+        sq_job(21, "chirond-llama-8b-3", f"chirond:{me}:3"),  # ours, running: adopted
+        sq_job(22, "chirond-llama-8b-5", f"chirond:{me}:5", "PENDING"),  # ours, pending: adopted
+        sq_job(23, "chirond-llama-8b-5", f"chirond:{me}:5", "PENDING"),  # newer duplicate of 22: cancelled
+        sq_job(24, "chirond-old-model-4", f"chirond:{me}:4"),  # model no longer configured: cancelled
+        sq_job(25, "chirond-llama-8b-6", f"chirond:{other}:6"),  # another chirond's: left alone
+        sq_job(26, "chirond-llama-8b-7", ""),  # no tag: left alone
+        sq_job(27, "chirond-llama-8b-8", "chirond:not a tag"),  # no parseable tag: left alone
+        sq_job(28, "chirond-llama-8b-9", f"chirond:{me}:9", "COMPLETED"),  # ended: nothing to do
+        sq_job(29, "chirond-llama-8b-10", f"chirond:{me}:11"),  # name and tag disagree: cancelled
+        sq_job(30, "chirond-llama-8b-12", f"chirond:{me}:12", "COMPLETING"),  # ending: nothing to do
+        {**sq_job(31, "chirond-llama-8b-13", f"chirond:{me}:13"), "user_name": "someone-else"},  # not this user
+    ))  # fmt: skip
+    fake.queued["cat"].append((0, addr_json("21", port=20021, instance_id=3), ""))
+
+    adopted = await b.adopt(["llama-8b", "qwen-7b"])
+    assert [(a.job_id, a.instance_id, a.model, a.state, a.host, a.port) for a in adopted] == [
+        ("21", 3, "llama-8b", JobState.RUNNING, "127.0.0.1", 20021),
+        ("22", 5, "llama-8b", JobState.PENDING, None, None),
+    ]
+    assert sorted(fake.argvs("scancel")) == [("scancel", "20"), ("scancel", "23"), ("scancel", "24"),
+                                             ("scancel", "29")]
+    assert len(fake.argvs("squeue")) == 1
+    text = caplog.text
+    assert f"job 25 (chirond-llama-8b-6) belongs to another chirond (daemon id {other})" in text
+    assert "job 24 (chirond-old-model-4) is an orphan of this daemon: model 'old-model' is no longer configured" in text
+    assert "a second job for instance 3 (job 21 is adopted)" in text
+
+    # From now on the adopted jobs are the backend's own: polled, and cancelled on stop.
+    clock.t += 2.5
+    fake.default["squeue"] = squeue_json(sq_job(21, "chirond-llama-8b-3", f"chirond:{me}:3"),
+                                         sq_job(22, "chirond-llama-8b-5", f"chirond:{me}:5", "PENDING"))
+    f = await b.poll()
+    assert (f["21"].state, f["21"].instance_id, f["21"].port) == (JobState.RUNNING, 3, 20021)
+    assert (f["22"].state, f["22"].instance_id) == (JobState.PENDING, 5)
+    fake.calls.clear()
+    await b.stop()
+    cancelled = {a[1] for a in fake.argvs("scancel")}
+    assert {"21", "22"} <= cancelled and not cancelled & {"25", "26", "27", "28", "30", "31"}
+
+
+async def test_adopt_with_nothing_left_and_two_models_sharing_a_job_name(tmp_path: Path) -> None:
+    b, fake, _ = await started(tmp_path)
+    assert await b.adopt(["llama-8b"]) == [] and fake.argvs("scancel") == []
+
+    c, cfake, _ = await started(tmp_path / "c")
+    cfake.queued["squeue"].append(squeue_json(sq_job(40, "chirond-org-m-1", f"chirond:{c.daemon_id}:1")))
+    assert await c.adopt(["org/m", "org-m"]) == []  # which one it serves cannot be told: cancelled
+    assert cfake.argvs("scancel") == [("scancel", "40")]
+
+
+async def test_adopt_asks_again_then_refuses_to_guess_when_squeue_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chirond.cluster import slurm_backend
+
+    monkeypatch.setattr(slurm_backend, "ADOPT_RETRY_S", 0.0)
+    down = (1, "", "squeue: error: Unable to contact slurm controller\n")
+    b, fake, _ = await started(tmp_path)
+    fake.queued["squeue"] += [down, down]
+    assert await b.adopt(["llama-8b"]) == []  # the third answer came
+    c, cfake, _ = await started(tmp_path / "c")
+    cfake.queued["squeue"] += [down, down, down]
+    with pytest.raises(BackendError, match="cannot tell which jobs an earlier run left"):
+        await c.adopt(["llama-8b"])
+    assert cfake.argvs("scancel") == [] and cfake.argvs("sbatch") == [] and len(cfake.argvs("squeue")) == 3
+
+
+async def test_local_backend_adopts_nothing(tmp_path: Path) -> None:
+    from chirond.cluster.local import LocalBackend
+    from chirond.config import LocalBackendConfig
+
+    assert await LocalBackend(LocalBackendConfig(), tmp_path).adopt(["m"]) == []
+
+
+DAEMON_TOML = """
+[daemon]
+backend = "slurm"
+state_dir = "state"
+listen_host = "127.0.0.1"
+policy = "static"
+tick_s = 60
+[api]
+auth = "open"
+[backend.slurm]
+partition = "a100"
+[models.m]
+profile = "llama-3.1-8b_a100-80gb_tp1"
+slo = { ttft_s = 1.0, tpot_s = 0.1 }
+min_instances = 3
+max_instances = 3
+"""
+
+
+async def test_daemon_counts_adopted_jobs_and_submits_only_what_is_missing(tmp_path: Path) -> None:
+    from chirond.daemon import Daemon
+
+    path = tmp_path / "chirond.toml"
+    path.write_text(DAEMON_TOML)
+    cfg = load_config(path)
+    cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, listen_port=0))
+    assert cfg.slurm is not None
+    fake, clock = FakeSlurm(), Clock()
+    cli = SlurmCli(fake, USER, min_squeue_interval_s=2.0, clock=clock, wall_clock=clock)
+    b = SlurmBackend(cfg.slurm, cfg.daemon.state_dir, cli=cli, clock=clock)
+    await b.start()  # makes the daemon id (Daemon.start starts it again: the id is kept)
+    me = b.daemon_id
+    fake.queued["squeue"].append(squeue_json(sq_job(50, "chirond-m-7", f"chirond:{me}:7"),
+                                             sq_job(51, "chirond-m-2", f"chirond:{me}:2", "PENDING")))
+    fake.sbatch_ids("60")
+    d = Daemon(cfg, backend=b)
+    await d.start()
+    try:
+        assert {i: x.job_id for i, x in d.instances.items()} == {7: "50", 2: "51", 8: "60"}
+        assert d.instances[7].job_state is JobState.RUNNING and d.instances[2].job_state is JobState.PENDING
+        assert len(fake.argvs("sbatch")) == 1  # 3 wanted, 2 adopted
+        assert "--job-name=chirond-m-8" in fake.argvs("sbatch")[0]
+    finally:
+        await d.stop()
+
+
+def test_ssh_config_routes_slurm_commands_over_ssh(tmp_path: Path) -> None:
+    from chirond.cluster.slurm import LocalTransport
+    from chirond.cluster.slurm_backend import SlurmBackend
+    from chirond.cluster.ssh import SshTransport
+    from chirond.config import SlurmBackendConfig, SshConfig
+
+    ssh = SshConfig(host="login1", key_file=tmp_path / "k", known_hosts=tmp_path / "kh", user="svc")
+    over_ssh = SlurmBackend(SlurmBackendConfig(partition="a100", ssh=ssh), tmp_path)
+    assert isinstance(over_ssh.ssh, SshTransport)
+    assert over_ssh._cli.transport is over_ssh.ssh and over_ssh._cli.user == "svc"
+    local = SlurmBackend(SlurmBackendConfig(partition="a100"), tmp_path)
+    assert local.ssh is None and isinstance(local._cli.transport, LocalTransport)
