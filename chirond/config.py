@@ -115,6 +115,8 @@ class SshConfig:
     connect_timeout_s: float = 10.0
     command_timeout_s: float = 30.0  # upper bound for one command over SSH
     keepalive_s: float = 15.0  # keepalive interval; 3 unanswered probes close the connection
+    metrics: str = "ssh"  # engines' /metrics: "ssh" = fetched on the login node; "direct" = from here
+    traffic: str = "direct"  # requests: "direct" = to node:port; "tunnel" = through a forwarded local port
 
 
 _JUMP_HOST = re.compile(
@@ -168,6 +170,8 @@ PROFILES_DIR = Path(chirond.__file__).resolve().parent / "data" / "profiles"  # 
 BACKENDS = ("local", "slurm")
 GPUS_FLAGS = ("gres", "gpus")
 AUTH_MODES = ("keys", "open")
+SSH_METRICS = ("ssh", "direct")
+SSH_TRAFFIC = ("direct", "tunnel")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PLACEHOLDERS = (
     "model",
@@ -509,6 +513,8 @@ def _ssh(t: _Table, base: Path) -> SshConfig:
         connect_timeout_s=t.number("connect_timeout_s", _SSH["connect_timeout_s"]),
         command_timeout_s=t.number("command_timeout_s", _SSH["command_timeout_s"]),
         keepalive_s=t.number("keepalive_s", _SSH["keepalive_s"]),
+        metrics=t.string("metrics", _SSH["metrics"], SSH_METRICS),
+        traffic=t.string("traffic", _SSH["traffic"], SSH_TRAFFIC),
     )
 
 
@@ -805,7 +811,8 @@ def _slurm_summary(s: SlurmBackendConfig, state_dir: Path) -> str:
              f"user {s.user or getpass.getuser()}"]
     if s.ssh is not None:
         via = f" via {s.ssh.jump_host}" if s.ssh.jump_host else ""
-        bits.append(f"commands over ssh to {s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.host}:{s.ssh.port}{via}")
+        bits.append(f"commands over ssh to {s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.host}:{s.ssh.port}{via}"
+                    f" (metrics {s.ssh.metrics}, traffic {s.ssh.traffic})")
     return ", ".join(bits)
 
 

@@ -20,8 +20,10 @@ from aiohttp import web
 from chirond.cluster.backend import Backend, BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.instances import Instance
 from chirond.cluster.local import LocalBackend
-from chirond.cluster.probe import ProbeError, scrape
+from chirond.cluster.probe import EngineStats, ProbeError, scrape
+from chirond.cluster.slurm import TransportError
 from chirond.cluster.slurm_backend import SlurmBackend
+from chirond.cluster.ssh import SshTransport, scrape_over_ssh
 from chirond.config import Config, ConfigError, ModelConfig, load_config, load_keys
 from chirond.dispatch import Dispatcher
 from chirond.metrics import Metrics
@@ -126,6 +128,15 @@ class Daemon:
         self._priority: dict[str, bool] = {}  # model -> engines run with priority scheduling
         self.notifier = Notifier({})  # systemd notifications: disabled here; serve() sets the real one
         self.loop_at = 0.0  # clock() when the control loop last went round (the watchdog reads it)
+        # [backend.slurm.ssh]: the login node's transport, and whether metrics / traffic go over it.
+        ssh = getattr(self.backend, "ssh", None)
+        self.ssh: SshTransport | None = ssh if isinstance(ssh, SshTransport) else None
+        ssh_cfg = cfg.slurm.ssh if cfg.daemon.backend == "slurm" and cfg.slurm is not None else None
+        self.ssh_metrics = self.ssh is not None and ssh_cfg is not None and ssh_cfg.metrics == "ssh"
+        self.ssh_tunnel = self.ssh is not None and ssh_cfg is not None and ssh_cfg.traffic == "tunnel"
+        self.ssh_scrapes = 0  # scrapes over the SSH connection (for tests and status)
+        # traffic = "tunnel": instance id -> (engine host, engine port, local URL through the tunnel)
+        self._tunnels: dict[int, tuple[str, int, str]] = {}
 
     # ---------------------------------------------------------------- lifetime
 
@@ -261,7 +272,7 @@ class Daemon:
         m = self.cfg.models[inst.model]
         limit = self.clock() + self.cfg.local.health_timeout_s
         while self.clock() < limit and inst.id in self.instances and inst.cancel_sent_at is None:
-            url = inst.url
+            url = await self._tunnel(inst) if self.ssh_tunnel else inst.url
             if url is not None:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                     async with self._session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
@@ -282,24 +293,58 @@ class Daemon:
         self.dispatcher.add_instance(inst.id, inst.model, inst.pool, cap, batch_cap)
         self.metrics.cap.labels(inst.model, str(inst.id)).set(cap)
         log.info("instance %d (%s, %s pool) ready at %s after %.1f s", inst.id, inst.model, inst.pool.value,
-                 inst.url, now - inst.launched_at)
+                 self.instance_url(inst.id) or inst.url, now - inst.launched_at)
         self.gateway.kick(inst.model)
 
-    async def _scrape_all(self, now: float) -> None:
+    async def _tunnel(self, inst: Instance) -> str | None:
+        """traffic = "tunnel": the local URL forwarded to the instance (opened again after a
+        reconnect: SshTransport.forward reuses a live listener, so this is cheap when nothing
+        changed). None while the transport is down; the last URL stays for the request path."""
+        assert self.ssh is not None
+        if inst.host is None or inst.port is None:
+            return None
+        try:
+            local = await self.ssh.forward(inst.host, inst.port)
+        except TransportError as e:
+            log.debug("instance %d: no tunnel to %s:%d: %s", inst.id, inst.host, inst.port, e)
+            return None
+        url = f"http://127.0.0.1:{local}"
+        old = self._tunnels.get(inst.id)
+        if old is None or old[2] != url:
+            if inst.id not in self.instances:  # ended while the forward was opened
+                await self.ssh.close_forward(inst.host, inst.port)
+                return None
+            self._tunnels[inst.id] = (inst.host, inst.port, url)
+            log.info("instance %d: %s:%d tunnelled at %s", inst.id, inst.host, inst.port, url)
+        return url
+
+    async def _scrape_one(self, inst: Instance) -> EngineStats:
         assert self._session is not None
+        timeout = self.cfg.daemon.scrape_timeout_s
+        if self.ssh_tunnel:
+            await self._tunnel(inst)  # re-forward after a reconnect, before requests need it
+        if self.ssh_metrics:
+            assert self.ssh is not None and inst.host is not None and inst.port is not None
+            self.ssh_scrapes += 1
+            return await scrape_over_ssh(self.ssh, inst.host, inst.port, timeout)
+        url = self.instance_url(inst.id)
+        if url is None:
+            raise ProbeError(f"instance {inst.id}: no tunnel (ssh down)")
+        return await scrape(self._session, url, timeout)
+
+    async def _scrape_all(self, now: float) -> None:
         live = [i for i in self.instances.values() if i.healthy_at is not None and i.url]
         if not live:
             return
-        results = await asyncio.gather(
-            *(scrape(self._session, i.url or "", self.cfg.daemon.scrape_timeout_s) for i in live),
-            return_exceptions=True,
-        )
+        results = await asyncio.gather(*(self._scrape_one(i) for i in live), return_exceptions=True)
         for inst, res in zip(live, results, strict=True):
             if isinstance(res, BaseException):
+                if isinstance(res, asyncio.CancelledError):
+                    raise res
                 if inst.scrape_failing_since is None:
                     inst.scrape_failing_since = now
                     log.warning("instance %d: scrape failed: %s", inst.id,
-                                res if isinstance(res, ProbeError) else res.__class__.__name__)
+                                res if isinstance(res, ProbeError | TransportError) else res.__class__.__name__)
                 continue
             if inst.scraped_at is not None and now > inst.scraped_at:
                 inst.gen_rate = max(0.0, (res.generation_tokens - inst.gen_mark) / (now - inst.scraped_at))
@@ -428,6 +473,9 @@ class Daemon:
 
     def _end(self, inst: Instance, now: float, reason: str, failed: bool) -> None:
         self.instances.pop(inst.id, None)
+        tunnel = self._tunnels.pop(inst.id, None)
+        if tunnel is not None and self.ssh is not None:
+            self._spawn(self.ssh.close_forward(tunnel[0], tunnel[1]))
         lost = self.gateway.instance_lost(inst.id)
         self.metrics.drop_instance(inst.model, inst.id)
         if failed:
@@ -439,6 +487,9 @@ class Daemon:
     # ---------------------------------------------------------------- hooks from the request path
 
     def instance_url(self, inst_id: int) -> str | None:
+        if self.ssh_tunnel:
+            t = self._tunnels.get(inst_id)
+            return t[2] if t is not None and inst_id in self.instances else None
         inst = self.instances.get(inst_id)
         return inst.url if inst is not None else None
 

@@ -1,0 +1,261 @@
+"""The daemon with [backend.slurm.ssh] on the loopback cluster, through an sshd of this test's own
+(so it can be killed): Slurm's commands and the engine's /metrics go over SSH (metrics = "ssh"),
+requests go straight to node:port (traffic = "direct"). Killing the sshd makes the instance stale,
+and the chirond policy drains nothing while it is, although it would with fresh data (min 0, zero
+load); restarting the sshd on the same port brings the transport and fresh data back.
+
+The jobs run as root (the login account): the shared sshd's user cannot run this interpreter, so
+this sshd lets root in with a key of the test's own (PermitRootLogin prohibit-password)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import openai
+import pytest
+
+import chirond.daemon as daemon_mod
+from chirond.cluster.slurm_backend import SlurmBackend
+from chirond.config import (
+    ApiConfig,
+    Config,
+    DaemonConfig,
+    LocalBackendConfig,
+    ModelConfig,
+    SlurmBackendConfig,
+    SshConfig,
+)
+from chirond.daemon import Daemon
+from chirond.model import Slo
+from chirond.profiles import load_profile
+from chirond.stats import ArrivalWindow
+
+from .conftest import LoopbackCluster, run
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
+MODEL = "llama-8b"
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+STALE_AFTER_S = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RootSshd:
+    """An sshd of this test only (the shared one's host key, another port) that lets root in with
+    the test's key. Killed with its per-connection processes."""
+
+    def __init__(self, c: LoopbackCluster, workdir: Path) -> None:
+        self.port = free_port()
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        self.key_file = workdir / "id_ed25519"
+        key.write_private_key(str(self.key_file))
+        self.key_file.chmod(0o600)
+        auth = workdir / "authorized_keys"
+        auth.write_bytes(key.export_public_key())
+        auth.chmod(0o600)
+        skip = ("Port ", "PidFile ", "AllowUsers ", "PermitRootLogin ", "AuthorizedKeysFile ", "StrictModes ")
+        lines = (c.state_dir / "ssh" / "sshd_config").read_text().splitlines()
+        shared = [ln for ln in lines if not ln.startswith(skip)]
+        own = [f"Port {self.port}", f"PidFile {workdir / 'sshd.pid'}", "AllowUsers root",
+               "PermitRootLogin prohibit-password", f"AuthorizedKeysFile {auth}", "StrictModes no"]
+        self.config = workdir / "sshd_config"
+        self.config.write_text("\n".join([*own, *shared]) + "\n")
+        host_pub = (c.state_dir / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
+        self.known_hosts = workdir / "known_hosts"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        self.log = workdir / "sshd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, f"sshd exited: {self.log.read_text()}"
+                assert time.monotonic() < deadline, "own sshd did not listen within 10 s"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        self.proc = None
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.fixture
+def root_sshd(loopback_cluster: LoopbackCluster, tmp_path: Path) -> Iterator[RootSshd]:
+    if os.geteuid() != 0 or not os.access(loopback_cluster.state_dir / "ssh" / "ssh_host_ed25519_key", os.R_OK):
+        pytest.skip("needs root (its own sshd letting root in, and the loopback sshd's host key)")
+    d = RootSshd(loopback_cluster, tmp_path)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+def daemon_config(tmp: Path, c: LoopbackCluster, sshd: RootSshd) -> Config:
+    profile = load_profile(PROFILE_8B)
+    model = ModelConfig(name=MODEL, profile_path=PROFILE_8B, profile=profile, slo=Slo(ttft_s=2.0, tpot_s=0.2),
+                        min_instances=1, max_instances=1, initial_instances=1, sim_speedup=4.0, sim_startup_s=0.5)
+    ssh = SshConfig(host="127.0.0.1", port=sshd.port, user="root", key_file=sshd.key_file,
+                    known_hosts=sshd.known_hosts, connect_timeout_s=3.0, command_timeout_s=10.0, keepalive_s=1.0,
+                    metrics="ssh", traffic="direct")
+    (tmp / "jobs").mkdir()
+    slurm = SlurmBackendConfig(
+        partition=c.partition, gres_type=c.gpu_type, time_limit_s=600, signal_before_end_s=60, run_dir=tmp / "jobs",
+        python=sys.executable, port_range=(32000, 32999), bind_host="127.0.0.1", advertise_host="127.0.0.1",
+        squeue_min_interval_s=0.5, command_timeout_s=10, ssh=ssh,
+    )
+    return Config(
+        path=tmp / "test.toml",
+        daemon=DaemonConfig(listen_host="127.0.0.1", listen_port=0, state_dir=tmp / "state", tick_s=0.5,
+                            scrape_timeout_s=1.0, stale_after_s=STALE_AFTER_S, policy="chirond", backend="slurm",
+                            policy_params={"scale_down_hold_s": 1.0}),
+        api=ApiConfig(auth="open", max_wait_s=60.0, retry_after_s=1),
+        local=LocalBackendConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=3.0),
+        models={MODEL: model},
+        slurm=slurm,
+    )
+
+
+def tagged_jobs(daemon_id: str) -> dict[str, str]:
+    out = run("squeue", "-h", "-t", "all", "-o", "%i|%T|%k").stdout
+    jobs = {}
+    for line in out.splitlines():
+        job_id, state, comment = line.split("|", 2)
+        if comment.startswith(f"chirond:{daemon_id}:"):
+            jobs[job_id] = state
+    return jobs
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def ssh_daemon(
+    loopback_cluster: LoopbackCluster, root_sshd: RootSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Daemon, list[str]]]:
+    direct: list[str] = []
+    real_scrape = daemon_mod.scrape
+
+    async def counting_scrape(*args: Any, **kw: Any) -> Any:
+        direct.append(str(args[1]))
+        return await real_scrape(*args, **kw)
+
+    monkeypatch.setattr(daemon_mod, "scrape", counting_scrape)
+    d = Daemon(daemon_config(tmp_path, loopback_cluster, root_sshd))
+    b = d.backend
+    assert isinstance(b, SlurmBackend) and b.ssh is not None and d.ssh is b.ssh
+    try:
+        await d.start()
+        yield d, direct
+    finally:
+        try:
+            if root_sshd.proc is None:
+                root_sshd.start()  # stop() scancels over SSH
+            await asyncio.wait_for(d.stop(), 60)
+        finally:
+            if b.daemon_id is not None:
+                left = [j for j, s in tagged_jobs(b.daemon_id).items() if s in ACTIVE]
+                if left:
+                    run("scancel", *left, check=False)
+                end = time.monotonic() + 15
+                while any(s in ACTIVE for s in tagged_jobs(b.daemon_id).values()) and time.monotonic() < end:
+                    await asyncio.sleep(0.2)
+
+
+def is_stale(d: Daemon) -> bool:
+    views = d.snapshot(d.clock()).models[0].instances
+    return bool(views) and all(v.stale for v in views)
+
+
+async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
+    ssh_daemon: tuple[Daemon, list[str]], root_sshd: RootSshd
+) -> None:
+    d, direct = ssh_daemon
+    assert d.ssh is not None and d.ssh_metrics and not d.ssh_tunnel
+    ssh = d.ssh
+
+    # (a) ready; metrics over SSH (never scraped directly); requests straight to node:port
+    await wait_until(lambda: any(i.healthy_at is not None for i in d.instances.values()), 40, "a ready instance")
+    (inst,) = d.instances.values()
+    await wait_until(lambda: inst.stats is not None, 10, "metrics over ssh")
+    assert d.ssh_scrapes >= 1 and ssh.connects >= 1 and direct == [] and ssh.fetcher in ("curl", "python3")
+    assert d.instance_url(inst.id) == f"http://127.0.0.1:{inst.port}"
+    c = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="none", max_retries=0, timeout=30)
+    r = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello over SSH."}],
+                                        max_tokens=8, extra_body={"ignore_eos": True})
+    assert r.usage is not None and r.usage.completion_tokens == 8
+    assert inst.id in d.instances and not is_stale(d)
+
+    # (b) the sshd goes away: stale after stale_after_s, and then, with min 0 and zero load, no drain
+    scrapes_before = d.ssh_scrapes
+    root_sshd.kill()
+    await wait_until(lambda: is_stale(d), STALE_AFTER_S + 10, "the instance to be stale")
+    assert not ssh.connected and ssh.last_error and d.ssh_scrapes > scrapes_before
+    d.cfg.models[MODEL] = dataclasses.replace(d.cfg.models[MODEL], min_instances=0)
+    d.windows[MODEL] = ArrivalWindow()  # zero load: with fresh data the policy would drain down to 0
+    ticks = d.ticks
+    await wait_until(lambda: d.ticks >= ticks + 8, 15, "8 ticks during the outage")
+    assert is_stale(d)
+    assert list(d.instances) == [inst.id] and inst.drain_requested_at is None and inst.cancel_sent_at is None
+    assert direct == []
+
+    # (c) back on the same port: the transport reconnects (after its backoff), data is fresh again
+    connects = ssh.connects
+    root_sshd.start()
+    await wait_until(lambda: ssh.connected and inst.scrape_failing_since is None, 40, "reconnect and a fresh scrape")
+    assert ssh.connects > connects and not is_stale(d)
+    # control: with fresh data the same policy now drains the idle instance
+    await wait_until(lambda: inst.drain_requested_at is not None or inst.id not in d.instances, 15,
+                     "the policy to drain the idle instance once its data is fresh")
+    assert direct == []
