@@ -460,7 +460,19 @@ class Daemon:
         self.metrics.scaling.labels(model, "launch").inc()
         log.info("instance %d (%s, %s pool) launched as job %s", inst.id, model, pool.value, inst.job_id)
         self._apply_facts(await self.backend.poll(), self.clock())
+        if inst.job_state is not JobState.RUNNING:
+            self._spawn(self._watch_start(inst))
         return True
+
+    async def _watch_start(self, inst: Instance) -> None:
+        """Poll (the backend rate-limits itself) until a new job runs, so that its health check
+        starts within a second or two rather than at the next tick."""
+        step = self.cfg.slurm.squeue_min_interval_s if self.cfg.slurm is not None else HEALTH_POLL_S
+        limit = self.clock() + self.cfg.local.health_timeout_s
+        while (inst.id in self.instances and inst.job_state is not JobState.RUNNING
+               and inst.cancel_sent_at is None and self.clock() < limit):
+            await asyncio.sleep(step)
+            self._apply_facts(await self.backend.poll(), self.clock())
 
     async def _cancel(self, inst: Instance, reason: str) -> None:
         if inst.cancel_sent_at is not None:

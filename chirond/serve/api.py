@@ -56,6 +56,10 @@ class ControlPlane(Protocol):
     def on_finished(self, job: Job, outcome: str) -> None: ...
 
 
+class _ClientGone(Exception):
+    """The client hung up while we wrote to it: not the instance's fault."""
+
+
 @dataclass
 class _Outcome:
     kind: str  # "done" | "retry" (nothing reached the upstream client yet) | "broken" | "error"
@@ -78,12 +82,19 @@ class _ClientSide:
     def started(self) -> bool:
         return self.resp is not None
 
-    async def send(self, frames: list[bytes]) -> None:
-        if self.resp is None:
-            self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-            await self.resp.prepare(self.request)
-        if frames:
-            await self.resp.write(b"".join(frames))
+    async def send(self, frames: list[bytes], eof: bool = False) -> None:
+        try:
+            if self.resp is None:
+                self.resp = web.StreamResponse(
+                    headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+                )
+                await self.resp.prepare(self.request)
+            if eof:
+                await self.resp.write_eof(b"".join(frames))
+            elif frames:
+                await self.resp.write(b"".join(frames))
+        except ConnectionError as e:  # aiohttp's ClientConnectionResetError is one too
+            raise _ClientGone from e
 
 
 class ProxyApi:
@@ -195,6 +206,9 @@ class ProxyApi:
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
+        except _ClientGone:
+            outcome = "cancelled"
+            return client.resp or web.Response(status=499)
         finally:
             if job.task is not None and not job.task.done() and job.task is not asyncio.current_task():
                 job.task.cancel()  # the client left: abort upstream
@@ -329,16 +343,13 @@ class ProxyApi:
         job.req.finish = self.clock()
         job.req.output_tokens = client.acc.tokens
         if client.parsed.stream:
-            if client.resp is None:
-                await client.send([])
+            await client.send([oa.SSE_DONE], eof=True)
             assert client.resp is not None
-            await client.resp.write_eof(oa.SSE_DONE)
             return client.resp
         return web.json_response(oa.assemble_response(client.parsed, client.acc, job.req.model))
 
     async def _fail(self, client: _ClientSide, err: oa.ApiError) -> web.StreamResponse:
         if client.resp is None:
             raise err
-        await client.resp.write(oa.error_event(err))
-        await client.resp.write_eof()
+        await client.send([oa.error_event(err)], eof=True)
         return client.resp

@@ -151,6 +151,7 @@ async def test_daemon_serves_through_slurm_jobs_and_replaces_a_cancelled_one(
     job_log = next(b.run_dir.glob(f"chirond-{MODEL}-*-{first}.log")).read_text()
     assert "SIGTERM: forwarding to the engine" in job_log  # scancel's TERM reached the engine via the trap
     await chat(c)
+    await c.close()
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{d.port}/v1/models") as resp:
         status = (await resp.json())["data"][0]
     assert status["state"] == "live"
