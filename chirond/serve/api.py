@@ -210,7 +210,7 @@ class ProxyApi:
             outcome = "cancelled"
             return client.resp or web.Response(status=499)
         finally:
-            if job.task is not None and not job.task.done() and job.task is not asyncio.current_task():
+            if job.task is not None and not job.task.done():
                 job.task.cancel()  # the client left: abort upstream
             self.gateway.finish(job)
             self.control.on_finished(job, outcome)
@@ -267,22 +267,9 @@ class ProxyApi:
         return job.req.arrival + self.api.max_wait_s if job.attempts == 0 else now + self.api.max_wait_s
 
     async def _run_attempt(self, job: Job, url: str, body: bytes, client: _ClientSide) -> _Outcome | None:
-        """One attempt, or None when the gateway interrupted it (by cancelling `job.task`).
-        Interactive requests run it inline: they are only interrupted when their instance is lost,
-        and a task per request costs a loop iteration before the upstream request even starts.
-        Batch ones run it as a task of their own, as they are evicted mid-stream routinely."""
-        if job.req.cls is ReqClass.INTERACTIVE:
-            me = asyncio.current_task()
-            job.task = me
-            try:
-                return await self._attempt(job, url, body, client)
-            except asyncio.CancelledError:
-                # Ours only if the gateway asked and nobody else did (a client that left cancels too).
-                if job.interrupted is None or me is None or me.uncancel() > 0:
-                    raise
-                return None
-            finally:
-                job.task = None
+        """One attempt as a task of its own, so the gateway can interrupt it (cancel `job.task`:
+        a batch request evicted, an instance lost) without cancelling the handler; None then.
+        Running interactive attempts inline instead gained nothing measurable in benchmarks/proxy.py."""
         task: asyncio.Task[_Outcome] = asyncio.create_task(self._attempt(job, url, body, client))
         job.task = task
         await asyncio.wait([task])

@@ -24,7 +24,7 @@ from chirond.model import ReqClass, Request
 class Job:
     req: Request
     turn: asyncio.Future[int]  # resolves to the instance id when dispatched
-    task: asyncio.Task[Any] | None = None  # the current upstream attempt (or the handler itself)
+    task: asyncio.Task[Any] | None = None  # the current upstream attempt
     interrupted: str | None = None  # why the current attempt was cancelled: "preempted", "instance lost"
     attempts: int = 0
     extra: dict[str, object] = field(default_factory=dict)
