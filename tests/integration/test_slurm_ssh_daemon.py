@@ -10,13 +10,8 @@ this sshd lets root in with a key of the test's own (PermitRootLogin prohibit-pa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -44,27 +39,21 @@ from chirond.profiles import load_profile
 from chirond.stats import ArrivalWindow
 
 from .conftest import LoopbackCluster, run
+from .sshd import ThrowawaySshd
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
 MODEL = "llama-8b"
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 STALE_AFTER_S = 2.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-class RootSshd:
-    """An sshd of this test only (the shared one's host key, another port) that lets root in with
-    the test's key. Killed with its per-connection processes."""
+class RootSshd(ThrowawaySshd):
+    """A throwaway sshd that lets root in with the test's own key."""
 
     def __init__(self, c: LoopbackCluster, workdir: Path) -> None:
-        self.port = free_port()
         key = asyncssh.generate_private_key("ssh-ed25519")
         self.key_file = workdir / "id_ed25519"
         key.write_private_key(str(self.key_file))
@@ -72,58 +61,8 @@ class RootSshd:
         auth = workdir / "authorized_keys"
         auth.write_bytes(key.export_public_key())
         auth.chmod(0o600)
-        skip = ("Port ", "PidFile ", "AllowUsers ", "PermitRootLogin ", "AuthorizedKeysFile ", "StrictModes ")
-        lines = (c.state_dir / "ssh" / "sshd_config").read_text().splitlines()
-        shared = [ln for ln in lines if not ln.startswith(skip)]
-        own = [f"Port {self.port}", f"PidFile {workdir / 'sshd.pid'}", "AllowUsers root",
-               "PermitRootLogin prohibit-password", f"AuthorizedKeysFile {auth}", "StrictModes no"]
-        self.config = workdir / "sshd_config"
-        self.config.write_text("\n".join([*own, *shared]) + "\n")
-        host_pub = (c.state_dir / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
-        self.known_hosts = workdir / "known_hosts"
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        self.log = workdir / "sshd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, f"sshd exited: {self.log.read_text()}"
-                assert time.monotonic() < deadline, "own sshd did not listen within 10 s"
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=5)
-        self.proc = None
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+        super().__init__(c, workdir, ["AllowUsers root", "PermitRootLogin prohibit-password",
+                                      f"AuthorizedKeysFile {auth}", "StrictModes no"])
 
 
 @pytest.fixture

@@ -4,12 +4,8 @@ reached through forward(), scrape_over_ssh, and an outage of a throwaway sshd of
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,10 +21,10 @@ from chirond.cluster.ssh import SshTransport, scrape_over_ssh
 from chirond.config import SshConfig
 
 from .conftest import LoopbackCluster, job_state, run, wait_state
+from .sshd import ThrowawaySshd, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ROOT / "tests" / "data" / "vllm_metrics" / "vllm-0.10.2.txt"
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def ssh_cfg(c: LoopbackCluster, **kw: object) -> SshConfig:
@@ -47,10 +43,6 @@ async def transport(loopback_cluster: LoopbackCluster) -> AsyncIterator[SshTrans
         await t.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_slurm_cli_over_ssh(loopback_cluster: LoopbackCluster, transport: SshTransport) -> None:
@@ -165,69 +157,11 @@ async def test_job_over_ssh_reachable_through_forward_and_scraped(
 # ---------------------------------------------------------------------------------- an outage
 
 
-class OwnSshd:
-    """An sshd of this test only, with the shared one's host key and settings on another port.
-    Killed with its whole process group (the listener and the per-connection processes)."""
-
-    def __init__(self, c: LoopbackCluster, workdir: Path) -> None:
-        self.port = free_port()
-        shared = (c.state_dir / "ssh" / "sshd_config").read_text().splitlines()
-        lines = [ln for ln in shared if not ln.startswith(("Port ", "PidFile "))]
-        self.config = workdir / "sshd_config"
-        self.config.write_text("\n".join([f"Port {self.port}", f"PidFile {workdir / 'sshd.pid'}", *lines]) + "\n")
-        host_pub = (c.state_dir / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
-        self.known_hosts = workdir / "known_hosts"
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        self.log = workdir / "sshd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, f"sshd exited: {self.log.read_text()}"
-                assert time.monotonic() < deadline, "own sshd did not listen within 10 s"
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        # sshd's per-connection processes call setsid(): find them by parent before the listener goes
-        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=5)
-        self.proc = None
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 @pytest.fixture
-def own_sshd(loopback_cluster: LoopbackCluster, tmp_path: Path) -> Iterator[OwnSshd]:
+def own_sshd(loopback_cluster: LoopbackCluster, tmp_path: Path) -> Iterator[ThrowawaySshd]:
     if not os.access(loopback_cluster.state_dir / "ssh" / "ssh_host_ed25519_key", os.R_OK):
         pytest.skip("cannot read the loopback sshd's host key to start a second sshd")
-    d = OwnSshd(loopback_cluster, tmp_path)
+    d = ThrowawaySshd(loopback_cluster, tmp_path)
     try:
         yield d
     finally:
@@ -245,7 +179,7 @@ async def test_nothing_listening_fails_fast(loopback_cluster: LoopbackCluster) -
     await t.close()
 
 
-async def test_outage_and_reconnect(loopback_cluster: LoopbackCluster, own_sshd: OwnSshd) -> None:
+async def test_outage_and_reconnect(loopback_cluster: LoopbackCluster, own_sshd: ThrowawaySshd) -> None:
     c = loopback_cluster
     own_sshd.start()
     t = SshTransport(ssh_cfg(c, port=own_sshd.port, known_hosts=own_sshd.known_hosts, keepalive_s=1.0))
