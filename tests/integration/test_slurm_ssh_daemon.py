@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,11 @@ from chirond.stats import ArrivalWindow
 
 from .conftest import LoopbackCluster, run
 from .sshd import ThrowawaySshd
+from .test_slurm_daemon import ACTIVE, tagged_jobs, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
 MODEL = "llama-8b"
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
 STALE_AFTER_S = 2.0
 
 
@@ -100,23 +100,6 @@ def daemon_config(tmp: Path, c: LoopbackCluster, sshd: RootSshd) -> Config:
         models={MODEL: model},
         slurm=slurm,
     )
-
-
-def tagged_jobs(daemon_id: str) -> dict[str, str]:
-    out = run("squeue", "-h", "-t", "all", "-o", "%i|%T|%k").stdout
-    jobs = {}
-    for line in out.splitlines():
-        job_id, state, comment = line.split("|", 2)
-        if comment.startswith(f"chirond:{daemon_id}:"):
-            jobs[job_id] = state
-    return jobs
-
-
-async def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, f"timed out after {timeout_s} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
