@@ -182,6 +182,11 @@ def chiron_main(argv: list[str] | None = None) -> int:
                        description=loadgen.DESCRIPTION)
     loadgen.add_arguments(p)
     p.set_defaults(func=loadgen.main)
+
+    from chirond import batch_cli, control_cli
+
+    batch_cli.add_parsers(sub)
+    control_cli.add_parsers(sub)
     args = ap.parse_args(argv)
     return int(args.func(args))
 

@@ -26,9 +26,11 @@ from rich.console import Console
 from rich.markup import escape
 
 import chirond
+from chirond.batch.store import BatchLimits, window_seconds
 from chirond.model import Slo
 from chirond.policy import REGISTRY, make_policy
 from chirond.profiles import Profile, ProfileError, load_profile
+from chirond.users import UsersConfig, parse_users
 
 
 class ConfigError(ValueError):
@@ -48,11 +50,17 @@ class DaemonConfig:
     backend: str = "local"  # "local" (child processes) or "slurm" (one Slurm job per instance)
     log_level: str = "info"  # debug | info | warning | error
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
+    # `chiron token|usage|status|admin` talk to the daemon here; peer credentials say who calls.
+    control_socket: Path | None = None  # None: <state_dir>/control.sock
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_socket or self.state_dir / "control.sock"
 
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    auth: str = "keys"  # "keys": bearer keys from keys_file; "open": no auth (local use only)
+    auth: str = "keys"  # "keys": bearer keys from keys_file and `chiron token`; "open": no auth (local use only)
     keys_file: Path | None = None  # lines "KEY [NAME]"; '#' comments; absolute once loaded
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue_interactive: int = 1024  # per model; beyond it: 429 with Retry-After
@@ -98,6 +106,7 @@ class SlurmBackendConfig:
     user: str = ""  # whose jobs squeue lists; "" = the daemon's user
     extra_sbatch_args: tuple[str, ...] = ()  # appended to chirond's sbatch options (a later option wins)
     keep_jobs_on_stop: bool = False  # false: stopping the daemon cancels the jobs it submitted
+    template: Path | None = None  # own job template (absolute once loaded); None ("" in the file) = the shipped one
     ssh: SshConfig | None = None  # [backend.slurm.ssh]: run Slurm's commands on a login node; None = here
 
 
@@ -162,6 +171,8 @@ class Config:
     local: LocalBackendConfig
     models: dict[str, ModelConfig]  # in file order
     slurm: SlurmBackendConfig | None = None  # [backend.slurm]; present whenever daemon.backend = "slurm"
+    batch: BatchLimits = field(default_factory=BatchLimits)  # [batch]: the Files and Batches API
+    users: UsersConfig = field(default_factory=UsersConfig)  # [users]: quotas and admins
 
 
 # ---------------------------------------------------------------- the vocabulary
@@ -203,7 +214,7 @@ def _keys(cls: Any, *skip: str) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in skip)
 
 
-ROOT_KEYS = ("daemon", "api", "backend", "models")
+ROOT_KEYS = ("daemon", "api", "backend", "models", "batch", "users")
 DAEMON_KEYS = _keys(DaemonConfig)
 API_KEYS = _keys(ApiConfig)
 BACKEND_KEYS = BACKENDS
@@ -212,6 +223,7 @@ SLURM_KEYS = _keys(SlurmBackendConfig, "ssh")  # plain keys; the [backend.slurm.
 SSH_KEYS = _keys(SshConfig)
 MODEL_KEYS = _keys(ModelConfig, "name", "profile_path")  # `profile` is the profile's path in the file
 SLO_KEYS = _keys(Slo)
+BATCH_KEYS = _keys(BatchLimits, "endpoints")
 
 
 # ---------------------------------------------------------------- one table under validation
@@ -342,15 +354,46 @@ def _daemon(t: _Table, base: Path) -> DaemonConfig:
         backend=t.string("backend", _D.backend, BACKENDS),
         log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
+        control_socket=_socket_path(t, base),
+    )
+
+
+def _socket_path(t: _Table, base: Path) -> Path | None:
+    if "control_socket" not in t.data:
+        return None
+    path = t.resolved_path("control_socket", Path(), base)
+    if len(str(path).encode()) > 107:  # sun_path holds 108 bytes with the terminating NUL
+        t.fail("control_socket", f"a Unix socket path must be at most 107 bytes, got {len(str(path).encode())}")
+    return path
+
+
+_B = BatchLimits()
+
+
+def _batch(t: _Table) -> BatchLimits:
+    windows = t.strings("windows") if "windows" in t.data else _B.windows
+    for i, w in enumerate(windows):
+        try:
+            window_seconds(w)
+        except ValueError as e:
+            t.fail("windows", str(e), i)
+    if "24h" not in windows:
+        t.fail("windows", 'must include "24h" (the window OpenAI clients send)')
+    return BatchLimits(
+        max_file_bytes=t.integer("max_file_bytes", _B.max_file_bytes, 1),
+        max_file_lines=t.integer("max_file_lines", _B.max_file_lines, 1),
+        windows=windows,
+        file_ttl_s=t.number("file_ttl_s", _B.file_ttl_s),
+        deadline_bucket_s=t.number("deadline_bucket_s", _B.deadline_bucket_s),
+        drr_quantum_tokens=t.integer("drr_quantum_tokens", _B.drr_quantum_tokens, 1),
     )
 
 
 def _api(t: _Table, base: Path) -> ApiConfig:
     auth = t.string("auth", _A.auth, AUTH_MODES)
     keys_file = t.resolved_path("keys_file", Path(), base) if "keys_file" in t.data else None
-    if auth == "keys":
-        if keys_file is None:
-            t.fail("keys_file", 'required when auth = "keys" (or set auth = "open" for local use)')
+    # auth = "keys" without a keys_file: only the keys users mint with `chiron token`.
+    if auth == "keys" and keys_file is not None:
         if not keys_file.is_file():
             relative = not Path(t.data["keys_file"]).expanduser().is_absolute()
             hint = " (relative paths start at the config's directory)" if relative else ""
@@ -462,6 +505,7 @@ def _slurm(t: _Table, base: Path) -> SlurmBackendConfig:
         user=user,
         extra_sbatch_args=extra,
         keep_jobs_on_stop=t.boolean("keep_jobs_on_stop", _S["keep_jobs_on_stop"]),
+        template=_existing_file(t, "template", base, "") if t.data.get("template", "") != "" else None,
         ssh=_ssh(t.sub("ssh", SSH_KEYS), base) if "ssh" in t.data else None,
     )
 
@@ -700,7 +744,15 @@ def load_config(path: str | Path) -> Config:
     api = _api(root.sub("api", API_KEYS), base)
     models = _models(root, base, local if daemon.backend == "local" else None)
     _check_policy(daemon_table, daemon, models)
-    return Config(path=path.resolve(), daemon=daemon, api=api, local=local, models=models, slurm=slurm)
+    batch = _batch(root.sub("batch", BATCH_KEYS))
+
+    def users_fail(key: str, reason: str) -> NoReturn:  # parse_users names the whole key path
+        raise ConfigError(f"{file}: {key}: {reason}")
+
+    users = parse_users(root.data.get("users", {}), users_fail)
+    return Config(
+        path=path.resolve(), daemon=daemon, api=api, local=local, models=models, slurm=slurm, batch=batch, users=users
+    )
 
 
 def load_keys(path: Path) -> dict[str, str]:
@@ -781,7 +833,12 @@ def _engine(m: ModelConfig) -> str:
 def print_summary(cfg: Config, console: Console) -> None:
     """What the daemon would run: listen address, backend, policy, then each model."""
     d, a, loc = cfg.daemon, cfg.api, cfg.local
-    auth = "open (no keys)" if a.auth == "open" else f"keys ({len(load_keys(a.keys_file or Path()))} in {a.keys_file})"
+    if a.auth == "open":
+        auth = "open (no keys)"
+    elif a.keys_file is None:
+        auth = "keys (minted with `chiron token` only)"
+    else:
+        auth = f"keys ({len(load_keys(a.keys_file))} in {a.keys_file}, and minted with `chiron token`)"
     params = ", ".join(f"{k}={v:g}" for k, v in d.policy_params.items()) or "defaults"
     console.print(f"[bold green]{escape(str(cfg.path))}: OK[/]")
     console.print(f"listen   http://{escape(d.listen_host)}:{d.listen_port}, auth {escape(auth)}")
@@ -809,6 +866,8 @@ def _slurm_summary(s: SlurmBackendConfig, state_dir: Path) -> str:
                                            if getattr(s, k)]
     bits += [f"GPUs {gpu}", f"time limit {limit}", f"run dir {s.run_dir or state_dir / 'jobs'}",
              f"user {s.user or getpass.getuser()}"]
+    if s.template is not None:
+        bits.append(f"job template {s.template}")
     if s.ssh is not None:
         via = f" via {s.ssh.jump_host}" if s.ssh.jump_host else ""
         bits.append(f"commands over ssh to {s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.host}:{s.ssh.port}{via}"
@@ -856,13 +915,34 @@ def probe_slurm(cfg: Config) -> str:
                 f"per instance; the largest node of partition {s.partition!r} has {biggest}"
             )
     usable = [n for n in mine if n.usable]
-    return (f"partition {s.partition}: {len(usable)} of {len(mine)} node(s) usable, "
-            f"{sum(n.gpus_free for n in usable)} of {sum(n.gpus_total for n in mine)} GPUs free")
+    summary = (f"partition {s.partition}: {len(usable)} of {len(mine)} node(s) usable, "
+               f"{sum(n.gpus_free for n in usable)} of {sum(n.gpus_total for n in mine)} GPUs free")
+    return "\n".join([summary, *slurm_preflight(cfg)])
+
+
+def slurm_preflight(cfg: Config) -> list[str]:
+    """A custom job template renders and passes `bash -n`; the account exists (where sacctmgr can
+    tell); Slurm accepts one sample job per model (`sbatch --test-only`: nothing is submitted).
+    Returns notes for the summary; raises ConfigError naming the key."""
+    from chirond.cluster.slurm import SlurmError, TransportError
+    from chirond.cluster.slurm_check import PreflightError, preflight
+
+    s = cfg.slurm
+    assert s is not None
+    run_dir = s.run_dir or cfg.daemon.state_dir / "jobs"
+    try:
+        return asyncio.run(preflight(s, run_dir, {n: m.profile.gpus for n, m in cfg.models.items()}))
+    except PreflightError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
+    except (TransportError, SlurmError) as e:
+        raise ConfigError(f"{cfg.path}: {key_path('backend', 'slurm')}: cannot check a sample job with Slurm: {e}"
+                          ) from None
 
 
 def check_config_main(args: argparse.Namespace) -> int:
     """`chirond check-config FILE`: 0 and a summary when the file is good, 2 and the error if not.
-    With the Slurm backend it also asks sinfo whether the partition exists (nothing is submitted)."""
+    With the Slurm backend it also asks Slurm whether the partition exists, the account exists and
+    it would take each model's job (`sbatch --test-only`; nothing is submitted)."""
     try:
         cfg = load_config(args.config)
         warnings = config_warnings(cfg)
@@ -872,7 +952,8 @@ def check_config_main(args: argparse.Namespace) -> int:
         return 2
     print_summary(cfg, Console())
     if probed is not None:
-        Console().print(f"slurm    {escape(probed)}")
+        for i, line in enumerate(probed.splitlines()):
+            Console().print(f"{'slurm' if i == 0 else '':9}{escape(line)}")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from chirond.batch.service import BatchService, db_path
 from chirond.cluster.backend import Backend, BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.instances import Instance
 from chirond.cluster.local import LocalBackend
@@ -25,6 +26,8 @@ from chirond.cluster.slurm import TransportError
 from chirond.cluster.slurm_backend import SlurmBackend
 from chirond.cluster.ssh import SshTransport, scrape_over_ssh
 from chirond.config import Config, ConfigError, ModelConfig, load_config, load_keys
+from chirond.control import ControlServer
+from chirond.daemon_ops import operations
 from chirond.dispatch import Dispatcher
 from chirond.metrics import Metrics
 from chirond.model import (
@@ -44,9 +47,11 @@ from chirond.model import (
 )
 from chirond.policy import make_policy
 from chirond.sdnotify import Notifier, watchdog_loop
+from chirond.serve import openai_api as oa
 from chirond.serve.api import ProxyApi
 from chirond.serve.gateway import Gateway, Job
 from chirond.stats import ArrivalWindow
+from chirond.users import InFlight, UsageCollector, UserStore, gpu_seconds
 
 log = logging.getLogger("chirond")
 
@@ -113,6 +118,14 @@ class Daemon:
         self.backend: Backend = backend or make_backend(cfg)
         keys = load_keys(cfg.api.keys_file) if cfg.api.auth == "keys" and cfg.api.keys_file else {}
         self.api = ProxyApi(cfg, self.gateway, self, self.metrics, keys, self.clock)
+        cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        self.users = UserStore(db_path(cfg.daemon.state_dir), cfg.users)
+        self.users.open()
+        self.metrics.registry.register(UsageCollector(self.users))
+        self.api.verify_key = self.users.verify
+        self.user_inflight = InFlight()  # interactive requests per user, for the quota
+        self.batch = BatchService(cfg, self.api, self.dispatcher, self._check_batch_lines)
+        self.control = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users)
         self.instances: dict[int, Instance] = {}
         self.windows = {n: ArrivalWindow() for n in cfg.models}
         self.batch_out_mean = dict.fromkeys(cfg.models, 0.0)
@@ -159,6 +172,8 @@ class Daemon:
             # Jobs adopted from an earlier run count: a restart submits only what is missing.
             for _ in range(max(0, max(n, m.min_instances) - adopted.get(name, 0))):
                 await self._launch(name, self.policy.initial_pool)
+        await self.batch.start()
+        await self.control.start()
         self.loop_at = self.clock()
         self._control = asyncio.create_task(self._control_loop())
 
@@ -185,6 +200,8 @@ class Daemon:
         """Graceful: refuse new requests, let in-flight ones finish (bounded), stop instances."""
         self.api.accepting = False
         end = self.clock() + self.cfg.daemon.shutdown_timeout_s
+        await self.control.stop()
+        await self.batch.stop()  # running lines stay queued in the store: they run after a restart
         while self.gateway.jobs and self.clock() < end:
             await asyncio.sleep(0.1)
         if self._control is not None:
@@ -199,6 +216,7 @@ class Daemon:
         await self.backend.stop()
         if self._session is not None:
             await self._session.close()
+        self.users.close()
         log.info("chirond stopped")
 
     @property
@@ -236,7 +254,7 @@ class Daemon:
         decision = self.policy.plan(snap, self.policy_state)
         self.policy_state = decision.state
         for act in decision.actions:
-            await self._apply(act, now)
+            await self.apply(act, now)
         self.ticks += 1
         self.last_reason = decision.reason
         digest = _digest(snap)
@@ -245,6 +263,7 @@ class Daemon:
         state = "serving" if self.api.accepting else f"draining, {len(self.gateway.jobs)} request(s) in flight"
         self.notifier.status(f"{state}; tick {self.ticks}: {digest}")
         self._gauges()
+        self.users.flush()
         self.metrics.tick.observe(time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- observe
@@ -266,12 +285,36 @@ class Daemon:
             elif f.state is JobState.ENDED:
                 failed = inst.cancel_sent_at is None
                 self._end(inst, now, f.detail or "ended", failed)
+            elif f.state is JobState.PENDING and inst.job_state is JobState.RUNNING:
+                self._requeued(inst, now, f.detail or "requeued")
+
+    def _requeued(self, inst: Instance, now: float, reason: str) -> None:
+        """Its job went back to Slurm's queue (a requeue): the engine is gone. Its requests go back
+        to the queues as for a lost instance, and it starts over: pending -> running (a new address)
+        -> health check -> ready. A draining one is cancelled instead."""
+        lost = self.gateway.instance_lost(inst.id)
+        self.metrics.drop_instance(inst.model, inst.id)
+        tunnel = self._tunnels.pop(inst.id, None)
+        if tunnel is not None and self.ssh is not None:
+            self._spawn(self.ssh.close_forward(tunnel[0], tunnel[1]))
+        self.failures[inst.model].append(now)
+        inst.job_state, inst.running_since, inst.healthy_at, inst.ends_at = JobState.PENDING, None, None, None
+        inst.host = inst.port = inst.stats = inst.scraped_at = inst.scrape_failing_since = None
+        inst.routable, inst.gen_mark, inst.gen_rate = True, 0.0, 0.0
+        log.warning("instance %d (%s) lost its engine: %s; %d request(s) requeued", inst.id, inst.model, reason,
+                    len(lost))
+        if inst.drain_requested_at is not None:
+            self._spawn(self._cancel(inst, "requeued while draining"))
+        elif inst.cancel_sent_at is None:
+            self._spawn(self._watch_start(inst))
 
     async def _await_healthy(self, inst: Instance) -> None:
         assert self._session is not None
         m = self.cfg.models[inst.model]
         limit = self.clock() + self.cfg.local.health_timeout_s
         while self.clock() < limit and inst.id in self.instances and inst.cancel_sent_at is None:
+            if inst.job_state is not JobState.RUNNING or inst.healthy_at is not None:
+                return  # requeued (a new check starts when it runs again), or ready already
             url = await self._tunnel(inst) if self.ssh_tunnel else inst.url
             if url is not None:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
@@ -392,7 +435,8 @@ class Daemon:
                     )
                 )  # fmt: skip
                 x.obs_n, x.obs_ttft, x.obs_tpot = 0, 0.0, 0.0
-            n_inter, n_batch = self.dispatcher.queued(name)
+            n_inter, _ = self.dispatcher.queued(name)
+            backlog, n_batch = self.batch.backlog(name, now)
             oldest = self.dispatcher.oldest_interactive(name) if n_inter else None
             fails = [f for f in self.failures[name] if f > now - 600]
             self.failures[name] = fails
@@ -402,7 +446,7 @@ class Daemon:
                     max_instances=m.max_instances, min_instances=m.min_instances, lead_time_s=startup_s(m),
                     interactive_queue=n_inter, interactive_queue_tokens=self.dispatcher.interactive_tokens(name),
                     oldest_interactive_wait_s=0.0 if oldest is None else now - oldest,
-                    batch_queue=n_batch, backlog=self.dispatcher.backlog(name),
+                    batch_queue=n_batch, backlog=backlog,
                     batch_mean_output=self.batch_out_mean[name], load=self.windows[name].stats(now),
                     instances=tuple(sorted(insts, key=lambda v: v.id)), failures_recent=len(fails),
                 )
@@ -411,7 +455,7 @@ class Daemon:
 
     # ---------------------------------------------------------------- reconcile
 
-    async def _apply(self, act: Action, now: float) -> None:
+    async def apply(self, act: Action, now: float) -> None:
         if isinstance(act, Launch):
             m = self.cfg.models[act.model]
             have = sum(1 for x in self.instances.values() if x.model == act.model)
@@ -524,10 +568,24 @@ class Daemon:
             return None
         return 0 if cls is ReqClass.INTERACTIVE else 1
 
+    def admit(self, user: str, parsed: oa.ParsedRequest, cls: ReqClass) -> None:
+        """Per-user quotas, before a request is queued: 429 with the reason."""
+        refusal = self.users.check_tokens(user)
+        retry = self.users.seconds_to_reset() if refusal else self.cfg.api.retry_after_s
+        if refusal is None and cls is ReqClass.INTERACTIVE:
+            refusal = self.users.check_interactive(user, self.user_inflight[user])
+        if refusal is not None:
+            self.metrics.requests.labels(parsed.model, cls.value, "over_quota").inc()
+            raise oa.ApiError(429, refusal, code="quota_exceeded", headers={"Retry-After": str(retry)})
+
+    def _check_batch_lines(self, user: str, adding: int) -> str | None:
+        return self.users.check_batch_lines(user, self.batch.store.queued_lines(user), adding)
+
     def on_arrival(self, job: Job) -> None:
         r = job.req
         if r.cls is ReqClass.INTERACTIVE:
             self.windows[r.model].arrival(r.arrival, r.input_tokens)
+            self.user_inflight.inc(str(job.extra["user"]))
 
     def on_first_token(self, job: Job) -> None:
         r = job.req
@@ -536,7 +594,15 @@ class Daemon:
 
     def on_finished(self, job: Job, outcome: str) -> None:
         r = job.req
+        user = str(job.extra["user"])
+        if r.cls is ReqClass.INTERACTIVE:
+            self.user_inflight.dec(user)
         self.metrics.requests.labels(r.model, r.cls.value, outcome).inc()
+        if r.dispatched is not None:  # it reached an instance: its tokens and GPU time count
+            slot = self.dispatcher.slots.get(r.instance) if r.instance is not None else None
+            gpus = self.cfg.models[r.model].profile.gpus
+            spent = gpu_seconds(gpus, self.clock() - r.dispatched, 1 + (slot.inflight if slot else 0))
+            self.users.add_usage(user, r.model, r.input_tokens, r.output_tokens if r.finish else 0, spent)
         if outcome != "ok":
             if outcome == "error":
                 self.metrics.finished(r.model, r.cls.value, False)

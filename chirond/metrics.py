@@ -53,6 +53,11 @@ class Metrics:
             self.slo_met.labels(model, cls).inc()
         self.slo_attainment.labels(model, cls).set(n[1] / n[0])
 
+    def attainment(self, model: str, cls: str) -> float | None:
+        """Fraction of finished requests that met their SLO since start; None before the first."""
+        n = self._finished.get((model, cls))
+        return n[1] / n[0] if n else None
+
     def drop_instance(self, model: str, inst_id: int) -> None:
         with contextlib.suppress(KeyError):
             self.cap.remove(model, str(inst_id))

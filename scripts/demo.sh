@@ -57,6 +57,22 @@ rc=0
 .venv/bin/chiron load --base-url "$url/v1" --model llama-8b --duration-s 90 --rate 12 \
   --batch-requests 300 --batch-concurrency 64 --json-out out/demo/load.json ${DEMO_ARGS:-} || rc=$?
 echo
+# The Batch API: 400 prompts as one file, run on the capacity the interactive load leaves, results
+# downloaded when done (`chiron batch submit --wait`); then chirond's own view of itself.
+.venv/bin/python - out/demo/prompts.jsonl <<'EOF'
+import json, sys
+topics = ["Slurm", "vLLM", "KV caches", "batch deadlines", "GPU autoscaling", "SLOs", "A100s", "login nodes"]
+with open(sys.argv[1], "w") as f:
+    for i in range(400):
+        line = {"custom_id": f"prompt-{i}", "prompt": f"Explain {topics[i % 8]} in one paragraph ({i}).", "max_tokens": 64}
+        f.write(json.dumps(line) + "\n")
+EOF
+export CHIROND_URL="$url/v1" CHIROND_API_KEY=none CHIROND_SOCKET=out/demo-state/control.sock
+.venv/bin/chiron batch submit out/demo/prompts.jsonl --model llama-8b --window 1h --wait \
+  --out out/demo/prompts.output.jsonl || rc=$?
+.venv/bin/chiron status || rc=$?
+.venv/bin/chiron usage || rc=$?
+echo
 echo "control decisions (one line per tick with its reason; actions only):"
 grep -E "launch|drain|ready at|stopping|failed" out/demo/chirond.log | sed -E 's/^[0-9-]+ //' | tail -n 25 || true
 echo "full daemon log: out/demo/chirond.log; per-request records: out/demo/load.json"

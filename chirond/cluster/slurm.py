@@ -46,6 +46,7 @@ SQUEUE_TEXT_FORMAT = "%i|%T|%N|%b|%M|%l|%j|%R|%k"
 SACCT_FIELDS = "JobID,JobName,User,State,ExitCode,Start,End,NodeList"
 _JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?(\+[0-9]+)?$")
 _SIGNAL = re.compile(r"^(SIG)?[A-Z0-9]+$")
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 # --- running commands -------------------------------------------------------------------------------
@@ -528,6 +529,12 @@ def json_unsupported(stderr: str) -> bool:
     return bool(re.search(r"(serializer|data_parser|openapi)\S*.*(not found|unable to load|cannot|failed to load)", s))
 
 
+def no_accounting_database(stderr: str) -> bool:
+    """Does this sacctmgr stderr say the cluster has no accounting database (no slurmdbd)?"""
+    s = stderr.lower()
+    return "not running a supported accounting_storage plugin" in s or accounting_disabled(s)
+
+
 def accounting_disabled(stderr: str) -> bool:
     return "accounting storage is disabled" in stderr.lower()
 
@@ -587,6 +594,31 @@ class SlurmCli:
         if res.returncode != 0:
             raise self._fail(res, "sbatch")
         return parse_sbatch_parsable(res.stdout)
+
+    async def sbatch_test(self, script: str, args: Sequence[str]) -> str:
+        """`sbatch --test-only`: would the scheduler take this job (partition, account, QoS,
+        reservation, GRES, time limit)? Submits nothing. Returns Slurm's estimate ("Job 12 to start
+        at ... on nodes gpu01 in partition a100"); raises SlurmError with its refusal."""
+        bad = [a for a in args if not a.startswith("--")]
+        if bad:
+            raise ValueError(f"sbatch options must be --long=value, got {bad!r}")
+        res = await self._call(["sbatch", "--test-only", *args], input=script.encode())
+        if res.returncode != 0:
+            raise self._fail(res, "sbatch --test-only")
+        out = " ".join((res.stderr.strip() or res.stdout.strip()).split())  # 22.05 answers on stderr
+        return out.removeprefix("sbatch: ")
+
+    async def account_exists(self, account: str) -> bool | None:
+        """Is `account` in Slurm's accounting database? None when this cluster keeps none (no
+        slurmdbd): then only sbatch can judge an account. Raises SlurmError when sacctmgr fails."""
+        if not _SLURM_NAME.match(account):
+            raise ValueError(f"not a Slurm account name: {account!r}")
+        res = await self._call(["sacctmgr", "-n", "-P", "show", "account", account, "format=Account"])
+        if res.returncode != 0:
+            if no_accounting_database(res.stderr):
+                return None
+            raise self._fail(res, "sacctmgr show account")
+        return any(line.strip().lower() == account.lower() for line in res.stdout.splitlines())
 
     async def squeue(self) -> SqueueResult:
         """chirond's jobs, from ONE squeue for all of them. Within `min_squeue_interval_s` of the

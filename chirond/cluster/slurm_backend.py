@@ -112,6 +112,9 @@ class _Job:
     final: JobFacts | None = None  # ENDED: reported as is until forgotten
     ended_reports: int = 0
     kill_at: float | None = None  # cancel(): plain scancel at this wall time if still there
+    restarts: int = 0  # squeue's restart_cnt when last seen: more means Slurm requeued it
+    addr_started: float | None = None  # started_at of the address file read last (a requeued run writes a newer one)
+    requeued: bool = False  # requeued since the last poll: report PENDING once, whatever squeue says now
 
 
 def partition_problem(nodes: Iterable[NodeInfo], partition: str) -> str | None:
@@ -121,6 +124,23 @@ def partition_problem(nodes: Iterable[NodeInfo], partition: str) -> str | None:
         return None
     known = sorted({p for n in nodes for p in n.partitions})
     return f"no partition {partition!r} in this cluster (sinfo lists: {', '.join(known) or 'none'})"
+
+
+def make_job_spec(c: SlurmBackendConfig, run_dir: Path, daemon_id: str, spec: LaunchSpec) -> JobSpec:
+    """The job that runs `spec` under [backend.slurm] `c` (also check-config's sample job)."""
+    argv = spec.argv
+    # The simulated server's command starts with the daemon's interpreter; the job uses `python`.
+    if argv and argv[0] == sys.executable and c.python != sys.executable:
+        argv = (c.python, *argv[1:])
+    return JobSpec(
+        model=spec.model, instance_id=spec.instance_id, daemon_id=daemon_id, engine_argv=argv,
+        run_dir=str(run_dir), partition=c.partition, account=c.account, qos=c.qos,
+        reservation=c.reservation, gpus=spec.gpus, gpu_type=c.gres_type, gpu_option=c.gpus_flag,
+        cpus_per_task=c.cpus_per_task, mem=mem_option(c.mem_gb),
+        time_limit_s=spec.time_limit_s if spec.time_limit_s is not None else c.time_limit_s,
+        warn_before_s=c.signal_before_end_s, site_hooks=c.site_hooks, env=dict(spec.env), python=c.python,
+        port_range=c.port_range, bind_host=c.bind_host, advertise_host=c.advertise_host,
+    )  # fmt: skip
 
 
 def mem_option(mem_gb: float | None) -> str:
@@ -156,6 +176,7 @@ class SlurmBackend:
         self._nodes: list[NodeInfo] | None = None  # last sinfo of the partition
         self._counted: set[str] = set()  # our jobs that were running at that sinfo (in its gres_used)
         self._sinfo_at = -math.inf
+        self._template: str | None = None  # a custom job template's text (start() reads and checks it)
 
     @property
     def _local_files(self) -> bool:
@@ -169,6 +190,7 @@ class SlurmBackend:
         if self._local_files:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.daemon_id = self._load_daemon_id()
+        await self._load_template()
         await self._refresh_sinfo(force=True)
         if self._nodes == []:  # sinfo answered without nodes: an unknown partition stops us before any sbatch
             try:
@@ -179,6 +201,19 @@ class SlurmBackend:
                 raise BackendError(f"backend.slurm.partition: {problem}")
         log.info("slurm backend: daemon id %s, partition %s, run dir %s", self.daemon_id, self._cfg.partition,
                  self.run_dir)
+
+    async def _load_template(self) -> None:
+        """[backend.slurm].template: read and checked once (placeholders, bash -n), so a bad one
+        stops the daemon before any sbatch rather than failing every launch."""
+        from chirond.cluster.slurm_check import PreflightError, read_template, template_problem
+
+        problem = await asyncio.to_thread(template_problem, self._cfg, self.run_dir)
+        if problem is not None:
+            raise BackendError(problem)
+        try:
+            self._template = read_template(self._cfg)
+        except PreflightError as e:
+            raise BackendError(str(e)) from None
 
     async def stop(self) -> None:
         try:
@@ -285,7 +320,7 @@ class SlurmBackend:
             gpus = gres_count(job.gres)
         except ValueError:
             gpus = 0
-        j = _Job(job.job_id, iid, gpus, job.submit_time or now, state=state)
+        j = _Job(job.job_id, iid, gpus, job.submit_time or now, state=state, restarts=job.restarts)
         self._jobs[j.job_id] = j
         if state is JobState.RUNNING:
             self._counted.add(j.job_id)  # it held its GPUs when start()'s sinfo looked
@@ -307,24 +342,11 @@ class SlurmBackend:
         """The job that runs `spec`, with this backend's Slurm settings."""
         if self.daemon_id is None:
             raise BackendError("the slurm backend is not started")
-        c = self._cfg
-        argv = spec.argv
-        # The simulated server's command starts with the daemon's interpreter; the job uses `python`.
-        if argv and argv[0] == sys.executable and c.python != sys.executable:
-            argv = (c.python, *argv[1:])
-        return JobSpec(
-            model=spec.model, instance_id=spec.instance_id, daemon_id=self.daemon_id, engine_argv=argv,
-            run_dir=str(self.run_dir), partition=c.partition, account=c.account, qos=c.qos,
-            reservation=c.reservation, gpus=spec.gpus, gpu_type=c.gres_type, gpu_option=c.gpus_flag,
-            cpus_per_task=c.cpus_per_task, mem=mem_option(c.mem_gb),
-            time_limit_s=spec.time_limit_s if spec.time_limit_s is not None else c.time_limit_s,
-            warn_before_s=c.signal_before_end_s, site_hooks=c.site_hooks, env=dict(spec.env), python=c.python,
-            port_range=c.port_range, bind_host=c.bind_host, advertise_host=c.advertise_host,
-        )  # fmt: skip
+        return make_job_spec(self._cfg, self.run_dir, self.daemon_id, spec)
 
     async def submit(self, spec: LaunchSpec) -> str:
         try:
-            script, args = render_job(self.job_spec(spec))
+            script, args = render_job(self.job_spec(spec), self._template)
         except JobTemplateError as e:
             raise BackendError(f"instance {spec.instance_id}: {e}") from e
         try:
@@ -358,12 +380,31 @@ class SlurmBackend:
         seen = sq.jobs.get(j.job_id)
         if seen is not None:
             j.first_miss_at = j.last_miss_at = None
-            if j.addr is None and STATE_TABLE.get(seen.state, (JobState.UNKNOWN, None))[0] is JobState.RUNNING:
+            state = STATE_TABLE.get(seen.state, (JobState.UNKNOWN, None))[0]
+            if seen.restarts > j.restarts or (state is JobState.PENDING and j.state is JobState.RUNNING):
+                self._requeued(j, seen)
+            if j.requeued:  # the daemon must see it leave RUNNING, even if it runs again already
+                j.requeued = False
+                if state is not JobState.ENDED:
+                    return JobFacts(j.job_id, j.instance_id, JobState.PENDING,
+                                    detail=f"requeued (restart {seen.restarts or 'count unknown'}): {seen.state}")
+            if j.addr is None and state is JobState.RUNNING:
                 j.addr = await self._read_addr(j)
             return job_facts(seen, j.instance_id, j.addr, sq.fetched_at_wall)
         if sq.fetched_at_wall <= j.submitted_at:  # an answer from before the submission (cached)
             return JobFacts(j.job_id, j.instance_id, JobState.PENDING, detail="submitted")
         return await self._missing(j, sq.fetched_at_wall)
+
+    def _requeued(self, j: _Job, seen: SlurmJob) -> None:
+        """Slurm put a job that ran back into its queue (scontrol requeue, preemption or node
+        failure with --requeue; chirond submits --no-requeue, but extra_sbatch_args or an admin may
+        change that): its engine is gone, its address with it. It keeps its job id; when it runs
+        again it writes a new address file, and only a newer file than the last one is read."""
+        log.warning("job %s (instance %d) was requeued (%s, restart %d): its engine is gone until it runs again",
+                    j.job_id, j.instance_id, seen.state, seen.restarts)
+        j.restarts = max(j.restarts, seen.restarts)
+        j.addr, j.bad_addr_logged, j.requeued = None, False, True
+        self._counted.discard(j.job_id)  # no longer holds its GPUs
 
     async def _missing(self, j: _Job, fetched_at: float) -> JobFacts:
         """A job squeue did not list: UNKNOWN until two answers over the interval missed it, then what
@@ -439,6 +480,9 @@ class SlurmBackend:
                 j.bad_addr_logged = True
                 log.warning("job %s: cannot use its address file %s: %s", j.job_id, path, e)
             return None
+        if j.addr_started is not None and a.started_at <= j.addr_started:
+            return None  # written by the run before a requeue: wait for the new run's file
+        j.addr_started = a.started_at
         log.info("job %s (instance %d) runs on %s, engine at %s:%d", j.job_id, j.instance_id, a.node, a.host, a.port)
         return a.host, a.port
 

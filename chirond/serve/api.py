@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class ControlPlane(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def admit(self, user: str, parsed: oa.ParsedRequest, cls: ReqClass) -> None: ...
+
     def on_arrival(self, job: Job) -> None: ...
 
     def on_first_token(self, job: Job) -> None: ...
@@ -71,8 +74,8 @@ class _Outcome:
 class _ClientSide:
     """The client's half of one request: a stream opened at the first byte, or one JSON body."""
 
-    def __init__(self, request: web.Request, parsed: oa.ParsedRequest) -> None:
-        self.request = request
+    def __init__(self, request: web.Request | None, parsed: oa.ParsedRequest) -> None:
+        self.request = request  # None for a batch line: never streamed, the body is the answer
         self.parsed = parsed
         self.resp: web.StreamResponse | None = None
         self.acc = oa.StreamAccumulator()  # what the client has seen, over every attempt
@@ -85,6 +88,7 @@ class _ClientSide:
     async def send(self, frames: list[bytes], eof: bool = False) -> None:
         try:
             if self.resp is None:
+                assert self.request is not None
                 self.resp = web.StreamResponse(
                     headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
                 )
@@ -116,6 +120,8 @@ class ProxyApi:
         self.clock = clock
         self.session: aiohttp.ClientSession | None = None
         self.accepting = True
+        self.verify_key: Callable[[str], str | None] | None = None  # keys minted by `chiron token`
+        self.more_routes: list[Callable[[web.Application], None]] = []
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.api.max_body_bytes, middlewares=[self._errors])
@@ -124,6 +130,8 @@ class ProxyApi:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prom)
+        for add_routes in self.more_routes:  # the Files and Batches API
+            add_routes(app)
         return app
 
     # ---------------------------------------------------------------- plumbing
@@ -144,22 +152,26 @@ class ProxyApi:
             e4 = oa.ApiError(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
             return web.json_response(e4.body(), status=405)
 
-    def _auth(self, request: web.Request) -> str:
+    def authenticate(self, request: web.Request) -> str:
         """The caller's name (the key's name), or raise 401."""
         if self.api.auth == "open":
             return "anonymous"
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() == "bearer" and key:
+            key = key.strip()
             for k, name in self.keys.items():
-                if hmac.compare_digest(k.encode(), key.strip().encode()):
+                if hmac.compare_digest(k.encode(), key.encode()):
                     return name
+            user = self.verify_key(key) if self.verify_key is not None else None
+            if user is not None:
+                return user
         raise oa.ApiError.unauthorized()
 
     # ---------------------------------------------------------------- read-only routes
 
     async def models(self, request: web.Request) -> web.Response:
-        self._auth(request)
+        self.authenticate(request)
         return web.json_response({"object": "list", "data": self.control.model_status()})
 
     async def health(self, request: web.Request) -> web.Response:
@@ -178,7 +190,7 @@ class ProxyApi:
         return await self._generate(request, COMPLETIONS)
 
     async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
-        self._auth(request)
+        user = self.authenticate(request)
         if not self.accepting:
             raise oa.ApiError.unavailable("chirond is shutting down", self.api.retry_after_s)
         raw = await request.read()
@@ -191,24 +203,41 @@ class ProxyApi:
         if (inter if cls is ReqClass.INTERACTIVE else batch) >= limit:
             self.metrics.requests.labels(parsed.model, cls.value, "rejected").inc()
             raise oa.ApiError.queue_full(parsed.model, cls.value, limit, self.api.retry_after_s)
+        self.control.admit(user, parsed, cls)  # per-user quotas: raises a 429 ApiError
         req = self.gateway.new_request(
             parsed.model, cls, parsed.input_tokens, parsed.max_tokens or 0, self.api.batch_deadline_s
         )
-        job = self.gateway.admit(req)
-        self.control.on_arrival(job)
         client = _ClientSide(request, parsed)
+        try:
+            return await self._run(self.gateway.admit(req), client, user)
+        except _ClientGone:
+            return client.resp or web.Response(status=499)
+
+    async def execute(self, parsed: oa.ParsedRequest, user: str, deadline: float) -> tuple[int, bytes]:
+        """Run one batch line (not streamed; `deadline` on the daemon's clock) through the same
+        queues, preemption, resume and retries as a client's request: (HTTP status, JSON body)."""
+        req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.max_tokens or 0, None)
+        req.deadline = deadline
+        try:
+            resp = await self._run(self.gateway.admit(req), _ClientSide(None, parsed), user)
+        except oa.ApiError as e:
+            return e.status, json.dumps(e.body()).encode()
+        assert isinstance(resp, web.Response) and isinstance(resp.body, bytes)
+        return resp.status, resp.body
+
+    async def _run(self, job: Job, client: _ClientSide, user: str) -> web.StreamResponse:
+        """Serve an admitted job to the end, and account for it however it ends."""
+        job.extra["user"] = user
+        self.control.on_arrival(job)
         outcome = "error"
         try:
             resp = await self._serve(job, client)
             if job.req.finish is not None:
                 outcome = "ok"
             return resp
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _ClientGone):
             outcome = "cancelled"
             raise
-        except _ClientGone:
-            outcome = "cancelled"
-            return client.resp or web.Response(status=499)
         finally:
             if job.task is not None and not job.task.done():
                 job.task.cancel()  # the client left: abort upstream

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from chirond.batch.store import BatchLimits
 from chirond.config import ApiConfig, Config, DaemonConfig, LocalBackendConfig, ModelConfig
 from chirond.daemon import Daemon
 from chirond.model import Slo
 from chirond.profiles import load_profile
+from chirond.users import UsersConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
@@ -22,8 +24,8 @@ PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
 
 def make_config(tmp: Path, **over: Any) -> Config:
     """A small deployment: one 8B model on the simulated server, fast ticks. Keyword arguments
-    override fields: daemon__tick_s=1, api__auth="keys", model__min_instances=0, ..."""
-    groups: dict[str, dict[str, Any]] = {"daemon": {}, "api": {}, "local": {}, "model": {}}
+    override fields: daemon__tick_s=1, api__auth="keys", model__min_instances=0, batch__windows=(...), ..."""
+    groups: dict[str, dict[str, Any]] = {"daemon": {}, "api": {}, "local": {}, "model": {}, "batch": {}, "users": {}}
     for k, v in over.items():
         g, _, field = k.partition("__")
         groups[g][field] = v
@@ -40,6 +42,8 @@ def make_config(tmp: Path, **over: Any) -> Config:
         api=replace(api, **groups["api"]),
         local=replace(local, **groups["local"]),
         models={"llama-8b": replace(model, **groups["model"])},
+        batch=replace(BatchLimits(), **groups["batch"]),
+        users=replace(UsersConfig(), **groups["users"]),
     )
 
 

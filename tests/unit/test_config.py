@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from chirond import config as cfgmod
+from chirond.batch.store import BatchLimits
 from chirond.config import (
     API_KEYS,
+    BATCH_KEYS,
     DAEMON_KEYS,
     LOCAL_KEYS,
     MODEL_KEYS,
@@ -141,13 +143,18 @@ def test_site_config_sets_every_key_to_its_documented_default() -> None:
     assert doc["daemon"]["policy_params"] == REGISTRY["chirond"].defaults
     assert set(doc["api"]) == set(API_KEYS)
     assert set(doc["backend"]["local"]) == set(LOCAL_KEYS)
+    assert set(doc["batch"]) == set(BATCH_KEYS)
+    assert tomllib.loads((ETC / "chirond.toml").read_text())["users"]["quota"] == {
+        "concurrent_interactive": 0, "queued_batch_lines": 0, "tokens_per_day": 0
+    }
     for name, model in doc["models"].items():
         assert set(model) == set(MODEL_KEYS), name
     # Every key but the ones it must set for a site is at the dataclass default.
     for table, defaults, own in (
-        (doc["daemon"], DaemonConfig(), {"policy_params"}),
+        (doc["daemon"], DaemonConfig(), {"policy_params", "control_socket"}),
         (doc["api"], ApiConfig(), {"keys_file"}),
         (doc["backend"]["local"], LocalBackendConfig(), set()),
+        (doc["batch"], BatchLimits(), set()),
     ):
         for key, value in table.items():
             if key not in own:
@@ -275,7 +282,7 @@ def test_valid_commands(tmp_path: Path) -> None:
 
 BAD: list[tuple[str, dict[str, Any], str, str]] = [
     # (id, override of BASE, key path, reason fragment)
-    ("root-unknown", {"deamon": {}}, "deamon", "unknown key (valid: daemon, api, backend, models)"),
+    ("root-unknown", {"deamon": {}}, "deamon", "unknown key (valid: daemon, api, backend, models, batch, users)"),
     ("daemon-not-table", {"daemon": 5}, "daemon", "must be a table"),
     ("daemon-unknown", {"daemon": {"tick": 5}}, "daemon.tick", "valid: listen_host, listen_port"),
     ("api-unknown", {"api": {"keys": "x"}}, "api.keys", "unknown key (valid: auth, keys_file"),
@@ -318,7 +325,6 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("backend-other", {"daemon": {"backend": "lsf"}}, "daemon.backend", "must be one of local, slurm"),
     ("log-level", {"daemon": {"log_level": "verbose"}}, "daemon.log_level", "debug, info, warning, error"),
     ("auth-bad", {"api": {"auth": "none"}}, "api.auth", "must be one of keys, open"),
-    ("auth-keys-no-file", {"api": {"auth": "keys"}}, "api.keys_file", "required when auth"),
     ("auth-keys-missing", {"api": {"auth": "keys", "keys_file": "nokeys"}}, "api.keys_file", "no such file"),
     ("body-small", {"api": {"max_body_bytes": 1023}}, "api.max_body_bytes", "integer >= 1024, got 1023"),
     ("queue-negative", {"api": {"max_queue_interactive": -1}}, "api.max_queue_interactive", "integer >= 0"),
@@ -509,3 +515,35 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     bad = write(tmp_path, merged(BASE, {"api": {"auth": "none"}}))
     assert main(["check-config", str(bad)]) == 2
     assert f"error: {bad}: api.auth: must be one of keys, open" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("over", "where", "reason"),
+    [
+        ({"batch": {"windows": ["1h"]}}, "batch.windows", 'must include "24h"'),
+        ({"batch": {"windows": ["24h", "soon"]}}, "batch.windows[1]", "not a number followed by"),
+        ({"batch": {"max_file_lines": 0}}, "batch.max_file_lines", "must be an integer >= 1"),
+        ({"batch": {"colour": 1}}, "batch.colour", "unknown key"),
+        ({"users": {"quota": {"alice": {"tokens_per_day": -1}}}}, "users.quota.alice.tokens_per_day", ">= 0"),
+        ({"daemon": {"control_socket": "/tmp/" + "s" * 120}}, "daemon.control_socket", "at most 107 bytes"),
+    ],
+)
+def test_batch_users_and_socket_errors_name_the_key(
+    tmp_path: Path, over: dict[str, Any], where: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, over)
+    assert f"chirond.toml: {where}: " in str(e.value) and reason in str(e.value)
+
+
+def test_batch_users_and_socket_keys_are_read(tmp_path: Path) -> None:
+    cfg = load(tmp_path, {
+        "daemon": {"control_socket": "ctl.sock"},
+        "batch": {"windows": ["24h", "30m"], "max_file_lines": 10},
+        "users": {"admin_users": ["root"], "quota": {"tokens_per_day": 5, "bob": {"concurrent_interactive": 2}}},
+    })  # fmt: skip
+    assert cfg.daemon.socket_path == tmp_path / "ctl.sock"
+    assert (cfg.batch.windows, cfg.batch.max_file_lines) == (("24h", "30m"), 10)
+    assert cfg.users.quota("bob").concurrent_interactive == 2
+    assert cfg.users.quota("bob").tokens_per_day == 5
+    assert cfg.users.quota("alice").concurrent_interactive == 0

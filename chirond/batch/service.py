@@ -1,0 +1,96 @@
+"""The batch side of the daemon as one part: the durable store, the Files and Batches routes, and
+the runner that executes lines through the proxy's request path (chirond/serve/api.py).
+
+The policy sees the whole batch backlog: the lines the dispatcher holds (its own backlog) plus the
+lines still in the store, by deadline, exactly as the simulator presents queued batch work."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from chirond.batch.runner import BatchRunner
+from chirond.batch.store import BatchStore, Line, LineResult
+from chirond.config import Config
+from chirond.dispatch import Dispatcher
+from chirond.model import BacklogGroup
+from chirond.serve import openai_api as oa
+from chirond.serve.api import ProxyApi
+from chirond.serve.batch_api import BatchApi
+
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+# Lines leased per model: enough to fill every batch slot twice (the dispatcher keeps the next ones
+# ready), at least a few while instances start, never so many that memory follows the file size.
+MIN_WINDOW, MAX_WINDOW = 16, 4096
+
+
+def db_path(state_dir: Path) -> Path:
+    """The daemon's one SQLite file: batches, files, lines, keys, usage."""
+    return state_dir / "chirond.db"
+
+
+class BatchService:
+    def __init__(
+        self,
+        cfg: Config,
+        api: ProxyApi,
+        dispatcher: Dispatcher,
+        check_lines: Callable[[str, int], str | None] | None = None,
+    ) -> None:
+        state = cfg.daemon.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.api = api
+        self.dispatcher = dispatcher
+        self.store = BatchStore(db_path(state), state / "files", cfg.batch, list(cfg.models))
+        self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
+        self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines)
+        api.more_routes.append(self.http.add_routes)
+
+    async def start(self) -> None:
+        await self.runner.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        self.store.close()
+
+    def _window(self, model: str) -> int:
+        slots = sum(s.batch_cap for s in self.dispatcher.slots.values() if s.model == model and s.routable)
+        return max(MIN_WINDOW, min(MAX_WINDOW, 2 * slots))
+
+    async def _execute(self, line: Line) -> LineResult:
+        endpoint = ENDPOINTS.get(line.url)
+        # Answers are whole bodies: a line asking to stream gets the assembled answer, as on OpenAI.
+        body = {k: v for k, v in line.body.items() if k not in ("stream", "stream_options")}
+        try:
+            if endpoint is None:
+                raise oa.ApiError(400, f"url {line.url!r} is not a batch endpoint", param="url")
+            raw = json.dumps(body).encode()
+            parsed = oa.parse_request(endpoint, raw, "application/json", self.cfg.api.max_body_bytes)
+        except oa.ApiError as e:
+            return LineResult(line.batch_id, line.idx, e.status, e.body())
+        parsed = replace(parsed, stream=False, include_usage=False)
+        deadline = self.api.clock() + (line.deadline - time.time())
+        status, answer = await self.api.execute(parsed, line.user, deadline)
+        return LineResult(line.batch_id, line.idx, status, json.loads(answer))
+
+    def backlog(self, model: str, now: float) -> tuple[tuple[BacklogGroup, ...], int]:
+        """Queued batch work of `model` by deadline (on the daemon's clock `now`), dispatcher and
+        store together, and the number of lines in it."""
+        groups: dict[float, list[int]] = {}
+        for g in self.dispatcher.backlog(model):
+            groups[g.deadline] = [g.requests, g.input_tokens]
+        offset = now - time.time()
+        for deadline, lines, tokens in self.store.backlog(model):
+            acc = groups.setdefault(deadline + offset, [0, 0])
+            acc[0] += lines
+            acc[1] += tokens
+        out = tuple(BacklogGroup(d, n, tok) for d, (n, tok) in sorted(groups.items()))
+        return out, sum(g.requests for g in out)
+
+    def status(self) -> dict[str, object]:
+        per_model = {m: len(v) for m, v in self.runner.inflight.items()}
+        return {"leased": per_model, "recorded": self.runner.recorded}
