@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from chirond.control_cli import key_file  # where `chiron token --save` writes the key
+
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 CHAT_URL = "/v1/chat/completions"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -148,20 +150,16 @@ def output_paths(out: Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------- client
 
 
-def _key_file() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "chirond" / "key"
-
-
 def resolve_url_key(url: str | None, key: str | None) -> tuple[str, str]:
     url = url or os.environ.get("CHIROND_URL") or DEFAULT_URL
     key = key or os.environ.get("CHIROND_API_KEY") or os.environ.get("OPENAI_API_KEY")
     if not key:
         try:
-            key = _key_file().read_text().strip()
+            key = key_file().read_text().strip()
         except FileNotFoundError:
             key = ""
         except OSError as e:
-            raise CliError(f"cannot read the API key file {_key_file()}: {e}") from e
+            raise CliError(f"cannot read the API key file {key_file()}: {e}") from e
     return url.rstrip("/"), key or "none"
 
 
@@ -408,7 +406,7 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--window", default="24h", help="completion window: 24h (default), or 1h, 6h, 72h, 7d ...")
     s.add_argument("--wait", action="store_true", help="show progress until the batch ends, then download results")
     s.add_argument("--out", help="results file with --wait (default FILE_STEM.output.jsonl; errors: .errors.jsonl)")
-    s.add_argument("--metadata", nargs="*", metavar="KEY=VALUE", help="labels stored with the batch")
+    s.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="a label kept with the batch (repeatable)")
     s.add_argument("--poll-s", type=float, default=5.0, help=argparse.SUPPRESS)
     s.set_defaults(func=_guard(_submit))
     s = sub.add_parser("list", parents=[conn], help="list your batches, newest first")

@@ -101,6 +101,28 @@ class _ClientSide:
             raise _ClientGone from e
 
 
+def error_middleware(max_body_bytes: int) -> Any:
+    """Every error in OpenAI's shape: ApiError as raised, and aiohttp's own 404, 405 and 413."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except oa.ApiError as e:
+            return web.json_response(e.body(), status=e.status, headers=e.headers)
+        except web.HTTPRequestEntityTooLarge:
+            e2 = oa.ApiError.too_large(max_body_bytes)
+            return web.json_response(e2.body(), status=e2.status)
+        except web.HTTPNotFound:
+            e3 = oa.ApiError(404, f"no route {request.method} {request.path}", "invalid_request_error")
+            return web.json_response(e3.body(), status=404)
+        except web.HTTPMethodNotAllowed:
+            e4 = oa.ApiError(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
+            return web.json_response(e4.body(), status=405)
+
+    return errors
+
+
 class ProxyApi:
     def __init__(
         self,
@@ -124,7 +146,8 @@ class ProxyApi:
         self.more_routes: list[Callable[[web.Application], None]] = []
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.api.max_body_bytes, middlewares=[self._errors])
+        limit = self.api.max_body_bytes
+        app = web.Application(client_max_size=limit, middlewares=[error_middleware(limit)])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -135,22 +158,6 @@ class ProxyApi:
         return app
 
     # ---------------------------------------------------------------- plumbing
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except oa.ApiError as e:
-            return web.json_response(e.body(), status=e.status, headers=e.headers)
-        except web.HTTPRequestEntityTooLarge:
-            e2 = oa.ApiError.too_large(self.api.max_body_bytes)
-            return web.json_response(e2.body(), status=e2.status)
-        except web.HTTPNotFound:
-            e3 = oa.ApiError(404, f"no route {request.method} {request.path}", "invalid_request_error")
-            return web.json_response(e3.body(), status=404)
-        except web.HTTPMethodNotAllowed:
-            e4 = oa.ApiError(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
-            return web.json_response(e4.body(), status=405)
 
     def authenticate(self, request: web.Request) -> str:
         """The caller's name (the key's name), or raise 401."""

@@ -273,8 +273,8 @@ class BatchApi:
 
     @staticmethod
     async def _json_object(request: web.Request) -> Json:
-        ctype = request.content_type
-        if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        ctype = request.content_type  # aiohttp's default without the header: application/octet-stream
+        if "Content-Type" in request.headers and ctype != "application/json" and not ctype.endswith("+json"):
             raise ApiError.unsupported_media_type(request.headers.get("Content-Type"))
         if request.content_length is not None and request.content_length > _MAX_CREATE_BYTES:
             raise ApiError.too_large(_MAX_CREATE_BYTES, request.content_length)

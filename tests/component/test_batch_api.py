@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MethodType, SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from chirond import batch_cli
 from chirond.batch.store import BatchLimits, BatchStore, LineResult
-from chirond.serve.api import ProxyApi
+from chirond.serve.api import error_middleware
 from chirond.serve.batch_api import BatchApi
 from chirond.serve.openai_api import ApiError
 
@@ -35,11 +34,6 @@ def auth(request: web.Request) -> str:
     if user is None:
         raise ApiError.unauthorized()
     return user
-
-
-def error_middleware() -> Any:
-    """ProxyApi's own error middleware, without a whole proxy: it reads only `self.api.max_body_bytes`."""
-    return MethodType(ProxyApi._errors, SimpleNamespace(api=SimpleNamespace(max_body_bytes=1 << 20)))
 
 
 @dataclass
@@ -105,7 +99,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     files_dir = tmp_path / "files"
     store = BatchStore(tmp_path / "chirond.db", files_dir, BatchLimits(max_file_bytes=MAX_FILE), [MODEL])
     srv = Server(store, "", files_dir)
-    app = web.Application(middlewares=[error_middleware()])
+    app = web.Application(middlewares=[error_middleware(1 << 20)])
     BatchApi(store, auth, srv.created.append, quota).add_routes(app)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()

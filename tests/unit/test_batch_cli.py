@@ -105,7 +105,9 @@ def test_url_and_key_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_parsers_register_every_subcommand() -> None:
     ap = argparse.ArgumentParser(prog="chiron")
     bc.add_parsers(ap.add_subparsers(dest="cmd", required=True))
-    args = ap.parse_args(["batch", "submit", "f.jsonl", "--model", "m", "--metadata", "a=1", "b=2", "--wait"])
+    args = ap.parse_args(
+        ["batch", "submit", "f.jsonl", "--model", "m", "--metadata", "a=1", "--metadata", "b=2", "--wait"]
+    )
     assert (args.file, args.model, args.window, args.wait) == ("f.jsonl", "m", "24h", True)
     assert args.metadata == ["a=1", "b=2"]
     for argv in (["list"], ["status", "batch_1"], ["cancel", "batch_1"], ["results", "batch_1", "--out", "o"]):
