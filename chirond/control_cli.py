@@ -325,7 +325,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        Console().print(status_renderable(out))
+        # Into a file or pipe rich would assume 80 columns, too narrow for this table.
+        Console(width=None if sys.stdout.isatty() else 160).print(status_renderable(out))
     return 0
 
 

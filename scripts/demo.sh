@@ -2,9 +2,10 @@
 # README's first command: set up, start chirond on the local backend with simulated vLLM
 # instances (etc/demo.toml: no GPU needed), drive a short sample workload from the Azure 2023
 # conversation trace through the real openai client (interactive and batch-class requests), print
-# per-class latency, SLO attainment and the instances chirond scaled, then stop the daemon cleanly.
+# per-class latency, SLO attainment and the instances chirond scaled, run a 400-prompt file through
+# the Batch API (`chiron batch submit --wait`), show `chiron status`, then stop the daemon cleanly.
 #
-#   bash scripts/demo.sh            # about 3 minutes, then exits
+#   bash scripts/demo.sh            # about 3.5 minutes, then exits
 #   bash scripts/demo.sh --keep     # same, then leaves chirond serving until Ctrl-C
 #   DEMO_ARGS="--duration-s 30 --rate 3" bash scripts/demo.sh   # other `chiron load` options
 #
@@ -71,7 +72,7 @@ export CHIROND_URL="$url/v1" CHIROND_API_KEY=none CHIROND_SOCKET=out/demo-state/
 .venv/bin/chiron batch submit out/demo/prompts.jsonl --model llama-8b --window 1h --wait \
   --out out/demo/prompts.output.jsonl || rc=$?
 .venv/bin/chiron status || rc=$?
-.venv/bin/chiron usage || rc=$?
+.venv/bin/chiron usage --all || rc=$?   # open auth: every caller is "anonymous"
 echo
 echo "control decisions (one line per tick with its reason; actions only):"
 grep -E "launch|drain|ready at|stopping|failed" out/demo/chirond.log | sed -E 's/^[0-9-]+ //' | tail -n 25 || true

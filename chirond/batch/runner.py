@@ -81,6 +81,12 @@ class BatchRunner:
         fut.add_done_callback(lambda f: _log_failure(f, f"validating {batch_id}"))
 
     @property
+    def busy(self) -> bool:
+        """Housekeeping holds the store (finishing a large batch takes seconds): callers on the
+        event loop should not wait for it."""
+        return self._housekeeping is not None
+
+    @property
     def leased(self) -> int:
         return sum(len(v) for v in self.inflight.values())
 
@@ -89,8 +95,9 @@ class BatchRunner:
     async def _run(self) -> None:
         while True:
             try:
-                self._flush()
-                self._feed()
+                if not self.busy:  # else lease and record after it: the event loop must not wait
+                    self._flush()
+                    self._feed()
                 now = time.monotonic()
                 if now - self._last_housekeeping >= self.housekeeping_s and self._housekeeping is None:
                     self._last_housekeeping = now

@@ -47,6 +47,7 @@ class BatchService:
         self.dispatcher = dispatcher
         self.store = BatchStore(db_path(state), state / "files", cfg.batch, list(cfg.models))
         self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
+        self._stored: dict[str, list[tuple[float, int, int]]] = {}  # the store's backlog per model
         self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines)
         api.more_routes.append(self.http.add_routes)
 
@@ -84,7 +85,9 @@ class BatchService:
         for g in self.dispatcher.backlog(model):
             groups[g.deadline] = [g.requests, g.input_tokens]
         offset = now - time.time()
-        for deadline, lines, tokens in self.store.backlog(model):
+        if not self.runner.busy:  # while housekeeping holds the store, the last view stands
+            self._stored[model] = self.store.backlog(model)
+        for deadline, lines, tokens in self._stored.get(model, []):
             acc = groups.setdefault(deadline + offset, [0, 0])
             acc[0] += lines
             acc[1] += tokens

@@ -1005,10 +1005,11 @@ class BatchStore:
                     if b.target is not None or b.id in self._validating:
                         continue
                     if b.status == "in_progress":
-                        if now >= b.deadline:
-                            self._begin_final(b, "expired", now)
-                        elif b.done >= b.total and b.leased == 0:
+                        # Everything answered counts as completed even if the tick comes late.
+                        if b.done >= b.total and b.leased == 0:
                             self._begin_final(b, "completed", now)
+                        elif now >= b.deadline:
+                            self._begin_final(b, "expired", now)
                     elif b.status == "cancelling" and b.leased == 0:
                         self._begin_final(b, "cancelled", now)
                     elif b.status == "validating" and now >= b.deadline:

@@ -12,7 +12,9 @@ from typing import Any
 import openai
 import pytest
 
+from chirond.control_cli import ControlError, call
 from chirond.daemon import Daemon
+from chirond.daemon_ops import operations
 from tests.component.conftest import wait_for
 
 MODEL = "llama-8b"
@@ -20,7 +22,8 @@ END = {"completed", "failed", "expired", "cancelled"}
 
 
 def chat_line(i: int, max_tokens: int = 8, model: str = MODEL, url: str = "/v1/chat/completions") -> str:
-    body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": max_tokens}
+    body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": max_tokens,
+            "ignore_eos": True}  # vLLM's extension: exactly max_tokens tokens
     return json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": url, "body": body})
 
 
@@ -107,11 +110,12 @@ async def test_the_policy_sees_queued_lines_and_cancel_keeps_what_was_done(
 ) -> None:
     d: Daemon = await daemon_factory(api__auth="keys", model__max_instances=1)
     alice = client_for(d, d.users.mint("alice"))
-    batch = await submit(alice, tmp_path, [chat_line(i, max_tokens=400) for i in range(400)])
+    batch = await submit(alice, tmp_path, [chat_line(i, max_tokens=400) for i in range(2000)])
     await wait_for(lambda: d.batch.runner.recorded >= 5, 60, "some lines done")
     snap = d.snapshot(d.clock())
     m = snap.model(MODEL)
-    assert m.batch_queue > 100  # lines still in the store count as backlog
+    assert d.batch.runner.leased <= 2 * 256  # a window of lines is leased, not the file
+    assert m.batch_queue >= 2000 - d.batch.runner.leased - d.batch.runner.recorded  # the store's lines count
     assert sum(g.requests for g in m.backlog) == m.batch_queue
     assert m.backlog[0].deadline > snap.now + 23 * 3600  # the 24 h window, on the daemon's clock
 
@@ -119,7 +123,7 @@ async def test_the_policy_sees_queued_lines_and_cancel_keeps_what_was_done(
     done = await finished(alice, batch.id, 30)
     assert done.status == "cancelled"
     out = await jsonl(alice, done.output_file_id)
-    assert 5 <= len(out) < 400
+    assert 5 <= len(out) < 2000
     assert len({x["custom_id"] for x in out}) == len(out) == done.request_counts.completed
     assert d.batch.runner.leased == 0
     assert d.snapshot(d.clock()).model(MODEL).batch_queue == 0
@@ -146,3 +150,42 @@ async def test_quotas_per_user(daemon_factory: Callable[..., Any], tmp_path: Pat
     with pytest.raises(openai.RateLimitError) as e2:
         await submit(alice, tmp_path, [chat_line(i) for i in range(11)])
     assert "queued_batch_lines" in str(e2.value)
+
+
+async def test_an_expired_batch_returns_what_was_done(daemon_factory: Callable[..., Any], tmp_path: Path) -> None:
+    d: Daemon = await daemon_factory(api__auth="keys", model__max_instances=1, batch__windows=("24h", "4s"))
+    async with client_for(d, d.users.mint("alice")) as alice:
+        batch = await submit(alice, tmp_path, [chat_line(i, max_tokens=4000 if i % 2 else 4) for i in range(200)], "4s")
+        assert batch.expires_at - batch.created_at == 4
+        done = await finished(alice, batch.id, 30)
+        assert done.status == "expired"
+        rc = done.request_counts
+        assert rc.total == 200 and 0 < rc.completed < 200 and rc.completed + rc.failed == 200
+        out, errors = await jsonl(alice, done.output_file_id), await jsonl(alice, done.error_file_id)
+        assert len(out) == rc.completed and len(errors) == rc.failed
+        assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+        ids = [x["custom_id"] for x in out + errors]
+        assert sorted(ids) == sorted(f"req-{i}" for i in range(200))  # every line in exactly one file
+    await wait_for(lambda: d.batch.runner.leased == 0, 10, "the expired batch's lines to stop")
+
+
+async def test_status_limits_and_drain_over_the_control_socket(daemon_factory: Callable[..., Any]) -> None:
+    d: Daemon = await daemon_factory(model__max_instances=2)
+    sock = d.cfg.daemon.socket_path
+    assert operations(d)["drain"].admin and operations(d)["limits"].admin and not operations(d)["status"].admin
+
+    status = await asyncio.to_thread(call, sock, "status")
+    (m,) = status["models"]
+    assert (m["name"], m["ready"], m["max_instances"]) == (MODEL, 1, 2)
+
+    # root is an admin: it may change a model's bounds (until restart) and drain an instance.
+    with pytest.raises(ControlError, match="above max_instances"):
+        await asyncio.to_thread(call, sock, "limits", model=MODEL, min_instances=3)
+    got = await asyncio.to_thread(call, sock, "limits", model=MODEL, min_instances=0, max_instances=3)
+    assert got == {"model": MODEL, "min_instances": 0, "max_instances": 3}
+    assert d.cfg.models[MODEL].max_instances == 3
+    (inst_id,) = list(d.instances)
+    with pytest.raises(ControlError, match="no instance 999"):
+        await asyncio.to_thread(call, sock, "drain", instance=999)
+    await asyncio.to_thread(call, sock, "drain", instance=inst_id)
+    await wait_for(lambda: inst_id not in d.instances, 30, "the drained instance to end")
