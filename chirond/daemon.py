@@ -56,6 +56,7 @@ from chirond.users import InFlight, UsageCollector, UserStore, gpu_seconds
 log = logging.getLogger("chirond")
 
 HEALTH_POLL_S = 0.25
+QUEUE_WAIT_WEIGHT = 0.3  # of the newest observation in the queue-wait average
 PLACEHOLDERS = ("model", "host", "profile", "max_num_seqs", "max_num_batched_tokens", "scheduling_policy", "gpus")
 
 
@@ -131,6 +132,9 @@ class Daemon:
         self.batch_out_mean = dict.fromkeys(cfg.models, 0.0)
         self._batch_out_n = dict.fromkeys(cfg.models, 0)
         self.failures: dict[str, list[float]] = {n: [] for n in cfg.models}
+        # Launch to running (Slurm's queue wait), moving average per model: part of the lead time
+        # the policy plans with (handover before a time limit, batch deadlines).
+        self.queue_wait = dict.fromkeys(cfg.models, 0.0)
         self._next_id = 1
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
@@ -188,6 +192,7 @@ class Daemon:
             m = self.cfg.models[a.model]
             inst = Instance(a.instance_id, a.model, self.policy.initial_pool, m.profile.gpus, now, startup_s(m))
             inst.job_id = a.job_id
+            inst.queue_wait_known = True  # submitted by an earlier run: its wait is not known
             self.instances[inst.id] = inst
             counts[a.model] = counts.get(a.model, 0) + 1
             self._next_id = max(self._next_id, inst.id + 1)
@@ -277,6 +282,10 @@ class Daemon:
             if f.host is not None:
                 inst.host, inst.port = f.host, f.port
             if f.state is JobState.RUNNING and inst.job_state is not JobState.RUNNING:
+                if not inst.queue_wait_known:
+                    inst.queue_wait_known = True
+                    wait = self.queue_wait[inst.model]
+                    self.queue_wait[inst.model] = wait + QUEUE_WAIT_WEIGHT * (now - inst.launched_at - wait)
                 inst.job_state = JobState.RUNNING
                 inst.running_since = now
                 if f.ends_at is not None:
@@ -443,7 +452,8 @@ class Daemon:
             views.append(
                 ModelView(
                     name=name, slo=m.slo, gpus_per_instance=m.profile.gpus,
-                    max_instances=m.max_instances, min_instances=m.min_instances, lead_time_s=startup_s(m),
+                    max_instances=m.max_instances, min_instances=m.min_instances,
+                    lead_time_s=startup_s(m) + self.queue_wait[name],
                     interactive_queue=n_inter, interactive_queue_tokens=self.dispatcher.interactive_tokens(name),
                     oldest_interactive_wait_s=0.0 if oldest is None else now - oldest,
                     batch_queue=n_batch, backlog=backlog,
@@ -459,7 +469,7 @@ class Daemon:
         if isinstance(act, Launch):
             m = self.cfg.models[act.model]
             have = sum(1 for x in self.instances.values() if x.model == act.model)
-            for _ in range(max(0, min(act.count, m.max_instances - have))):
+            for _ in range(act.room(have, m.max_instances)):
                 if not await self._launch(act.model, act.pool):
                     break
             return

@@ -178,6 +178,13 @@ class Launch:
     model: str
     pool: Pool
     count: int = 1
+    # Successors of this many instances near their time limit: they may go past max_instances
+    # for the overlap (a model at max_instances = 1 must still hand over before its limit).
+    replaces: int = 0
+
+    def room(self, have: int, max_instances: int) -> int:
+        """How many to start when the model has `have` instances."""
+        return max(0, min(self.count, max_instances + self.replaces - have))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ class Instance:
     host: str | None = None
     port: int | None = None
     running_since: float | None = None
+    queue_wait_known: bool = False  # its launch-to-running wait was counted (or cannot be: adopted)
     healthy_at: float | None = None  # first /health 200
     ends_at: float | None = None  # job time limit (daemon clock)
     drain_requested_at: float | None = None

@@ -216,7 +216,7 @@ class ChirondPolicy(Policy):
             out.extend(Drain(i.id) for i in ready_expiring)
         if have < need:
             low_since.pop(m.name, None)
-            out.append(Launch(m.name, Pool.MIXED, need - have))
+            out.append(Launch(m.name, Pool.MIXED, need - have, replaces=len(expiring)))
             return out, ""
         if have > need and not any_stale(m):
             since = low_since.setdefault(m.name, now)

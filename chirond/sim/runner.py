@@ -332,7 +332,7 @@ class Simulation:
         if isinstance(act, Launch):
             setup = self.models[act.model]
             have = sum(1 for x in self.instances.values() if x.model == act.model)
-            for _ in range(max(0, min(act.count, setup.max_instances - have))):
+            for _ in range(act.room(have, setup.max_instances)):
                 self._launch(act.model, act.pool, t)
                 self.launches += 1
         elif isinstance(act, SetBatchCap):

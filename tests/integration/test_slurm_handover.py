@@ -61,8 +61,9 @@ async def test_time_limit_triggers_a_handover_with_no_failed_request(
 ) -> None:
     base = daemon_config(tmp_path, loopback_cluster)
     assert base.slurm is not None
-    # max_instances 2: the successor runs beside its predecessor until that one has drained.
-    model = dataclasses.replace(base.models[MODEL], min_instances=1, max_instances=2, initial_instances=1)
+    # max_instances 1: the successor may run beside its predecessor (Launch.replaces) until that one
+    # has drained; no other launch could pass the cap.
+    model = dataclasses.replace(base.models[MODEL], min_instances=1, max_instances=1, initial_instances=1)
     cfg = dataclasses.replace(
         base,
         models={MODEL: model},

@@ -395,12 +395,21 @@ def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
     # Instance 1 ends in 150 s, less than lead time (100 s) + 120 s: replace it first ...
     s = snap(model([inst(1, inter=2, ends_at=250.0)], lead_time_s=100.0), now=100.0)
     d = policy("chirond").plan(s, None)
-    assert launches(d) == [Launch("m8", Pool.MIXED, 1)]
+    assert launches(d) == [Launch("m8", Pool.MIXED, 1, replaces=1)]
     assert drains(d) == []
     # ... then drain it once the replacement serves.
     s = snap(model([inst(1, inter=2, ends_at=250.0), inst(2, launched_at=150.0)]), now=160.0)
     d = policy("chirond").plan(s, None)
     assert Drain(1) in d.actions
+
+
+def test_a_successor_may_pass_max_instances_but_a_plain_launch_may_not() -> None:
+    # At max_instances = 1 the successor of an expiring instance still starts (overlap of one).
+    s = snap(model([inst(1, inter=2, ends_at=250.0)], max_instances=1, lead_time_s=100.0), now=100.0)
+    (launch,) = launches(policy("chirond").plan(s, None))
+    assert launch.room(have=1, max_instances=1) == 1
+    assert Launch("m8", Pool.MIXED, 3).room(have=1, max_instances=2) == 1
+    assert Launch("m8", Pool.MIXED, 3, replaces=1).room(have=2, max_instances=2) == 1
 
 
 # ---------------------------------------------------------------- llumnix

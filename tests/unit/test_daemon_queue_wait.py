@@ -1,0 +1,44 @@
+"""The daemon measures Slurm's queue wait (submit to running) per model and adds it to the lead
+time the policy plans with; a job adopted from an earlier run or requeued does not count again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from test_slurm_requeue import TOML, FakeBackend
+
+from chirond.cluster.backend import JobFacts, JobState
+from chirond.cluster.instances import Instance
+from chirond.config import load_config
+from chirond.daemon import QUEUE_WAIT_WEIGHT, Daemon, startup_s
+from chirond.model import Pool
+
+
+async def test_queue_wait_moves_the_lead_time(tmp_path: Path) -> None:
+    (tmp_path / "chirond.toml").write_text(TOML)
+    b = FakeBackend()
+    d = Daemon(load_config(tmp_path / "chirond.toml"), backend=b)
+    now = d.clock()
+    base = startup_s(d.cfg.models["m"])
+    assert d.snapshot(now).model("m").lead_time_s == base
+    waited = Instance(1, "m", Pool.MIXED, 1, now - 40.0, 1.0, job_id="11")
+    adopted = Instance(2, "m", Pool.MIXED, 1, now - 900.0, 1.0, job_id="12", queue_wait_known=True)
+    d.instances.update({1: waited, 2: adopted})
+    async with aiohttp.ClientSession() as session:
+        d._session = session  # the health checks the running jobs start
+        for job in ("11", "12"):
+            b.facts[job] = JobFacts(job, 1, JobState.RUNNING, host="127.0.0.1", port=1)
+        d._apply_facts(await b.poll(), now)
+        assert d.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0  # the adopted job's 900 s is not a wait
+        assert d.snapshot(now).model("m").lead_time_s == base + QUEUE_WAIT_WEIGHT * 40.0
+        # Requeued and running again: the same job's second start is not a new queue wait.
+        b.facts["11"] = JobFacts("11", 1, JobState.PENDING, detail="requeued")
+        d._apply_facts(await b.poll(), now + 1)
+        b.facts["11"] = JobFacts("11", 1, JobState.RUNNING, host="127.0.0.1", port=1)
+        d._apply_facts(await b.poll(), now + 100)
+        assert d.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0
+        for t in list(d._tasks):
+            t.cancel()
+    d.users.close()
+    d.batch.store.close()
