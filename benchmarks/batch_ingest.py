@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -135,12 +136,27 @@ def child_queue(d: Path, calls: int) -> dict:
         rec.append(c - b)
         blg.append(e - c)
         tck.append(g - e)
-    # expiry of everything left: one UPDATE over the remaining lines, then the two files written
+    # expiry of everything left: the remaining lines marked in chunks, then the two files written;
+    # meanwhile another thread asks the store (as the API does) and times its longest wait
     now = time.time()
     store.clock = lambda: now + 2 * 86400
+    waits: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            t = time.perf_counter()
+            store.batch_status(first[0].batch_id)
+            waits.append(time.perf_counter() - t)
+            time.sleep(0.001)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
     a = time.perf_counter()
     changed = store.tick()
     expire_s = time.perf_counter() - a
+    done.set()
+    prober.join()
     store.close()
     return {
         "queued": queued,
@@ -151,6 +167,7 @@ def child_queue(d: Path, calls: int) -> dict:
         "backlog_us": 1000 * _ms(blg)[0],
         "tick": _ms(tck),
         "expire_s": expire_s,
+        "expire_wait_ms": 1000 * max(waits, default=0.0),
         "expired": len(changed),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -179,11 +196,11 @@ def tables(ing: dict, q: dict) -> str:
             "leases 64 lines, records 48, releases 16):",
             "",
             "| queued | open s | first next_lines | next_lines(64) mean / p99 | record(48) mean / p99 | backlog µs | "
-            "idle tick mean / p99 | expire all s | peak RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "idle tick mean / p99 | expire all s | longest wait meanwhile ms | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {q['queued']:,} | {q['open_s']:.2f} | {q['first_ms']:.1f} | {q['next'][0]:.2f} / {q['next'][1]:.2f} | "
             f"{q['record'][0]:.2f} / {q['record'][1]:.2f} | {q['backlog_us']:.0f} | {q['tick'][0]:.3f} / "
-            f"{q['tick'][1]:.3f} | {q['expire_s']:.1f} | {q['rss_mb']:.0f} |",
+            f"{q['tick'][1]:.3f} | {q['expire_s']:.1f} | {q['expire_wait_ms']:.0f} | {q['rss_mb']:.0f} |",
         ]
     )
 

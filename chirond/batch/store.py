@@ -35,6 +35,8 @@ from chirond.batch.jsonl import LineError, check_line
 
 log = logging.getLogger(__name__)
 
+FINAL_CHUNK = 5_000  # lines marked per transaction when a batch expires or is cancelled
+FINISHING = ("finalizing", "cancelling")  # a target recorded, files still to write
 IDX_BITS = 32  # a line's rowid is batch key << 32 | line index: one B-tree, appended in order
 IDX_MASK = (1 << IDX_BITS) - 1
 QUEUED, OUTPUT, ERROR = 0, 1, 2
@@ -1000,21 +1002,30 @@ class BatchStore:
         try:
             changed: list[str] = []
             now = self.clock()
+            due: list[tuple[_Batch, str]] = []
             with self._lock:
                 for b in list(self._batches.values()):
                     if b.target is not None or b.id in self._validating:
                         continue
+                    target = None
                     if b.status == "in_progress":
                         # Everything answered counts as completed even if the tick comes late.
                         if b.done >= b.total and b.leased == 0:
-                            self._begin_final(b, "completed", now)
+                            target = "completed"
                         elif now >= b.deadline:
-                            self._begin_final(b, "expired", now)
+                            target = "expired"
                     elif b.status == "cancelling" and b.leased == 0:
-                        self._begin_final(b, "cancelled", now)
+                        target = "cancelled"
                     elif b.status == "validating" and now >= b.deadline:
-                        self._begin_final(b, "expired", now)
-                todo = [b for b in self._batches.values() if b.target is not None]
+                        target = "expired"
+                    if target is not None:
+                        self._drop_queues(b, leases=True)  # its lines are offered no more, from now
+                        b.target = target  # in memory only until _begin_final records it
+                        due.append((b, target))
+            for b, target in due:
+                self._begin_final(b, target, now)  # in chunks: the lock is free between them
+            with self._lock:
+                todo = [b for b in self._batches.values() if b.target is not None and b.status in FINISHING]
             for b in todo:
                 self._finish(b)  # writes files outside the lock: the lines of b no longer change
                 changed.append(b.id)
@@ -1025,36 +1036,47 @@ class BatchStore:
             self._tick_lock.release()
 
     def _begin_final(self, b: _Batch, target: str, now: float) -> None:
-        """One transaction: unfinished lines become errors, the file ids are chosen, the target
-        status is recorded; _finish (also after a crash) writes the files and sets it."""
-        self._drop_queues(b, leases=True)
+        """Unfinished lines become errors, in transactions of FINAL_CHUNK lines that each count
+        theirs as failed (a crash in between leaves a consistent batch that the next tick finishes);
+        then one transaction chooses the file ids and records the target status; _finish (also
+        after a crash) writes the files and sets it."""
         code, msg = {
             "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
             "cancelled": ("batch_cancelled", "This request was not executed: the batch was cancelled."),
         }.get(target, ("", ""))
-        lo, hi = b.bkey << IDX_BITS, (b.bkey + 1) << IDX_BITS
-        with _tx(self._db):
-            n = 0
-            if code:
-                n = self._db.execute(
-                    "UPDATE batch_lines SET state = 2, result = json_object('id', 'batch_req_' || "
-                    "lower(hex(randomblob(12))), 'custom_id', custom_id, 'response', NULL, 'error', "
-                    "json_object('code', ?, 'message', ?)) WHERE rowid >= ? AND rowid < ? AND state = 0",
-                    (code, msg, lo, hi),
-                ).rowcount
+        lo = b.bkey << IDX_BITS
+        if code:
+            with self._lock:
+                last = self._db.execute(
+                    "SELECT max(rowid) FROM batch_lines WHERE rowid >= ? AND rowid < ?", (lo, lo + (1 << IDX_BITS))
+                ).fetchone()[0]
+            start = lo
+            while last is not None and start <= last:
+                end = start + FINAL_CHUNK
+                with self._lock, _tx(self._db):
+                    n = self._db.execute(
+                        "UPDATE batch_lines SET state = 2, result = json_object('id', 'batch_req_' || "
+                        "lower(hex(randomblob(12))), 'custom_id', custom_id, 'response', NULL, 'error', "
+                        "json_object('code', ?, 'message', ?)) WHERE rowid >= ? AND rowid < ? AND state = 0",
+                        (code, msg, start, end),
+                    ).rowcount
+                    self._db.execute("UPDATE batch_batches SET failed = failed + ? WHERE bkey = ?", (n, b.bkey))
+                start = end
+                time.sleep(0.002)  # the lock is not fair: let a waiting caller in before the next chunk
+        with self._lock, _tx(self._db):
             completed, failed = self._db.execute(
-                "SELECT completed, failed + ? FROM batch_batches WHERE bkey = ?", (n, b.bkey)
+                "SELECT completed, failed FROM batch_batches WHERE bkey = ?", (b.bkey,)
             ).fetchone()
             out_id = _new_id("file-") if completed else None
             err_id = _new_id("file-") if failed else None
             status = "cancelling" if target == "cancelled" else "finalizing"
             self._db.execute(
-                "UPDATE batch_batches SET failed = ?, total = max(total, completed + ?), status = ?, target = ?, "
+                "UPDATE batch_batches SET total = max(total, completed + failed), status = ?, target = ?, "
                 "output_file_id = ?, error_file_id = ?, finalizing_at = coalesce(finalizing_at, ?) WHERE bkey = ?",
-                (failed, failed, status, target, out_id, err_id, now, b.bkey),
+                (status, target, out_id, err_id, now, b.bkey),
             )
-        b.status, b.target, b.done = status, target, completed + failed
-        b.total = max(b.total, b.done)
+            b.status, b.target, b.done = status, target, completed + failed
+            b.total = max(b.total, b.done)
 
     def _finish(self, b: _Batch) -> None:
         row = self._batch_row(b.id)

@@ -9,6 +9,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -517,3 +518,39 @@ def test_input_file_deleted_while_its_batch_runs(store: BatchStore) -> None:
     assert not (store.files_dir / fid).exists()
     out = read_jsonl(store, "alice", store.get_batch("alice", bid)["output_file_id"])
     assert [x["custom_id"] for x in out] == ["r0", "r1", "r2"]
+
+
+def test_expiry_in_chunks_survives_a_crash_between_them(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Expiring marks unfinished lines FINAL_CHUNK at a time (other calls get the store between
+    # chunks); a crash after some chunks leaves counts that the next tick, after a restart, completes.
+    monkeypatch.setattr(store_mod, "FINAL_CHUNK", 5)
+    s = open_store(tmp_path, clock)
+    bid = start(s, "alice", [chat_line(f"r{i}") for i in range(23)], window="1h")
+    (a,) = s.next_lines("m1", 1)
+    s.record([ok(a)])
+    clock.t += 3600
+    real_tx, calls = store_mod._tx, []
+
+    def crash_on_third(db: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("kill -9")  # nothing after this point runs
+        return real_tx(db)
+
+    monkeypatch.setattr(store_mod, "_tx", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        s.tick()
+    monkeypatch.setattr(store_mod, "_tx", real_tx)
+    s._db.close()  # the process died; its connection with it
+
+    s2 = open_store(tmp_path, clock)
+    assert s2.tick() == [bid]
+    bt = s2.get_batch("alice", bid)
+    assert bt["status"] == "expired"
+    assert bt["request_counts"] == {"total": 23, "completed": 1, "failed": 22}
+    errs = read_jsonl(s2, "alice", bt["error_file_id"])
+    assert sorted(x["custom_id"] for x in errs) == sorted(f"r{i}" for i in range(1, 23))
+    assert [x["custom_id"] for x in read_jsonl(s2, "alice", bt["output_file_id"])] == ["r0"]
+    s2.close()
