@@ -814,6 +814,11 @@ def config_warnings(cfg: Config) -> list[str]:
         if lo <= d.listen_port <= hi:
             out.append(f"daemon.listen_port {d.listen_port} lies inside backend.local.port_range [{lo}, {hi}]")
     for m in cfg.models.values():
+        if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in m.command):
+            out.append(
+                f"{key_path('models', m.name, 'command')} sets --api-key: vLLM then ignores the engine key chirond "
+                "gives it (VLLM_API_KEY) and refuses chirond's requests; leave it out"
+            )
         floor = m.profile.step_s(1, 0)
         if m.slo.tpot_s < floor:
             out.append(

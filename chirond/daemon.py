@@ -9,9 +9,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import secrets
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -97,6 +100,27 @@ def startup_s(m: ModelConfig) -> float:
     return m.sim_startup_s if m.sim_startup_s is not None else m.profile.cold_start_s / m.sim_speedup
 
 
+def engine_key(state_dir: Path) -> str:
+    """The key every engine requires on /v1 (vLLM reads VLLM_API_KEY; chirond sends it), so that
+    users who can reach an engine's port (any node user; any cluster user with Slurm) cannot go
+    around chirond's keys, queues and quotas. Kept in the state directory (0600) so that engines
+    adopted after a restart still take it."""
+    path = state_dir / "engine.key"
+    with contextlib.suppress(FileNotFoundError):
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".engine.key.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return key
+
+
 def make_backend(cfg: Config) -> Backend:
     """The backend `daemon.backend` names: "local" (child processes) or "slurm" (one job per instance)."""
     if cfg.daemon.backend == "slurm":
@@ -120,6 +144,8 @@ class Daemon:
         keys = load_keys(cfg.api.keys_file) if cfg.api.auth == "keys" and cfg.api.keys_file else {}
         self.api = ProxyApi(cfg, self.gateway, self, self.metrics, keys, self.clock)
         cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        self.engine_key = engine_key(cfg.daemon.state_dir)
+        self.api.upstream_headers["Authorization"] = f"Bearer {self.engine_key}"
         self.users = UserStore(db_path(cfg.daemon.state_dir), cfg.users)
         self.users.open()
         self.metrics.registry.register(UsageCollector(self.users))
@@ -503,7 +529,7 @@ class Daemon:
         host = self.cfg.slurm.bind_host if self.cfg.daemon.backend == "slurm" and self.cfg.slurm else "127.0.0.1"
         argv = engine_command(m, args.max_num_seqs, args.max_num_batched_tokens, args.priority, host)
         inst = Instance(self._next_id, model, pool, m.profile.gpus, self.clock(), startup_s(m))
-        spec = LaunchSpec(inst.id, model, argv, dict(m.env), gpus=m.profile.gpus)
+        spec = LaunchSpec(inst.id, model, argv, {**m.env, "VLLM_API_KEY": self.engine_key}, gpus=m.profile.gpus)
         try:
             inst.job_id = await self.backend.submit(spec)
         except BackendError as e:

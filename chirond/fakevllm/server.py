@@ -372,7 +372,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="on SIGTERM: 0 aborts in-flight requests at once (default); S > 0 refuses new ones with 503 and "
       "lets running ones finish for up to S seconds")
     a("--api-key", action="append", default=[], metavar="KEY",
-      help="require 'Authorization: Bearer KEY' on /v1 paths (repeatable)")
+      help="require 'Authorization: Bearer KEY' on /v1 paths (repeatable; default: $VLLM_API_KEY, as vLLM)")
     a("--seed", type=int, default=0, help="seed of the simulated answer lengths (default 0)")
 
 
@@ -406,7 +406,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging()
     server = FakeVllm(profile, args.model, speedup=args.speedup, max_num_seqs=args.max_num_seqs,
                       max_num_batched_tokens=args.max_num_batched_tokens, scheduling_policy=args.scheduling_policy,
-                      max_model_len=args.max_model_len, api_keys=args.api_key, seed=args.seed)
+                      max_model_len=args.max_model_len, seed=args.seed,
+                      api_keys=args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))
     startup_s = args.startup_s if args.startup_s is not None else profile.cold_start_s / args.speedup
     loop_factory = None
     with contextlib.suppress(ImportError):

@@ -144,6 +144,7 @@ class ProxyApi:
         self.accepting = True
         self.verify_key: Callable[[str], str | None] | None = None  # keys minted by `chiron token`
         self.more_routes: list[Callable[[web.Application], None]] = []
+        self.upstream_headers = dict(_JSON)  # plus the engines' key (Authorization), set by the daemon
 
     def app(self) -> web.Application:
         limit = self.api.max_body_bytes
@@ -320,10 +321,10 @@ class ProxyApi:
         light = resume is None and parsed.stream and job.req.cls is ReqClass.INTERACTIVE
         got_any = False
         try:
-            async with self.session.post(url, data=body, headers=_JSON) as up:
+            async with self.session.post(url, data=body, headers=self.upstream_headers) as up:
                 if up.status != 200:
                     data = await up.read()
-                    if up.status >= 500 or up.status == 429:
+                    if up.status >= 500 or up.status in (401, 429):  # 401: it does not take our engine key
                         return _Outcome("retry", oa.ApiError.upstream(f"instance answered {up.status}"))
                     return _Outcome("error", upstream_status=up.status, upstream_body=data)
                 parser = oa.SseParser()

@@ -241,3 +241,26 @@ async def test_client_disconnect_aborts_the_upstream_request(daemon_factory: Any
             break
         await asyncio.sleep(0.1)
     assert await running() == 0.0
+
+
+async def test_engines_take_only_chironds_key(daemon_factory: Any, tmp_path: Path) -> None:
+    # A user who reaches an engine's port cannot go around chirond: /v1 wants the engine key,
+    # which lives only in the daemon's state directory (0600) and the engines' environment.
+    d: Daemon = await daemon_factory()
+    key_file = d.cfg.daemon.state_dir / "engine.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip() == d.engine_key
+    (inst,) = d.instances.values()
+    body = {"model": "llama-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{inst.url}/v1/chat/completions", json=body) as r:
+            assert r.status == 401
+        headers = {"Authorization": f"Bearer {d.engine_key}"}
+        async with s.post(f"{inst.url}/v1/chat/completions", json=body, headers=headers) as r:
+            assert r.status == 200
+        async with s.get(f"{inst.url}/metrics") as r:  # as vLLM: metrics and health stay open
+            assert r.status == 200
+    c = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="none", max_retries=0)
+    r2 = await c.chat.completions.create(model="llama-8b", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r2.choices[0].message.content
+    await c.close()

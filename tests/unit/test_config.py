@@ -496,12 +496,16 @@ def test_check_config_error_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_check_config_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    over = {"daemon": {"listen_host": "0.0.0.0", "listen_port": 20001}, "models": {"m": {"slo": {"tpot_s": 0.005}}}}
+    over = {
+        "daemon": {"listen_host": "0.0.0.0", "listen_port": 20001},
+        "models": {"m": {"slo": {"tpot_s": 0.005}, "command": ["vllm", "serve", "x", "--port={port}", "--api-key=k"]}},
+    }
     assert check_config_main(argparse.Namespace(config=str(write(tmp_path, merged(BASE, over))))) == 0
     err = capsys.readouterr().err
     assert 'warning: api.auth = "open" on 0.0.0.0' in err
     assert "warning: daemon.listen_port 20001 lies inside backend.local.port_range" in err
     assert "warning: models.m.slo.tpot_s = 0.005 s is below one decode step" in err
+    assert "warning: models.m.command sets --api-key" in err
 
 
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
