@@ -93,7 +93,3 @@ class BatchService:
             acc[1] += tokens
         out = tuple(BacklogGroup(d, n, tok) for d, (n, tok) in sorted(groups.items()))
         return out, sum(g.requests for g in out)
-
-    def status(self) -> dict[str, object]:
-        per_model = {m: len(v) for m, v in self.runner.inflight.items()}
-        return {"leased": per_model, "recorded": self.runner.recorded}

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from test_slurm_requeue import TOML, FakeBackend
+from test_daemon_ssh import FakeBackend
+from test_slurm_requeue import TOML
 
 from chirond.cluster.backend import JobFacts, JobState
 from chirond.cluster.instances import Instance

@@ -113,7 +113,7 @@ class FakeSsh(SshTransport):
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, ssh: SshTransport) -> None:
+    def __init__(self, ssh: SshTransport | None = None) -> None:
         self.ssh = ssh
         self.cancelled: list[str] = []
         self.submitted: list[LaunchSpec] = []

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from test_daemon_ssh import FakeBackend
 from test_slurm_backend import T0, FakeLocalSlurm, spec, sq_job, squeue_json, started
 
-from chirond.cluster.backend import AdoptedJob, JobFacts, JobState, LaunchSpec
+from chirond.cluster.backend import JobFacts, JobState
 from chirond.cluster.instances import Instance
 from chirond.config import load_config
 from chirond.daemon import Daemon
@@ -111,33 +112,6 @@ profile = "llama-3.1-8b_a100-80gb_tp1"
 slo = { ttft_s = 1.0, tpot_s = 0.1 }
 min_instances = 1
 """
-
-
-class FakeBackend:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.facts: dict[str, JobFacts] = {}
-        self.cancelled: list[str] = []
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def adopt(self, models: Collection[str]) -> list[AdoptedJob]:
-        return []
-
-    async def submit(self, spec: LaunchSpec) -> str:
-        raise AssertionError("nothing is submitted here")
-
-    async def poll(self) -> dict[str, JobFacts]:
-        return dict(self.facts)
-
-    async def cancel(self, job_id: str, grace_s: float) -> None:
-        self.cancelled.append(job_id)
-
-    def free_gpus(self) -> int:
-        return 100
 
 
 @pytest.fixture
