@@ -52,6 +52,9 @@ class DaemonConfig:
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
     # `chiron token|usage|status|admin` talk to the daemon here; peer credentials say who calls.
     control_socket: Path | None = None  # None: <state_dir>/control.sock
+    # Dry runs only (`chirond replay`): the daemon's clock runs this many times faster than real
+    # time, against simulated engines sped up as much. 1 everywhere else.
+    clock_speedup: float = 1.0
 
     @property
     def socket_path(self) -> Path:
@@ -355,6 +358,7 @@ def _daemon(t: _Table, base: Path) -> DaemonConfig:
         log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
         control_socket=_socket_path(t, base),
+        clock_speedup=t.number("clock_speedup", _D.clock_speedup),
     )
 
 

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from chirond.batch.service import BatchService, db_path
+from chirond.clock import Clock
 from chirond.cluster.backend import Backend, BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.instances import Instance
 from chirond.cluster.local import LocalBackend
@@ -131,9 +132,9 @@ def make_backend(cfg: Config) -> Backend:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
+    def __init__(self, cfg: Config, backend: Backend | None = None, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        self.clock = time.monotonic
+        self.clock = clock or Clock(cfg.daemon.clock_speedup)
         profiles = {n: m.profile for n, m in cfg.models.items()}
         self.policy = make_policy(cfg.daemon.policy, profiles, cfg.daemon.policy_params)
         self.policy_state: object = None
@@ -234,7 +235,7 @@ class Daemon:
         await self.control.stop()
         await self.batch.stop()  # running lines stay queued in the store: they run after a restart
         while self.gateway.jobs and self.clock() < end:
-            await asyncio.sleep(0.1)
+            await self.clock.sleep(0.1 * self.clock.speedup)
         if self._control is not None:
             self._control.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -273,7 +274,7 @@ class Daemon:
                 log.exception("control tick failed")
             self.loop_at = self.clock()
             nxt += tick_s
-            await asyncio.sleep(max(0.0, nxt - self.clock()))
+            await self.clock.sleep(nxt - self.clock())
 
     async def tick(self) -> None:
         t0 = time.perf_counter()
@@ -315,7 +316,7 @@ class Daemon:
                 inst.job_state = JobState.RUNNING
                 inst.running_since = now
                 if f.ends_at is not None:
-                    inst.ends_at = now + (f.ends_at - time.time())
+                    inst.ends_at = now + (f.ends_at - time.time()) * self.clock.speedup
                 self._spawn(self._await_healthy(inst))
             elif f.state is JobState.ENDED:
                 failed = inst.cancel_sent_at is None
@@ -357,7 +358,7 @@ class Daemon:
                         if r.status == 200:
                             self._ready(inst)
                             return
-            await asyncio.sleep(HEALTH_POLL_S)
+            await self.clock.sleep(HEALTH_POLL_S * self.clock.speedup)
         if inst.id in self.instances and inst.cancel_sent_at is None:
             log.warning("instance %d (%s) not healthy within %.0f s: cancelling it", inst.id, m.name,
                         self.cfg.local.health_timeout_s)
@@ -551,7 +552,7 @@ class Daemon:
         limit = self.clock() + self.cfg.local.health_timeout_s
         while (inst.id in self.instances and inst.job_state is not JobState.RUNNING
                and inst.cancel_sent_at is None and self.clock() < limit):
-            await asyncio.sleep(step)
+            await self.clock.sleep(step * self.clock.speedup)
             self._apply_facts(await self.backend.poll(), self.clock())
 
     async def _cancel(self, inst: Instance, reason: str) -> None:
