@@ -18,8 +18,8 @@ from chirond.daemon import Daemon
 from chirond.model import Decision, ReqClass
 from chirond.policy.chirond import ChirondPolicy
 from chirond.tokens import count_messages, count_text, make_text
-
-from .conftest import ready_count, wait_for
+from tests.support import wait_for
+from tests.support.daemon import ready_count
 
 MODEL = "llama-8b"
 

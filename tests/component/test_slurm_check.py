@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from test_slurm_backend import REC, FakeSlurm, spec, started, write_slurm
 
 from chirond.cluster import slurm as slurmmod
 from chirond.cluster.backend import BackendError
@@ -20,6 +19,7 @@ from chirond.cluster.jobtemplate import TEMPLATE_PATH
 from chirond.cluster.slurm import CommandResult, SlurmCli, SlurmError
 from chirond.cluster.slurm_check import refusal_key, template_problem
 from chirond.config import SlurmBackendConfig, check_config_main
+from tests.support.slurm import REC, FakeSlurm, spec, started, write_slurm
 
 OK_TEST = (
     0,

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from test_daemon_ssh import FakeBackend
-from test_slurm_requeue import TOML
 
 from chirond.cluster.backend import JobFacts, JobState
 from chirond.cluster.instances import Instance
 from chirond.config import load_config
 from chirond.daemon import QUEUE_WAIT_WEIGHT, Daemon, startup_s
 from chirond.model import Pool
+from tests.support import FakeBackend
+from tests.support.config import SLURM_STATIC_TOML as TOML
 
 
 async def test_queue_wait_moves_the_lead_time(tmp_path: Path) -> None:

@@ -5,21 +5,21 @@ chirond policy (min 0, zero load) drains nothing, recovery, and the tunnel's URL
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from chirond.cluster.backend import AdoptedJob, JobFacts, JobState, LaunchSpec
+from chirond.cluster.backend import JobFacts, JobState
 from chirond.cluster.instances import Instance
 from chirond.cluster.slurm import CommandResult, TransportError
 from chirond.cluster.ssh import SshTransport
 from chirond.config import ConfigError, load_config
 from chirond.daemon import Daemon
 from chirond.model import Pool
+from tests.support import ROOT, Clock, FakeBackend
 
-ROOT = Path(__file__).resolve().parents[2]
 METRICS = (ROOT / "tests" / "data" / "vllm_metrics" / "vllm-0.10.2.txt").read_text()
 
 TOML = """
@@ -108,44 +108,6 @@ class FakeSsh(SshTransport):
 
     async def close_forward(self, host: str, port: int) -> None:
         self.closed_forwards.append((host, port))
-
-
-class FakeBackend:
-    name = "fake"
-
-    def __init__(self, ssh: SshTransport | None = None) -> None:
-        self.ssh = ssh
-        self.cancelled: list[str] = []
-        self.submitted: list[LaunchSpec] = []
-        self.facts: dict[str, JobFacts] = {}
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def adopt(self, models: Collection[str]) -> list[AdoptedJob]:
-        return []
-
-    async def submit(self, spec: LaunchSpec) -> str:
-        self.submitted.append(spec)
-        return str(100 + len(self.submitted))
-
-    async def poll(self) -> dict[str, JobFacts]:
-        return dict(self.facts)
-
-    async def cancel(self, job_id: str, grace_s: float) -> None:
-        self.cancelled.append(job_id)
-
-    def free_gpus(self) -> int:
-        return 100
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make(tmp_path: Path, ssh: str = "") -> tuple[Daemon, FakeBackend, FakeSsh, Clock, Instance]:

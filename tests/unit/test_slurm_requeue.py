@@ -14,14 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from test_daemon_ssh import FakeBackend
-from test_slurm_backend import T0, FakeLocalSlurm, spec, sq_job, squeue_json, started
 
 from chirond.cluster.backend import JobFacts, JobState
 from chirond.cluster.instances import Instance
 from chirond.config import load_config
 from chirond.daemon import Daemon
 from chirond.model import InstanceState, Pool
+from tests.support import FakeBackend
+from tests.support.config import SLURM_STATIC_TOML as TOML
+from tests.support.slurm import T0, FakeLocalSlurm, spec, sq_job, squeue_json, started
 
 
 def addr_file(tmp_path: Path, job_id: str, port: int, started_at: float) -> None:
@@ -95,23 +96,6 @@ async def test_running_to_pending_without_a_restart_count_is_a_requeue_too(tmp_p
 
 
 # ---------------------------------------------------------------- the daemon
-
-TOML = """
-[daemon]
-backend = "slurm"
-policy = "static"
-tick_s = 1
-state_dir = "state"
-[api]
-auth = "open"
-[backend.slurm]
-partition = "a100"
-squeue_min_interval_s = 0.05
-[models.m]
-profile = "llama-3.1-8b_a100-80gb_tp1"
-slo = { ttft_s = 1.0, tpot_s = 0.1 }
-min_instances = 1
-"""
 
 
 @pytest.fixture
