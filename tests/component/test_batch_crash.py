@@ -11,12 +11,13 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import openai
 
-from tests.component.test_serve_process import ROOT, free_port
+from tests.support import free_port, write_toml
+from tests.support.config import serve_toml
+from tests.support.procs import children, start_serve
 
 LINES = 3000
 KEY = "crash-test-key-0123456789abcdef"
@@ -24,46 +25,10 @@ KEY = "crash-test-key-0123456789abcdef"
 
 def config(tmp: Path, port: int) -> Path:
     (tmp / "keys").write_text(f"{KEY} alice\n")
-    cfg = tmp / "chirond.toml"
-    cfg.write_text(f"""
-[daemon]
-listen_port = {port}
-state_dir = "state"
-tick_s = 0.5
-policy = "static"
-log_level = "warning"
-
-[api]
-auth = "keys"
-keys_file = "keys"
-
-[backend.local]
-gpus = 2
-port_range = [{port + 1}, {port + 400}]
-
-[models.llama-8b]
-profile = "{ROOT / 'profiles' / 'llama-3.1-8b_a100-80gb_tp1.toml'}"
-slo = {{ ttft_s = 2.0, tpot_s = 0.2 }}
-min_instances = 2
-max_instances = 2
-sim_speedup = 20.0
-sim_startup_s = 0.2
-""")
-    return cfg
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (the engines of the local backend)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
+    return write_toml(tmp / "chirond.toml", serve_toml(
+        port, ports=400, min_instances=2, max_instances=2, sim_speedup=20.0, sim_startup_s=0.2,
+        daemon={"log_level": "warning"}, api={"auth": "keys", "keys_file": "keys"},
+    ))
 
 
 class Daemon:
@@ -73,10 +38,7 @@ class Daemon:
 
     async def start(self) -> None:
         with self.log.open("ab") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "chirond", "serve", "--config", str(self.cfg),
-                stdout=asyncio.subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
+            self.proc = await start_serve(self.cfg, err)
 
     async def kill9(self) -> None:
         assert self.proc is not None

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from chirond.fakevllm import FakeVllm
 from chirond.fakevllm.metrics import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 from chirond.profiles import load_profile
 from chirond.tokens import count_messages, count_prompt, count_text, make_text
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_PATH = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
@@ -327,12 +327,6 @@ async def test_many_concurrent_streams(server: FakeVllm) -> None:
 
 
 # ---------------------------------------------------------------- the process: start-up and SIGTERM
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def spawn(*args: str) -> tuple[asyncio.subprocess.Process, int]:

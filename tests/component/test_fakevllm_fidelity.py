@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chirond.engine import Engine, replay
 from chirond.model import ReqClass, Request
 from chirond.profiles import load_profile
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_PATH = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
@@ -55,12 +55,6 @@ def workload(seed: int = 7) -> list[Request]:
         t += rng.expovariate(RATE_PER_S)
         out.append(Request(i, MODEL, ReqClass.INTERACTIVE, t, rng.randint(500, 3000), rng.randint(20, 300)))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_healthy(session: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process) -> None:

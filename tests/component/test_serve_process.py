@@ -4,63 +4,22 @@ request in flight finish, refuses new ones, stops its instances and exits 0."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 import openai
 
 from chirond.tokens import make_text
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support import free_port, write_toml
+from tests.support.config import serve_toml
+from tests.support.procs import alive, start_serve
 
 
 async def test_serve_process_drains_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    cfg = tmp_path / "chirond.toml"
-    cfg.write_text(f"""
-[daemon]
-listen_port = {port}
-state_dir = "state"
-tick_s = 0.5
-policy = "static"
-
-[api]
-auth = "open"
-
-[backend.local]
-gpus = 2
-port_range = [{port + 1}, {port + 200}]
-
-[models.llama-8b]
-profile = "{ROOT / 'profiles' / 'llama-3.1-8b_a100-80gb_tp1.toml'}"
-slo = {{ ttft_s = 2.0, tpot_s = 0.2 }}
-min_instances = 1
-max_instances = 1
-sim_speedup = 2.0
-sim_startup_s = 0.3
-""")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chirond", "serve", "--config", str(cfg),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    cfg = write_toml(tmp_path / "chirond.toml", serve_toml(port))
+    proc = await start_serve(cfg)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:

@@ -22,7 +22,7 @@ except ImportError:  # asyncssh is a dependency of chirond's Slurm backend
         pytest.skip("CHIROND_SKIP_INTEGRATION=1", allow_module_level=True)
     raise
 
-from .conftest import LoopbackCluster, SlurmJobs, job_state, run, wait_state
+from tests.support.loopback import LoopbackCluster, SlurmJobs, job_state, run, wait_state
 
 # A stand-in for a vLLM server: binds a free port on 127.0.0.1 (all fake nodes share that address),
 # reports host:port through a file, and answers GET with what Slurm gave the job.

@@ -12,8 +12,7 @@ import pytest
 
 from chirond.cli import chirond_main
 from chirond.cluster.jobtemplate import TEMPLATE_PATH
-
-from .conftest import LoopbackCluster, run
+from tests.support.loopback import LoopbackCluster, run
 
 CONFIG = """
 [daemon]

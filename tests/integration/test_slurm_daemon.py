@@ -6,9 +6,8 @@ TERM reaches the engine; `chirond check-config` refuses an unknown partition."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,95 +17,19 @@ import pytest
 from chirond.cli import chirond_main
 from chirond.cluster.backend import BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.slurm_backend import SlurmBackend
-from chirond.config import ApiConfig, Config, DaemonConfig, LocalBackendConfig, ModelConfig, SlurmBackendConfig
+from chirond.config import SlurmBackendConfig
 from chirond.daemon import Daemon, engine_command
-from chirond.model import Slo
-from chirond.profiles import load_profile
-
-from .conftest import LoopbackCluster, job_state, run
-
-ROOT = Path(__file__).resolve().parents[2]
-PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
-MODEL = "llama-8b"
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
-
-
-def slurm_settings(tmp: Path, c: LoopbackCluster) -> SlurmBackendConfig:
-    # All fake nodes are 127.0.0.1: the engine binds there and the address file says so.
-    return SlurmBackendConfig(
-        partition=c.partition, gres_type=c.gpu_type, time_limit_s=600, signal_before_end_s=60, run_dir=tmp / "jobs",
-        python=sys.executable, port_range=(31000, 31999), bind_host="127.0.0.1", advertise_host="127.0.0.1",
-        squeue_min_interval_s=0.5, command_timeout_s=15,
-    )
-
-
-def daemon_config(tmp: Path, c: LoopbackCluster) -> Config:
-    profile = load_profile(PROFILE_8B)
-    model = ModelConfig(name=MODEL, profile_path=PROFILE_8B, profile=profile, slo=Slo(ttft_s=2.0, tpot_s=0.2),
-                        min_instances=1, max_instances=1, initial_instances=1, sim_speedup=4.0, sim_startup_s=0.5)
-    return Config(
-        path=tmp / "test.toml",
-        daemon=DaemonConfig(listen_host="127.0.0.1", listen_port=0, state_dir=tmp / "state", tick_s=0.5,
-                            scrape_timeout_s=1.0, stale_after_s=3.0, policy="static", backend="slurm"),
-        api=ApiConfig(auth="open", max_wait_s=60.0, retry_after_s=1),
-        local=LocalBackendConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=5.0),
-        models={MODEL: model},
-        slurm=slurm_settings(tmp, c),
-    )
-
-
-def tagged_jobs(daemon_id: str) -> dict[str, str]:
-    """Job id -> state of every job in squeue that carries this daemon's ownership tag."""
-    out = run("squeue", "-h", "-t", "all", "-o", "%i|%T|%k").stdout
-    jobs = {}
-    for line in out.splitlines():
-        job_id, state, comment = line.split("|", 2)
-        if comment.startswith(f"chirond:{daemon_id}:"):
-            jobs[job_id] = state
-    return jobs
-
-
-def cancel_leftovers(daemon_id: str | None) -> list[str]:
-    """scancel whatever of this daemon is still active; returns those job ids."""
-    if daemon_id is None:
-        return []
-    left = [j for j, s in tagged_jobs(daemon_id).items() if s in ACTIVE]
-    if left:
-        run("scancel", *left, check=False)
-    return left
-
-
-async def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, f"timed out after {timeout_s} s waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-async def wait_inactive(daemon_id: str, timeout_s: float = 15.0) -> None:
-    await wait_until(lambda: not any(s in ACTIVE for s in tagged_jobs(daemon_id).values()), timeout_s,
-                     f"the jobs of daemon {daemon_id} to end")
-
-
-def ready(d: Daemon) -> list[str]:
-    """Job ids of ready instances."""
-    return [i.job_id or "" for i in d.instances.values() if i.healthy_at is not None]
+from tests.support import wait_for
+from tests.support.daemon import ready
+from tests.support.loopback import LoopbackCluster, job_state, run
+from tests.support.slurm_daemon import MODEL, cancel_leftovers, daemon_config, running, slurm_settings, wait_inactive
 
 
 @pytest.fixture
 async def slurm_daemon(loopback_cluster: LoopbackCluster, tmp_path: Path) -> AsyncIterator[Daemon]:
-    d = Daemon(daemon_config(tmp_path, loopback_cluster))
-    b = d.backend
-    assert isinstance(b, SlurmBackend)  # chosen by daemon.backend = "slurm"
-    try:
-        await d.start()
+    # the backend is a SlurmBackend (daemon.backend = "slurm"); stop() cancels its jobs: none may be left running
+    async with running(daemon_config(tmp_path, loopback_cluster)) as d:
         yield d
-        await d.stop()
-        # stop() cancelled its jobs: none may be left running
-        assert b.daemon_id is not None
-        await wait_inactive(b.daemon_id)
-    finally:
-        cancel_leftovers(b.daemon_id)
 
 
 async def chat(c: openai.AsyncOpenAI) -> None:
@@ -128,7 +51,7 @@ async def test_daemon_serves_through_slurm_jobs_and_replaces_a_cancelled_one(
     d = slurm_daemon
     b = d.backend
     assert isinstance(b, SlurmBackend) and d.cfg.slurm is not None
-    await wait_until(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
+    await wait_for(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
     (inst,) = d.instances.values()
     assert inst.job_id is not None and inst.job_id.isdigit() and inst.healthy_at is not None
     print(f"sbatch to ready: {inst.healthy_at - inst.launched_at:.2f} s")  # shown with -s
@@ -144,8 +67,8 @@ async def test_daemon_serves_through_slurm_jobs_and_replaces_a_cancelled_one(
     # policy submits a replacement that becomes ready.
     first = inst.job_id
     run("scancel", first)
-    await wait_until(lambda: len(d.failures[MODEL]) == 1 and first not in ready(d), 15, "the daemon to see the end")
-    await wait_until(lambda: len(ready(d)) == 1, 30, "a replacement instance")
+    await wait_for(lambda: len(d.failures[MODEL]) == 1 and first not in ready(d), 15, "the daemon to see the end")
+    await wait_for(lambda: len(ready(d)) == 1, 30, "a replacement instance")
     (second,) = ready(d)
     assert second != first and job_state(first) == "CANCELLED"
     job_log = next(b.run_dir.glob(f"chirond-{MODEL}-*-{first}.log")).read_text()

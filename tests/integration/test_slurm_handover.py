@@ -14,10 +14,10 @@ from pathlib import Path
 import openai
 
 from chirond.cluster.slurm_backend import SlurmBackend
-
-from .conftest import LoopbackCluster
-from .test_slurm_daemon import MODEL, daemon_config, ready, tagged_jobs, wait_until
-from .test_slurm_scaling import running
+from tests.support import wait_for
+from tests.support.daemon import ready
+from tests.support.loopback import LoopbackCluster
+from tests.support.slurm_daemon import MODEL, daemon_config, running, tagged_jobs
 
 LIMIT_S = 180  # --time=3: the shortest limit the policy's 120 s margin leaves room in
 
@@ -75,7 +75,7 @@ async def test_time_limit_triggers_a_handover_with_no_failed_request(
     async with running(cfg) as d:
         b = d.backend
         assert isinstance(b, SlurmBackend) and b.daemon_id is not None
-        await wait_until(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
+        await wait_for(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
         (inst,) = d.instances.values()
         first = inst.job_id
         assert first is not None and inst.ends_at is not None
@@ -93,15 +93,15 @@ async def test_time_limit_triggers_a_handover_with_no_failed_request(
             load = asyncio.create_task(steady_load(c, stop, results))
             try:
                 # Handover: a successor is submitted and becomes ready, then the first job ends.
-                await wait_until(successor, LIMIT_S, "a successor job to be submitted")
+                await wait_for(successor, LIMIT_S, "a successor job to be submitted")
                 second = jobs_seen[1]
                 print(f"successor {second} submitted {inst.ends_at - d.clock():.0f} s before the limit")
-                await wait_until(lambda: second in ready(d), 60, "the successor to be ready")
-                await wait_until(lambda: inst.id not in d.instances, 60, "the first instance to end")
+                await wait_for(lambda: second in ready(d), 60, "the successor to be ready")
+                await wait_for(lambda: inst.id not in d.instances, 60, "the first instance to end")
                 print(f"first instance ended {inst.ends_at - d.clock():.0f} s before its limit: {inst.detail}")
                 # More requests after the handover, all on the successor.
                 n = len(results)
-                await wait_until(lambda: len(results) >= n + 5, 30, "requests after the handover")
+                await wait_for(lambda: len(results) >= n + 5, 30, "requests after the handover")
             finally:
                 stop.set()
                 await load

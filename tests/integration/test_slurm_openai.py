@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from component import test_daemon as local_tests
-from component.conftest import make_config, ready_count, wait_for
 
 from chirond.cluster.slurm_backend import SlurmBackend
 from chirond.daemon import Daemon
 
-from .conftest import LoopbackCluster
-from .test_slurm_daemon import cancel_leftovers, slurm_settings, wait_inactive
+# The one test module imported by another (issue 10 item 5 leaves it to the owner of test_daemon.py): the
+# shared bodies are to move into tests/support so that both modules call them.
+from tests.component import test_daemon as local_tests
+from tests.support import wait_for
+from tests.support.config import make_config
+from tests.support.daemon import ready_count
+from tests.support.loopback import LoopbackCluster
+from tests.support.slurm_daemon import cancel_leftovers, slurm_settings, wait_inactive
 
 test_chat_and_completions_streaming_and_not = local_tests.test_chat_and_completions_streaming_and_not
 test_bad_inputs_get_openai_errors_and_the_daemon_keeps_serving = (

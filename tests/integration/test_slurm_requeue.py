@@ -11,9 +11,10 @@ from pathlib import Path
 
 import openai
 
-from .conftest import LoopbackCluster, job_state, run
-from .test_slurm_daemon import MODEL, daemon_config, ready, tagged_jobs, wait_until
-from .test_slurm_scaling import client, running
+from tests.support import wait_for
+from tests.support.daemon import client, ready
+from tests.support.loopback import LoopbackCluster, job_state, run
+from tests.support.slurm_daemon import MODEL, daemon_config, running, tagged_jobs
 
 
 async def test_requeued_job_leaves_the_ready_set_and_comes_back_through_starting(
@@ -23,7 +24,7 @@ async def test_requeued_job_leaves_the_ready_set_and_comes_back_through_starting
     cfg = dataclasses.replace(base, models={MODEL: dataclasses.replace(base.models[MODEL], sim_speedup=2.0)})
     async with running(cfg) as d:
         assert d.backend.name == "slurm"
-        await wait_until(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
+        await wait_for(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
         (inst,) = d.instances.values()
         job = inst.job_id
         assert job is not None
@@ -33,18 +34,18 @@ async def test_requeued_job_leaves_the_ready_set_and_comes_back_through_starting
             req = asyncio.create_task(c.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "a long one"}], max_tokens=1500,
                 extra_body={"ignore_eos": True}))  # fmt: skip
-            await wait_until(lambda: bool(d.gateway.jobs) and inst.id in d.dispatcher.slots
+            await wait_for(lambda: bool(d.gateway.jobs) and inst.id in d.dispatcher.slots
                              and d.dispatcher.slots[inst.id].inflight == 1, 10, "the request to run")  # fmt: skip
             run("scontrol", "update", f"jobid={job}", "Requeue=1")  # chirond submits --no-requeue
             run("scontrol", "requeue", job)
-            await wait_until(lambda: inst.healthy_at is None, 15, "the instance to leave the ready set")
+            await wait_for(lambda: inst.healthy_at is None, 15, "the instance to leave the ready set")
             assert inst.id not in d.dispatcher.slots and len(d.failures[MODEL]) == 1
             assert d.dispatcher.queued(MODEL)[0] == 1  # its request waits in the queue again
             # Slurm holds a requeued job back (BeginTime, 2 min here: until the old run's credential
             # expires on its node). Let it start now, on the other node.
-            await wait_until(lambda: job_state(job) == "PENDING", 15, "the job to be pending again")
+            await wait_for(lambda: job_state(job) == "PENDING", 15, "the job to be pending again")
             run("scontrol", "update", f"jobid={job}", f"ExcNodeList={node}", "StartTime=now")
-            await wait_until(lambda: inst.healthy_at is not None, 60, "the instance to be ready again")
+            await wait_for(lambda: inst.healthy_at is not None, 60, "the instance to be ready again")
             r = await asyncio.wait_for(req, 60)
             assert r.usage is not None and r.usage.completion_tokens == 1500
             r2 = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],

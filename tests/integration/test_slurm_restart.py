@@ -15,8 +15,10 @@ from typing import Any
 import aiohttp
 import openai
 
-from .conftest import LoopbackCluster
-from .test_slurm_daemon import ACTIVE, PROFILE_8B, cancel_leftovers, tagged_jobs
+from tests.support import PROFILE_8B, free_port
+from tests.support.loopback import LoopbackCluster
+from tests.support.procs import start_serve
+from tests.support.slurm_daemon import ACTIVE, cancel_leftovers, tagged_jobs
 
 MODEL = "llama-8b"
 
@@ -61,20 +63,9 @@ sim_startup_s = 0.5
     return path
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def serve(cfg: Path, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as f:  # a file, not a pipe: a full pipe would block the daemon
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chirond", "serve", "--config", str(cfg),
-            stdout=asyncio.subprocess.DEVNULL, stderr=f,
-        )  # fmt: skip
+        return await start_serve(cfg, f)
 
 
 async def model_status(base: str) -> dict[str, Any] | None:

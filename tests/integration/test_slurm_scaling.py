@@ -16,19 +16,17 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from chirond.cluster.slurm_backend import SlurmBackend
-from chirond.config import Config
-from chirond.daemon import Daemon
 from chirond.model import Slo
-
-from .conftest import USABLE_NODE_STATES, LoopbackCluster, SlurmJobs, run, wait_state
-from .test_slurm_daemon import MODEL, cancel_leftovers, daemon_config, ready, tagged_jobs, wait_inactive, wait_until
+from tests.support import wait_for
+from tests.support.daemon import client, ready
+from tests.support.loopback import USABLE_NODE_STATES, LoopbackCluster, SlurmJobs, run, wait_state
+from tests.support.slurm_daemon import MODEL, daemon_config, running, tagged_jobs
 
 LONG = 2000  # output tokens of a "long" request: about 6 s on the 8B profile at sim_speedup 4
 
@@ -45,26 +43,6 @@ def busy(partition: str) -> list[str]:
     """Jobs (anyone's) pending, running or completing in `partition`."""
     states = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED"
     return run("squeue", "-h", "-p", partition, "-t", states, "-o", "%i").stdout.split()
-
-
-def client(d: Daemon) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="none", max_retries=0, timeout=60)
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Config) -> AsyncIterator[Daemon]:
-    """A started daemon; stopped at the end, with no job of it left active."""
-    d = Daemon(cfg)
-    b = d.backend
-    assert isinstance(b, SlurmBackend)
-    try:
-        await d.start()
-        yield d
-        await d.stop()
-        assert b.daemon_id is not None
-        await wait_inactive(b.daemon_id)
-    finally:
-        cancel_leftovers(b.daemon_id)
 
 
 async def long_request(c: openai.AsyncOpenAI, max_tokens: int, stream: bool) -> str:
@@ -113,23 +91,23 @@ async def test_chirond_policy_scales_out_under_queueing_and_back_in(
     async with running(cfg) as d, contextlib.AsyncExitStack() as stack:
         b = d.backend
         assert isinstance(b, SlurmBackend) and b.daemon_id is not None
-        await wait_until(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
+        await wait_for(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
         (first,) = ready(d)
         c = await stack.enter_async_context(client(d))  # closed before the daemon stops
         # One short request, so the policy sees interactive traffic and sets its SLO cap (8).
         r = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert r.choices[0].message.content
-        await wait_until(lambda: [s.cap for s in d.dispatcher.slots.values()] == [8], 5, "the SLO cap of 8")
+        await wait_for(lambda: [s.cap for s in d.dispatcher.slots.values()] == [8], 5, "the SLO cap of 8")
 
         load = [asyncio.create_task(long_request(c, 4 * LONG, stream=True)) for _ in range(12)]
         try:
-            await wait_until(lambda: len(d.instances) == 2, 10, "a second instance to be launched")
-            await wait_until(lambda: len(ready(d)) == 2, 30, "the second instance to be ready")
+            await wait_for(lambda: len(d.instances) == 2, 10, "a second instance to be launched")
+            await wait_for(lambda: len(ready(d)) == 2, 30, "the second instance to be ready")
             second = next(j for j in ready(d) if j != first)
             ours = tagged_jobs(b.daemon_id)
             assert ours == {first: "RUNNING", second: "RUNNING"}, ours
             # The queue empties onto the new instance, and the pressure does not ask for a third.
-            await wait_until(lambda: d.dispatcher.queued(MODEL) == (0, 0), 10, "the queue to empty")
+            await wait_for(lambda: d.dispatcher.queued(MODEL) == (0, 0), 10, "the queue to empty")
             slot = d.dispatcher.slots[next(i.id for i in d.instances.values() if i.job_id == second)]
             assert slot.inflight > 0
         finally:
@@ -139,7 +117,7 @@ async def test_chirond_policy_scales_out_under_queueing_and_back_in(
 
         # No load: the pressure holds 3 s, the plan must ask for fewer for 3 s more, then one is drained.
         t0 = time.monotonic()
-        await wait_until(lambda: len(d.instances) == 1, 25, "one instance to be drained and to end")
+        await wait_for(lambda: len(d.instances) == 1, 25, "one instance to be drained and to end")
         print(f"load stopped -> back to one instance: {time.monotonic() - t0:.1f} s")
         (left,) = d.instances.values()
         gone = ({first, second} - {left.job_id}).pop()
@@ -160,7 +138,7 @@ async def test_node_down_fails_its_instance_retries_requests_and_replaces_it(
     c0 = loopback_cluster
     assert len(c0.nodes) >= 2
     # Jobs of earlier tests may still be on their way out: start from an empty partition.
-    await wait_until(lambda: not busy(c0.partition), 20, f"partition {c0.partition} to be empty")
+    await wait_for(lambda: not busy(c0.partition), 20, f"partition {c0.partition} to be empty")
     # Blockers holding all but one GPU of each of the first two nodes: the daemon's two jobs then land one
     # per node. The second node's blocker goes once the first node is down, to make room for the replacement.
     gres = f"--gres=gpu:{c0.gpu_type}:{c0.gpus_per_node - 1}"
@@ -175,7 +153,7 @@ async def test_node_down_fails_its_instance_retries_requests_and_replaces_it(
         async with running(cfg) as d, contextlib.AsyncExitStack() as stack:
             b = d.backend
             assert isinstance(b, SlurmBackend)
-            await wait_until(lambda: len(ready(d)) == 2, 30, "two ready instances")
+            await wait_for(lambda: len(ready(d)) == 2, 30, "two ready instances")
             by_node = {node_of(j): j for j in ready(d)}
             assert set(by_node) == set(c0.nodes[:2]), f"both jobs on one node: {by_node}"
             victim_job = by_node[c0.nodes[0]]
@@ -192,7 +170,7 @@ async def test_node_down_fails_its_instance_retries_requests_and_replaces_it(
                     if j.req.instance == victim.id and j.req.output_tokens == n_tokens
                 )
 
-            await wait_until(
+            await wait_for(
                 lambda: (
                     on_victim(LONG) > 0
                     and on_victim(LONG + 1) > 0
@@ -206,7 +184,7 @@ async def test_node_down_fails_its_instance_retries_requests_and_replaces_it(
             run("scontrol", "update", f"nodename={downed}", "state=down", "reason=chirond-test")
             t0 = time.monotonic()
 
-            await wait_until(lambda: victim.id not in d.instances, 20, "the daemon to see the victim's job end")
+            await wait_for(lambda: victim.id not in d.instances, 20, "the daemon to see the victim's job end")
             print(f"node down -> daemon saw the end: {time.monotonic() - t0:.1f} s; detail {victim.detail!r}")
             assert len(d.failures[MODEL]) == 1
             end_state = run("squeue", "-h", "-t", "all", "-j", victim_job, "-o", "%T").stdout.strip()
@@ -223,7 +201,7 @@ async def test_node_down_fails_its_instance_retries_requests_and_replaces_it(
             assert plain_there > 0
 
             # The static policy asks for two again: a replacement, necessarily on the node still up.
-            await wait_until(lambda: len(ready(d)) == 2 and victim_job not in ready(d), 30, "a replacement")
+            await wait_for(lambda: len(ready(d)) == 2 and victim_job not in ready(d), 30, "a replacement")
             replacement = next(j for j in ready(d) if j not in by_node.values())
             assert node_of(replacement) == c0.nodes[1]
             assert await long_request(c, 8, stream=False) == "ok"

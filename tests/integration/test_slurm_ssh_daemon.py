@@ -37,13 +37,11 @@ from chirond.daemon import Daemon
 from chirond.model import Slo
 from chirond.profiles import load_profile
 from chirond.stats import ArrivalWindow
+from tests.support import PROFILE_8B, wait_for
+from tests.support.loopback import LoopbackCluster, run
+from tests.support.slurm_daemon import ACTIVE, tagged_jobs
+from tests.support.sshd import ThrowawaySshd
 
-from .conftest import LoopbackCluster, run
-from .sshd import ThrowawaySshd
-from .test_slurm_daemon import ACTIVE, tagged_jobs, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
-PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
 MODEL = "llama-8b"
 STALE_AFTER_S = 2.0
 
@@ -148,9 +146,9 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     ssh = d.ssh
 
     # (a) ready; metrics over SSH (never scraped directly); requests straight to node:port
-    await wait_until(lambda: any(i.healthy_at is not None for i in d.instances.values()), 40, "a ready instance")
+    await wait_for(lambda: any(i.healthy_at is not None for i in d.instances.values()), 40, "a ready instance")
     (inst,) = d.instances.values()
-    await wait_until(lambda: inst.stats is not None, 10, "metrics over ssh")
+    await wait_for(lambda: inst.stats is not None, 10, "metrics over ssh")
     assert d.ssh_scrapes >= 1 and ssh.connects >= 1 and direct == [] and ssh.fetcher in ("curl", "python3")
     assert d.instance_url(inst.id) == f"http://127.0.0.1:{inst.port}"
     c = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="none", max_retries=0, timeout=30)
@@ -162,12 +160,12 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     # (b) the sshd goes away: stale after stale_after_s, and then, with min 0 and zero load, no drain
     scrapes_before = d.ssh_scrapes
     root_sshd.kill()
-    await wait_until(lambda: is_stale(d), STALE_AFTER_S + 10, "the instance to be stale")
+    await wait_for(lambda: is_stale(d), STALE_AFTER_S + 10, "the instance to be stale")
     assert not ssh.connected and ssh.last_error and d.ssh_scrapes > scrapes_before
     d.cfg.models[MODEL] = dataclasses.replace(d.cfg.models[MODEL], min_instances=0)
     d.windows[MODEL] = ArrivalWindow()  # zero load: with fresh data the policy would drain down to 0
     ticks = d.ticks
-    await wait_until(lambda: d.ticks >= ticks + 8, 15, "8 ticks during the outage")
+    await wait_for(lambda: d.ticks >= ticks + 8, 15, "8 ticks during the outage")
     assert is_stale(d)
     assert list(d.instances) == [inst.id] and inst.drain_requested_at is None and inst.cancel_sent_at is None
     assert direct == []
@@ -175,9 +173,9 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     # (c) back on the same port: the transport reconnects (after its backoff), data is fresh again
     connects = ssh.connects
     root_sshd.start()
-    await wait_until(lambda: ssh.connected and inst.scrape_failing_since is None, 40, "reconnect and a fresh scrape")
+    await wait_for(lambda: ssh.connected and inst.scrape_failing_since is None, 40, "reconnect and a fresh scrape")
     assert ssh.connects > connects and not is_stale(d)
     # control: with fresh data the same policy now drains the idle instance
-    await wait_until(lambda: inst.drain_requested_at is not None or inst.id not in d.instances, 15,
+    await wait_for(lambda: inst.drain_requested_at is not None or inst.id not in d.instances, 15,
                      "the policy to drain the idle instance once its data is fresh")
     assert direct == []

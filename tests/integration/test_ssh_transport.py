@@ -19,9 +19,9 @@ from chirond.cluster.probe import ProbeError, parse_vllm_metrics
 from chirond.cluster.slurm import SlurmCli, TransportError
 from chirond.cluster.ssh import SshTransport, scrape_over_ssh
 from chirond.config import SshConfig
-
-from .conftest import LoopbackCluster, job_state, run, wait_state
-from .sshd import ThrowawaySshd, free_port
+from tests.support import free_port
+from tests.support.loopback import LoopbackCluster, job_state, run, wait_state
+from tests.support.sshd import ThrowawaySshd
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ROOT / "tests" / "data" / "vllm_metrics" / "vllm-0.10.2.txt"

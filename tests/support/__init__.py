@@ -20,6 +20,17 @@ from tests.support.toml import dumps_toml, write_toml
 from tests.support.wait import wait_for, wait_until_sync
 
 __all__ = [
-    "DATA", "METRICS_PATH", "PROFILE_8B", "PROFILES", "ROOT", "Clock", "FakeBackend", "dumps_toml", "free_port",
-    "free_port_block", "wait_for", "wait_until_sync", "write_toml",
+    "DATA",
+    "METRICS_PATH",
+    "PROFILES",
+    "PROFILE_8B",
+    "ROOT",
+    "Clock",
+    "FakeBackend",
+    "dumps_toml",
+    "free_port",
+    "free_port_block",
+    "wait_for",
+    "wait_until_sync",
+    "write_toml",
 ]

@@ -14,15 +14,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .conftest import LoopbackCluster
+from tests.support.loopback import LoopbackCluster
+from tests.support.net import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ThrowawaySshd:

@@ -1,14 +1,12 @@
 """etc/chirond.service: the settings the daemon relies on are there (notify, restart, the dedicated
 user, the stop budget against the daemon's own timeouts, the sandbox and what it must not hold),
-every directive has its comment, and `systemd-analyze verify` accepts the file where it exists."""
+and every directive has its comment. `systemd-analyze` on it: tests/component/test_service_unit_verify.py."""
 
 from __future__ import annotations
 
 import configparser
 import re
 import shlex
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -20,10 +18,6 @@ from chirond.config import DaemonConfig, LocalBackendConfig
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "etc" / "chirond.service"
 EXAMPLE = ROOT / "etc" / "chirond.toml"
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_systemd_analyze = pytest.mark.skipif(
-    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed here (Debian: apt-get install systemd)"
-)
 
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -179,61 +173,3 @@ def test_every_directive_is_commented() -> None:
         if i == 0 or not lines[i - 1].lstrip().startswith("#"):
             uncommented.append(f"{i + 1}: {line}")
     assert uncommented == []
-
-
-# ---------------------------------------------------------------- systemd-analyze
-
-
-def _verify(text: str, tmp_path: Path) -> tuple[int, list[str], str]:
-    """Run `systemd-analyze verify` on `text` saved as chirond.service; returns its exit status, the
-    lines that concern the unit, and the whole output."""
-    assert SYSTEMD_ANALYZE is not None
-    path = tmp_path / "chirond.service"
-    path.write_text(text)
-    r = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(path)], capture_output=True, text=True,
-                       timeout=120, env={"PATH": "/usr/bin:/bin", "SYSTEMD_LOG_COLOR": "0", "LANG": "C"})
-    out = r.stderr + r.stdout
-    return r.returncode, [ln for ln in out.splitlines() if "chirond" in ln], out
-
-
-def _runnable(text: str) -> str:
-    """The unit with ExecStart on the chirond installed here: verify requires the binary to exist."""
-    exe = shutil.which("chirond")
-    if exe is None:
-        pytest.skip("no `chirond` on PATH (pip install -e .): systemd-analyze verify needs ExecStart to exist")
-    new, n = re.subn(r"^ExecStart=/usr/local/bin/chirond ", f"ExecStart={exe} ", text, flags=re.M)
-    assert n == 1
-    return new
-
-
-@needs_systemd_analyze
-def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    rc, problems, out = _verify(_runnable(UNIT.read_text()), tmp_path)
-    assert problems == [], out
-    assert rc == 0, out
-
-
-@needs_systemd_analyze
-def test_systemd_analyze_verify_catches_mistakes(tmp_path: Path) -> None:
-    """The check above can fail: a misspelt key and a missing binary are reported."""
-    text = _runnable(UNIT.read_text()).replace("ProtectSystem=strict", "ProtectSytem=strict")
-    _, problems, out = _verify(text, tmp_path)
-    assert any("Unknown key" in p and "ProtectSytem" in p for p in problems), out
-    rc, problems, out = _verify(UNIT.read_text().replace("/usr/local/bin/chirond", "/nonexistent/chirond"),
-                                tmp_path)
-    assert rc != 0 and any("not executable" in p for p in problems), out
-
-
-@needs_systemd_analyze
-def test_systemd_analyze_security(tmp_path: Path) -> None:
-    """The sandbox keeps systemd's exposure score at most "MEDIUM" (4.7 "OK" with systemd 252)."""
-    assert SYSTEMD_ANALYZE is not None
-    path = tmp_path / "chirond.service"
-    path.write_text(_runnable(UNIT.read_text()))
-    r = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(path)],
-                       capture_output=True, text=True, timeout=120,
-                       env={"PATH": "/usr/bin:/bin", "SYSTEMD_LOG_COLOR": "0", "LANG": "C"})
-    m = re.search(r"Overall exposure level for chirond\.service: (\d+(?:\.\d+)?)", r.stdout + r.stderr)
-    if m is None:
-        pytest.skip(f"systemd-analyze security --offline is not supported here (systemd < 250?): {r.stderr[-300:]}")
-    assert float(m.group(1)) <= 6.0, r.stdout
