@@ -15,7 +15,7 @@ import pytest
 from chirond.control_cli import ControlError, call
 from chirond.daemon import Daemon
 from chirond.daemon_ops import operations
-from tests.component.conftest import wait_for
+from tests.support import wait_for
 
 MODEL = "llama-8b"
 END = {"completed", "failed", "expired", "cancelled"}
