@@ -67,6 +67,7 @@ def child_ingest(d: Path, src: Path) -> dict:
     from chirond.batch.store import BatchStore
 
     store = BatchStore(d / "chirond.db", d / "files", _limits(), [MODEL])  # type: ignore[arg-type]
+    store.open()
     t0 = time.perf_counter()
     up = store.new_upload()
     with open(src, "rb") as f:
@@ -106,6 +107,7 @@ def child_queue(d: Path, calls: int) -> dict:
 
     t0 = time.perf_counter()
     store = BatchStore(d / "chirond.db", d / "files", _limits(), [MODEL])  # type: ignore[arg-type]
+    store.open()
     t1 = time.perf_counter()
     first = store.next_lines(MODEL, 1)
     t2 = time.perf_counter()

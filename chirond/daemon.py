@@ -153,6 +153,7 @@ class Daemon:
         self.api.verify_key = self.users.verify
         self.user_inflight = InFlight()  # interactive requests per user, for the quota
         self.batch = BatchService(cfg, self.api, self.dispatcher, self._check_batch_lines)
+        self.batch.open()  # before the HTTP site listens: the Files and Batches routes use the store
         self.control = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users)
         self.instances: dict[int, Instance] = {}
         self.windows = {n: ArrivalWindow() for n in cfg.models}

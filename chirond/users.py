@@ -1,6 +1,7 @@
 """Users: API keys minted for Unix accounts (stored only as SHA-256 hashes), per-user quotas and
 usage accounting, in SQLite tables of their own (`users_*`, `usage_*`) inside the daemon's
-chirond.db (the batch store keeps its tables in the same file, on its own connection).
+chirond.db (chirond.db owns the file and its schema; the batch store keeps its tables in the same
+file, on its own connection).
 
 The request path costs microseconds: `verify` is a dict lookup on the key's hash after the first
 use, `tokens_today` reads an in-memory counter, and usage is buffered in memory and written once
@@ -22,6 +23,8 @@ from typing import Any, NoReturn
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from chirond.db import Database
 
 KEY_PREFIX = "chd-"  # every minted key starts with it (so a leaked key is recognisable in a scan)
 SHOWN_CHARS = 12  # "chd-" + 8 characters: enough to tell keys apart, far too little to guess one
@@ -155,26 +158,7 @@ def gpu_seconds(gpus: int, seconds: float, inflight: int) -> float:
 
 # ---------------------------------------------------------------- the store
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users_keys (
-    hash TEXT PRIMARY KEY,      -- sha256 hex of the key; the key itself is never stored
-    user TEXT NOT NULL,
-    prefix TEXT NOT NULL,       -- the key's first SHOWN_CHARS characters, to tell keys apart
-    created REAL NOT NULL,      -- epoch seconds
-    last_used REAL              -- epoch seconds, written by flush()
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS users_keys_user ON users_keys(user);
-CREATE TABLE IF NOT EXISTS usage_daily (
-    user TEXT NOT NULL,
-    day TEXT NOT NULL,          -- UTC, YYYY-MM-DD
-    model TEXT NOT NULL,
-    requests INTEGER NOT NULL,
-    tokens_in INTEGER NOT NULL,
-    tokens_out INTEGER NOT NULL,
-    gpu_s REAL NOT NULL,
-    PRIMARY KEY (user, day, model)
-) WITHOUT ROWID;
-"""
+# The tables (users_keys, usage_daily) are created by chirond.db's migrations.
 
 
 class UserError(ValueError):
@@ -206,10 +190,14 @@ class Usage:
 class UserStore:
     """Keys, usage and quota checks. Synchronous: every call is one small SQLite statement or none
     (the daemon is one event loop; the batch store shares the file through its own connection).
-    The constructor does no I/O; `open()` creates the tables."""
+    The constructor does no I/O; `open()` brings chirond.db up to date (chirond.db.Database: a
+    path is opened through a Database of its own) and opens the store's connection."""
 
-    def __init__(self, db_path: Path, cfg: UsersConfig | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.db_path = Path(db_path)
+    def __init__(
+        self, db: Database | Path, cfg: UsersConfig | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.database = db if isinstance(db, Database) else Database(db)
+        self.db_path = self.database.path
         self.cfg = cfg or UsersConfig()
         self.clock = clock
         self._db: sqlite3.Connection | None = None
@@ -223,13 +211,12 @@ class UserStore:
     # ---------------------------------------------------------------- lifetime
 
     def open(self) -> None:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit; transactions explicit
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a kill -9 of the process loses nothing
-        db.execute("PRAGMA busy_timeout=5000")  # the batch store writes the same file
-        db.executescript(_SCHEMA)
-        self._db = db
+        """Migrates chirond.db if needed (chirond.db.SchemaError when it cannot be used) and opens
+        the connection (this thread's only). Again is a no-op."""
+        if self._db is not None:
+            return
+        self.database.open()
+        self._db = self.database.connect(busy_timeout_s=5.0)  # the batch store writes the same file
 
     def close(self) -> None:
         if self._db is not None:

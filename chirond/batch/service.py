@@ -10,11 +10,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from chirond.batch.runner import BatchRunner
 from chirond.batch.store import BatchStore, Line, LineResult
 from chirond.config import Config
+from chirond.db import Database, db_path
 from chirond.dispatch import Dispatcher
 from chirond.model import BacklogGroup
 from chirond.serve import openai_api as oa
@@ -27,31 +27,37 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 MIN_WINDOW, MAX_WINDOW = 16, 4096
 
 
-def db_path(state_dir: Path) -> Path:
-    """The daemon's one SQLite file: batches, files, lines, keys, usage."""
-    return state_dir / "chirond.db"
-
-
 class BatchService:
+    """The constructor does no I/O. `open()` opens the store (migrating chirond.db if needed): call
+    it before the HTTP site listens, so the Files and Batches routes find it open; `start()` opens
+    it if that was not done and starts the runner. `db`: the daemon's chirond.db owner, to share
+    one with the users store (default: one of its own on <state_dir>/chirond.db)."""
+
     def __init__(
         self,
         cfg: Config,
         api: ProxyApi,
         dispatcher: Dispatcher,
         check_lines: Callable[[str, int], str | None] | None = None,
+        db: Database | None = None,
     ) -> None:
         state = cfg.daemon.state_dir
-        state.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         self.api = api
         self.dispatcher = dispatcher
-        self.store = BatchStore(db_path(state), state / "files", cfg.batch, list(cfg.models))
+        self.store = BatchStore(db or Database(db_path(state)), state / "files", cfg.batch, list(cfg.models))
         self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
         self._stored: dict[str, list[tuple[float, int, int]]] = {}  # the store's backlog per model
         self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines)
         api.more_routes.append(self.http.add_routes)
 
+    def open(self) -> None:
+        """Opens the store (again is a no-op); raises chirond.db.SchemaError for a file it cannot use."""
+        self.cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+
     async def start(self) -> None:
+        self.open()
         await self.runner.start()
 
     async def stop(self) -> None:

@@ -1,6 +1,7 @@
 """The durable store of the Files and Batches API: uploaded files, batches, and every batch line
-with its result, in SQLite (WAL, synchronous=NORMAL: a kill -9 of the process loses no committed
-transaction; a power cut may lose the last ones, as for any WAL database at NORMAL).
+with its result, in the batch_* tables of chirond.db (chirond.db owns the file and its schema; WAL,
+synchronous=NORMAL: a kill -9 of the process loses no committed transaction; a power cut may lose
+the last ones, as for any WAL database at NORMAL).
 
 Exactly once by construction: a line is a row whose state goes 0 (queued) -> 1 (output) or 2
 (error) once, in the transaction that stores its finished output/error line text; the output
@@ -32,6 +33,7 @@ from typing import Any, BinaryIO
 
 from chirond.batch.fair import DeficitRoundRobin
 from chirond.batch.jsonl import LineError, check_line
+from chirond.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +46,6 @@ FETCH = 256  # rows read from the table at a time per (batch, model) queue
 INSERT_CHUNK = 20_000  # rows per validation transaction: short write locks for the runner
 MAX_BATCH_ERRORS = 100  # line errors kept in a failed batch's `errors`
 ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batch_files (
-    id TEXT PRIMARY KEY, user TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
-    bytes INTEGER NOT NULL, lines INTEGER NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS batch_files_user ON batch_files(user, created_at);
-CREATE INDEX IF NOT EXISTS batch_files_expiry ON batch_files(expires_at);
-CREATE TABLE IF NOT EXISTS batch_batches (
-    bkey INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, user TEXT NOT NULL, endpoint TEXT NOT NULL,
-    input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, status TEXT NOT NULL,
-    target TEXT, errors TEXT, metadata TEXT,
-    total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
-    output_file_id TEXT, error_file_id TEXT,
-    created_at REAL NOT NULL, expires_at REAL NOT NULL, in_progress_at REAL, finalizing_at REAL,
-    completed_at REAL, failed_at REAL, expired_at REAL, cancelling_at REAL, cancelled_at REAL);
-CREATE INDEX IF NOT EXISTS batch_batches_user ON batch_batches(user, bkey);
-CREATE TABLE IF NOT EXISTS batch_lines (
-    rowid INTEGER PRIMARY KEY, bkey INTEGER NOT NULL, state INTEGER NOT NULL, model TEXT,
-    custom_id TEXT, tokens INTEGER NOT NULL, off INTEGER, len INTEGER, result TEXT);
-CREATE INDEX IF NOT EXISTS batch_lines_queued ON batch_lines(bkey, model, tokens) WHERE state = 0;
-"""
 
 _BATCH_COLS = (
     "bkey, id, user, endpoint, input_file_id, completion_window, status, target, errors, metadata, total, "
@@ -257,15 +238,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # transactions explicit
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a kill -9 of the process loses nothing
-    db.execute("PRAGMA busy_timeout=30000")  # validation and the users store write the same file
-    db.execute("PRAGMA cache_size=-65536")
-    return db
-
-
 @contextmanager
 def _tx(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("BEGIN IMMEDIATE")
@@ -387,25 +359,28 @@ class Upload:
 
 
 class BatchStore:
+    """The constructor does no I/O; `open()` brings chirond.db up to date (chirond.db.Database),
+    opens the store's connection and loads the batches that are not final; `close()` closes it.
+    One connection, shared under a lock by the event loop, the runner and the validation thread;
+    validation and file writing open their own for the thread they run in."""
+
     def __init__(
         self,
-        db_path: Path,
+        db: Database | Path,
         files_dir: Path,
         limits: BatchLimits,
         models: Collection[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db_path = Path(db_path)
+        self.database = db if isinstance(db, Database) else Database(db)
+        self.db_path = self.database.path
         self.files_dir = Path(files_dir)
         self.limits = limits
         self.models = frozenset(models)
         self.clock = clock
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.files_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # the API, the runner and validation threads share this object
         self._tick_lock = threading.Lock()
-        self._db = _connect(self.db_path)
-        self._db.executescript(_SCHEMA)
+        self._conn: sqlite3.Connection | None = None  # set by open()
         self._batches: dict[str, _Batch] = {}  # id -> batch not final yet
         self._queues: dict[str, dict[tuple[int, str], _Queue]] = {}  # model -> (bkey, model) -> queue
         self._leases: dict[tuple[int, int], tuple[_Queue, _Row]] = {}  # (bkey, rowid) -> where it came from
@@ -413,12 +388,40 @@ class BatchStore:
         self._validating: set[str] = set()
         self._unfinished: dict[str, int] = {}  # user -> queued + leased lines of in_progress batches
         self._next_file_expiry = float("inf")  # when tick() next has a file to delete
-        self._load()
-        self._clean_files_dir()
+
+    def open(self) -> None:
+        """Migrates chirond.db if needed (chirond.db.SchemaError when it cannot be used), then loads
+        the batches that are not final and sweeps the files directory. Again is a no-op."""
+        with self._lock:
+            if self._conn is not None:
+                return
+            self.database.open()
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            self._conn = self._connect()
+            try:
+                self._load()
+                self._clean_files_dir()
+            except BaseException:
+                self._conn.close()
+                self._conn = None
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        # Shared across threads under self._lock (the main one) or used by one thread (the others);
+        # validation and the users store write the same file: a long busy timeout.
+        return self.database.connect(busy_timeout_s=30.0, cache_kib=65536, check_same_thread=False)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("BatchStore.open() was not called")
+        return self._conn
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # ------------------------------------------------------------ open / restore
 
@@ -709,7 +712,7 @@ class BatchStore:
 
     def _validate(self, b: _Batch, input_file_id: str) -> dict:
         base = b.bkey << IDX_BITS
-        db = _connect(self.db_path)
+        db = self._connect()
         stats: dict[str, list[int]] = {}  # model -> [lines, tokens, first rowid]
         errors: list[dict] = []
         good = bad = 0
@@ -1082,7 +1085,7 @@ class BatchStore:
         row = self._batch_row(b.id)
         user, out_id, err_id = row[2], row[13], row[14]
         lo, hi = b.bkey << IDX_BITS, (b.bkey + 1) << IDX_BITS
-        db = _connect(self.db_path)
+        db = self._connect()
         try:
             sizes = self._write_results(db, lo, hi, out_id, err_id)
         finally:

@@ -98,6 +98,7 @@ def quota(user: str, lines: int) -> str | None:
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     files_dir = tmp_path / "files"
     store = BatchStore(tmp_path / "chirond.db", files_dir, BatchLimits(max_file_bytes=MAX_FILE), [MODEL])
+    store.open()
     srv = Server(store, "", files_dir)
     app = web.Application(middlewares=[error_middleware(1 << 20)])
     BatchApi(store, auth, srv.created.append, quota).add_routes(app)

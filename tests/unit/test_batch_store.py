@@ -33,7 +33,9 @@ def clock() -> Clock:
 
 
 def open_store(tmp: Path, clock: Clock, **limits: object) -> BatchStore:
-    return BatchStore(tmp / "chirond.db", tmp / "files", BatchLimits(**limits), MODELS, clock)  # type: ignore[arg-type]
+    s = BatchStore(tmp / "chirond.db", tmp / "files", BatchLimits(**limits), MODELS, clock)  # type: ignore[arg-type]
+    s.open()
+    return s
 
 
 @pytest.fixture
