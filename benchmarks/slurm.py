@@ -8,7 +8,7 @@ costs at 8 and 64 instances. Prints tables and writes them into docs/benchmarks.
 (i)   spike -> Launch -> sbatch returned -> job RUNNING seen -> ready: an in-process daemon (chirond
       policy, 8B profile, simulated server), 12 concurrent long streams against a cap of 8; the
       policy's plan() and the backend's submit() are wrapped to timestamp the Launch decision and
-      sbatch; Instance.running_since / healthy_at give the rest. Between trials the load stops and
+      sbatch; Instance.running_since / ready_at give the rest. Between trials the load stops and
       the daemon drains back to one instance.
 (ii)  Slurm commands per minute at steady state (one ready instance, static policy, no requests),
       counted with SlurmCli.calls.
@@ -61,7 +61,15 @@ def make_config(
     slo: tuple[float, float] = (2.0, 0.2),
     params: dict[str, float] | None = None,
 ) -> Any:
-    from chirond.config import ApiConfig, Config, DaemonConfig, LocalBackendConfig, ModelConfig, SlurmBackendConfig
+    from chirond.config import (
+        ApiConfig,
+        Config,
+        DaemonConfig,
+        LifecycleConfig,
+        LocalBackendConfig,
+        ModelConfig,
+        SlurmBackendConfig,
+    )
     from chirond.model import Slo
     from chirond.profiles import load_profile
 
@@ -106,7 +114,8 @@ def make_config(
             backend="slurm" if slurm else "local",
         ),
         api=ApiConfig(auth="open", max_wait_s=120.0, retry_after_s=1),
-        local=LocalBackendConfig(health_timeout_s=60.0, drain_timeout_s=5.0, stop_grace_s=5.0),
+        local=LocalBackendConfig(),
+        lifecycle=LifecycleConfig(health_timeout_s=60.0, drain_timeout_s=5.0, stop_grace_s=5.0),
         models={MODEL: model},
         slurm=sl,
     )
@@ -121,7 +130,7 @@ async def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> N
 
 
 def ready(d: Any) -> list[Any]:
-    return [i for i in d.instances.values() if i.healthy_at is not None]
+    return [i for i in d.instances.values() if i.ready_at is not None]
 
 
 async def stop_daemon(d: Any) -> None:
@@ -211,19 +220,19 @@ async def spikes(trials: int, tick_s: float, squeue_s: float) -> list[dict[str, 
                 try:
                     await wait_until(lambda k=known: len(set(d.instances) - k) > 0, 10 * tick_s + 10, "a launch")
                     new = d.instances[(set(d.instances) - known).pop()]
-                    await wait_until(lambda i=new: i.healthy_at is not None, 60, "the new instance to be ready")
+                    await wait_until(lambda i=new: i.ready_at is not None, 60, "the new instance to be ready")
                 finally:
                     for t in load:
                         t.cancel()
                     await asyncio.gather(*load, return_exceptions=True)
-                assert new.running_since is not None and new.healthy_at is not None
+                assert new.running_since is not None and new.ready_at is not None
                 out.append(
                     {
                         "launch": marks["launch"] - t0,
                         "sbatch_start": marks["sbatch_start"] - t0,
                         "sbatch_end": marks["sbatch_end"] - t0,
                         "running": new.running_since - t0,
-                        "ready": new.healthy_at - t0,
+                        "ready": new.ready_at - t0,
                     }
                 )
                 print(
@@ -371,7 +380,7 @@ async def tick_cost(n: int, ticks: int) -> dict[str, float]:
                     await d.tick()
                     wall.append((time.perf_counter() - w0) * 1000)
                     cpu.append((time.process_time() - c0) * 1000)
-                assert len(d.instances) == n and not any(i.scrape_failing_since for i in d.instances.values())
+                assert len(d.instances) == n and not any(i.stale_since for i in d.instances.values())
             finally:
                 await d.stop()
     finally:
@@ -436,7 +445,7 @@ def main() -> int:
         "(aiohttp client in the same process); the times are from that moment to: the first `plan()` whose "
         "decision holds a `Launch` (plan wrapped), `backend.submit` called and returned (wrapped: sbatch through "
         "`SlurmCli`), the daemon seeing the job RUNNING (`Instance.running_since`, from its squeue poll), and "
-        "the first `/health` 200 (`Instance.healthy_at`). Then the load stops and the daemon drains back to one "
+        "the first `/health` 200 (`Instance.ready_at`). Then the load stops and the daemon drains back to one "
         "instance before the next trial. (ii) A daemon (policy `static`, one ready instance, no requests) "
         "with `squeue_min_interval_s` 2 (the default); Slurm commands are counted by `SlurmCli.calls` over the "
         "window and scaled to a minute. (iii) `Daemon.tick()` called back to back (the control loop itself "

@@ -1,4 +1,4 @@
-"""The `chiron` commands that talk to the daemon over its control socket (chirond/control.py):
+"""The `chiron` commands that talk to the daemon over its control socket (chirond/ops/socket_server.py):
 `chiron token`, `chiron usage`, `chiron status` and `chiron admin drain|limits`. The socket knows
 who runs them from the Unix account; no key or password is needed.
 

@@ -35,7 +35,7 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chirond.model import Request, Slo
+from chirond.model import Request, Slo, within_slo
 from chirond.tokens import CHAT_OVERHEAD, MESSAGE_OVERHEAD, make_text
 
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "azure2023_conv.csv"
@@ -404,7 +404,7 @@ def meets_slo(r: Record, slo: Slo) -> bool:
     if not r.stream:
         tokens = r.completion_tokens if r.completion_tokens is not None else r.max_tokens
         return r.e2e_s <= slo.ttft_s + slo.tpot_s * max(tokens - 1, 0)
-    return r.ttft_s is not None and r.ttft_s <= slo.ttft_s and (r.tpot_s or 0.0) <= slo.tpot_s
+    return r.ttft_s is not None and bool(within_slo(r.ttft_s, r.tpot_s or 0.0, slo.ttft_s, slo.tpot_s))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -43,6 +43,8 @@ class Metrics:
                                ["model", "action"], registry=r)
         self.tick = Histogram("chirond_control_tick_seconds", "Time spent in one control tick",
                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
+        self.loop_lag = Gauge("chirond_event_loop_lag_seconds", "How late the control loop last woke up, in "
+                              "real seconds (a busy event loop; `chirond replay` reads it)", registry=r)
         self._finished: dict[tuple[str, str], list[int]] = {}
 
     def finished(self, model: str, cls: str, met: bool) -> None:

@@ -6,8 +6,9 @@ Everything here is plain data. The simulator and the daemon both build `Snapshot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class ReqClass(StrEnum):
@@ -78,6 +79,12 @@ class Request:
 class Slo:
     ttft_s: float
     tpot_s: float
+
+
+def within_slo(ttft: Any, tpot: Any, ttft_slo: Any, tpot_slo: Any) -> Any:
+    """The one definition of an interactive request meeting its SLO: TTFT and TPOT both within.
+    Takes floats or numpy arrays alike (the daemon's accounting, `chiron load`, the report)."""
+    return (ttft <= ttft_slo) & (tpot <= tpot_slo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +188,9 @@ class Launch:
     # Successors of this many instances near their time limit: they may go past max_instances
     # for the overlap (a model at max_instances = 1 must still hand over before its limit).
     replaces: int = 0
+    # The engine flags the new instances run with, decided with the launch (not compared: a
+    # decision is the same whatever the flags' object identity).
+    args: EngineArgs | None = field(default=None, compare=False)
 
     def room(self, have: int, max_instances: int) -> int:
         """How many to start when the model has `have` instances."""

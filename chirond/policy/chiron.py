@@ -114,7 +114,7 @@ class ChironPolicy(Policy):
         stale = any_stale(m)
 
         if len(mixed) < int(p["mixed_instances"]):
-            out.append(Launch(m.name, Pool.MIXED))
+            out.append(Launch(m.name, Pool.MIXED, args=self.engine_args(m.name, m.slo)))
 
         # Interactive backpressure, locked while a start or stop is in progress.
         locked = any(i.state is not InstanceState.READY for i in m.instances if i.pool is Pool.INTERACTIVE)
@@ -123,7 +123,7 @@ class ChironPolicy(Policy):
             busy = sum(1 for i in serving if i.inflight_interactive > 0)
             ibp = busy / len(serving)
             if ibp > p["ibp_threshold"] and len(inter) + len(mixed) < m.max_instances:
-                out.append(Launch(m.name, Pool.INTERACTIVE))
+                out.append(Launch(m.name, Pool.INTERACTIVE, args=self.engine_args(m.name, m.slo)))
                 why.append(f"{m.name} ibp {ibp:.2f} > {p['ibp_threshold']}")
             elif len(inter) > max(1, m.min_instances) and not stale:
                 victim = pick_to_drain([i for i in inter if i.state is InstanceState.READY])
@@ -138,7 +138,7 @@ class ChironPolicy(Policy):
             drain = m.batch_queue * p["est_tokens_per_request"] / (tps * max(1, len(batch)))
             left = m.backlog[0].deadline - now
             if (drain > left or not batch) and len(m.instances) < m.max_instances:
-                out.append(Launch(m.name, Pool.BATCH))
+                out.append(Launch(m.name, Pool.BATCH, args=self.engine_args(m.name, m.slo)))
                 why.append(f"{m.name} batch drain {drain:.0f}s > {left:.0f}s left")
         elif m.batch_queue == 0 and batch and not stale:
             victim = pick_to_drain(batch)

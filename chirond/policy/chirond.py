@@ -216,7 +216,8 @@ class ChirondPolicy(Policy):
             out.extend(Drain(i.id) for i in ready_expiring)
         if have < need:
             low_since.pop(m.name, None)
-            out.append(Launch(m.name, Pool.MIXED, need - have, replaces=len(expiring)))
+            args = self.engine_args(m.name, m.slo)
+            out.append(Launch(m.name, Pool.MIXED, need - have, replaces=len(expiring), args=args))
             return out, ""
         if have > need and not any_stale(m):
             since = low_since.setdefault(m.name, now)

@@ -72,10 +72,10 @@ class LlumnixPolicy(Policy):
             serving = alive(m)
             if f is None:
                 if not serving:
-                    actions.append(Launch(m.name, Pool.MIXED))
+                    actions.append(Launch(m.name, Pool.MIXED, args=self.engine_args(m.name, m.slo)))
                 continue
             if f < u and len(serving) < m.max_instances:
-                actions.append(Launch(m.name, Pool.MIXED))
+                actions.append(Launch(m.name, Pool.MIXED, args=self.engine_args(m.name, m.slo)))
                 reasons.append(f"{m.name} freeness {f:.0f}<{u:.0f}")
                 continue
             ready = [i for i in serving if i.state is InstanceState.READY]

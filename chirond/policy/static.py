@@ -23,5 +23,5 @@ class StaticPolicy(Policy):
         for m in snap.models:
             missing = fixed.get(m.name, m.min_instances) - len(alive(m))
             if missing > 0:
-                actions.append(Launch(m.name, Pool.MIXED, missing))
+                actions.append(Launch(m.name, Pool.MIXED, missing, args=self.engine_args(m.name, m.slo)))
         return Decision(tuple(actions), "replace lost instances" if actions else "fixed", state)

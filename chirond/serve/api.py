@@ -15,7 +15,6 @@ the client gets a stream or one JSON body, as it asked. Semantics (docs/serving.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import Callable
@@ -37,18 +36,18 @@ _PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"}
 _JSON = {"Content-Type": "application/json"}
 
 
-class ControlPlane(Protocol):
-    """What the API needs from the daemon."""
+class Upstream(Protocol):
+    """Where requests go (the daemon's fleet)."""
 
     def instance_url(self, inst_id: int) -> str | None: ...
 
     def instance_failed(self, inst_id: int, reason: str) -> None: ...
 
-    def upstream_priority(self, model: str, cls: ReqClass) -> int | None: ...
+    def upstream_priority(self, inst_id: int, cls: ReqClass) -> int | None: ...
 
-    def model_status(self) -> list[dict[str, Any]]: ...
 
-    def health(self) -> dict[str, Any]: ...
+class RequestHooks(Protocol):
+    """Quotas before a request queues and accounting as it goes (the daemon's accounting)."""
 
     def admit(self, user: str, parsed: oa.ParsedRequest, cls: ReqClass) -> None: ...
 
@@ -57,6 +56,12 @@ class ControlPlane(Protocol):
     def on_first_token(self, job: Job) -> None: ...
 
     def on_finished(self, job: Job, outcome: str) -> None: ...
+
+
+class StatusSource(Protocol):
+    def model_status(self) -> list[dict[str, Any]]: ...
+
+    def health(self) -> dict[str, Any]: ...
 
 
 class _ClientGone(Exception):
@@ -128,25 +133,39 @@ class ProxyApi:
         self,
         config: Config,
         gateway: Gateway,
-        control: ControlPlane,
+        upstream: Upstream,
+        hooks: RequestHooks,
+        status: StatusSource,
         metrics: Metrics,
-        keys: dict[str, str],
         clock: Callable[[], float] = time.monotonic,
+        verify_key: Callable[[str], str | None] = lambda key: None,
     ) -> None:
         self.cfg = config
         self.api = config.api
         self.gateway = gateway
-        self.control = control
+        self.upstream = upstream
+        self.hooks = hooks
+        self.status = status
         self.metrics = metrics
-        self.keys = keys
         self.clock = clock
-        self.session: aiohttp.ClientSession | None = None
+        self.verify_key = verify_key  # bearer key -> user name, or None
         self.accepting = True
-        self.verify_key: Callable[[str], str | None] | None = None  # keys minted by `chiron token`
-        self.more_routes: list[Callable[[web.Application], None]] = []
-        self.upstream_headers = dict(_JSON)  # plus the engines' key (Authorization), set by the daemon
+        self.session: aiohttp.ClientSession | None = None
 
-    def app(self) -> web.Application:
+    async def start(self, engine_key: str) -> None:
+        """The client session to the engines, which demand `engine_key`."""
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600),
+            headers={**_JSON, "Authorization": f"Bearer {engine_key}"},
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def app(self, *more_routes: Callable[[web.Application], None]) -> web.Application:
+        """The aiohttp application; `more_routes` add their routes (the Files and Batches API)."""
         limit = self.api.max_body_bytes
         app = web.Application(client_max_size=limit, middlewares=[error_middleware(limit)])
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -154,7 +173,7 @@ class ProxyApi:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prom)
-        for add_routes in self.more_routes:  # the Files and Batches API
+        for add_routes in more_routes:
             add_routes(app)
         return app
 
@@ -167,11 +186,7 @@ class ProxyApi:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() == "bearer" and key:
-            key = key.strip()
-            for k, name in self.keys.items():
-                if hmac.compare_digest(k.encode(), key.encode()):
-                    return name
-            user = self.verify_key(key) if self.verify_key is not None else None
+            user = self.verify_key(key.strip())
             if user is not None:
                 return user
         raise oa.ApiError.unauthorized()
@@ -180,10 +195,10 @@ class ProxyApi:
 
     async def models(self, request: web.Request) -> web.Response:
         self.authenticate(request)
-        return web.json_response({"object": "list", "data": self.control.model_status()})
+        return web.json_response({"object": "list", "data": self.status.model_status()})
 
     async def health(self, request: web.Request) -> web.Response:
-        body = self.control.health()
+        body = self.status.health()
         return web.json_response(body, status=200 if self.accepting else 503)
 
     async def prom(self, request: web.Request) -> web.Response:
@@ -211,7 +226,7 @@ class ProxyApi:
         if (inter if cls is ReqClass.INTERACTIVE else batch) >= limit:
             self.metrics.requests.labels(parsed.model, cls.value, "rejected").inc()
             raise oa.ApiError.queue_full(parsed.model, cls.value, limit, self.api.retry_after_s)
-        self.control.admit(user, parsed, cls)  # per-user quotas: raises a 429 ApiError
+        self.hooks.admit(user, parsed, cls)  # per-user quotas: raises a 429 ApiError
         req = self.gateway.new_request(
             parsed.model, cls, parsed.input_tokens, parsed.max_tokens or 0, self.api.batch_deadline_s
         )
@@ -236,7 +251,7 @@ class ProxyApi:
     async def _run(self, job: Job, client: _ClientSide, user: str) -> web.StreamResponse:
         """Serve an admitted job to the end, and account for it however it ends."""
         job.extra["user"] = user
-        self.control.on_arrival(job)
+        self.hooks.on_arrival(job)
         outcome = "error"
         try:
             resp = await self._serve(job, client)
@@ -250,7 +265,7 @@ class ProxyApi:
             if job.task is not None and not job.task.done():
                 job.task.cancel()  # the client left: abort upstream
             self.gateway.finish(job)
-            self.control.on_finished(job, outcome)
+            self.hooks.on_finished(job, outcome)
 
     async def _serve(self, job: Job, client: _ClientSide) -> web.StreamResponse:
         parsed = client.parsed
@@ -262,11 +277,11 @@ class ProxyApi:
                     f"no capacity for model {parsed.model!r} within {self.api.max_wait_s:.0f} s", self.api.retry_after_s
                 )
                 return await self._fail(client, err)
-            url = self.control.instance_url(inst_id)
+            url = self.upstream.instance_url(inst_id)
             if url is None:  # gone between dispatch and now
                 self.gateway.requeue(job)
                 continue
-            prio = self.control.upstream_priority(job.req.model, job.req.cls)
+            prio = self.upstream.upstream_priority(inst_id, job.req.cls)
             if client.resume is None:
                 body: bytes | None = oa.upstream_body(parsed, job.req.model, prio)
             else:
@@ -287,7 +302,7 @@ class ProxyApi:
                 return web.Response(
                     body=out.upstream_body, status=out.upstream_status, headers={"Content-Type": "application/json"}
                 )
-            self.control.instance_failed(inst_id, out.error.message if out.error else out.kind)
+            self.upstream.instance_failed(inst_id, out.error.message if out.error else out.kind)
             if out.kind == "retry" and not client.started and job.attempts <= self.api.max_retries:
                 self.metrics.retries.labels(parsed.model).inc()
                 client.resume = oa.Resume.after(client.acc, parsed, client.resume)
@@ -321,7 +336,7 @@ class ProxyApi:
         light = resume is None and parsed.stream and job.req.cls is ReqClass.INTERACTIVE
         got_any = False
         try:
-            async with self.session.post(url, data=body, headers=self.upstream_headers) as up:
+            async with self.session.post(url, data=body) as up:
                 if up.status != 200:
                     data = await up.read()
                     if up.status >= 500 or up.status in (401, 429):  # 401: it does not take our engine key
@@ -348,7 +363,7 @@ class ProxyApi:
                             continue
                         if acc.feed(chunk) and job.req.first_token is None:
                             job.req.first_token = self.clock()
-                            self.control.on_first_token(job)
+                            self.hooks.on_first_token(job)
                         if parsed.stream and (parsed.include_usage or not oa.is_usage_only(chunk)):
                             frames.append(oa.sse_frame(out))
                     if frames:

@@ -19,6 +19,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from chirond.model import within_slo
 from chirond.sim.results import RunResult
 
 if TYPE_CHECKING:
@@ -91,7 +92,8 @@ class _Metrics:
         self.finished = ~np.isnan(self.finish)
         # NaN compares false, so never-served requests are misses.
         if len(result.models):
-            self.int_met = self.interactive & (self.ttft <= ttft_slo[self.model]) & (self.tpot <= tpot_slo[self.model])
+            met = within_slo(self.ttft, self.tpot, ttft_slo[self.model], tpot_slo[self.model])
+            self.int_met = self.interactive & met
         else:
             self.int_met = np.zeros(self.cls.shape, dtype=bool)
         # A batch request without a deadline meets it by finishing at all.

@@ -14,7 +14,7 @@ import pytest
 
 from chirond.control_cli import ControlError, call
 from chirond.daemon import Daemon
-from chirond.daemon_ops import operations
+from chirond.ops.operations import operations
 from tests.support import wait_for
 
 MODEL = "llama-8b"
@@ -125,7 +125,7 @@ async def test_the_policy_sees_queued_lines_and_cancel_keeps_what_was_done(
     alice = client_for(d, d.users.mint("alice"))
     batch = await submit(alice, tmp_path, [chat_line(i, max_tokens=400) for i in range(2000)])
     await wait_for(lambda: d.batch.runner.recorded >= 5, 60, "some lines done")
-    snap = d.snapshot(d.clock())
+    snap = d.fleet.snapshot(d.clock())
     m = snap.model(MODEL)
     assert d.batch.runner.leased <= 2 * 256  # a window of lines is leased, not the file
     assert m.batch_queue > 2 * 256  # more than the lease window holds: the store's lines count
@@ -139,7 +139,7 @@ async def test_the_policy_sees_queued_lines_and_cancel_keeps_what_was_done(
     assert 5 <= len(out) < 2000
     assert len({x["custom_id"] for x in out}) == len(out) == done.request_counts.completed
     assert d.batch.runner.leased == 0
-    assert d.snapshot(d.clock()).model(MODEL).batch_queue == 0
+    assert d.fleet.snapshot(d.clock()).model(MODEL).batch_queue == 0
 
 
 async def test_quotas_per_user(daemon_factory: Callable[..., Any], tmp_path: Path, client_for: Clients) -> None:
@@ -153,7 +153,7 @@ async def test_quotas_per_user(daemon_factory: Callable[..., Any], tmp_path: Pat
         )
 
     first = asyncio.create_task(ask(alice))
-    await wait_for(lambda: d.user_inflight["alice"] == 1, 10, "alice's first request in flight")
+    await wait_for(lambda: d.accounting.user_inflight["alice"] == 1, 10, "alice's first request in flight")
     with pytest.raises(openai.RateLimitError) as e:
         await ask(alice)
     assert "concurrent_interactive" in str(e.value)

@@ -25,7 +25,7 @@ import pytest
 from rich.console import Console
 
 from chirond import control_cli
-from chirond.control import MAX_LINE_BYTES, Caller, ControlServer, Operation, OpError
+from chirond.ops.socket_server import MAX_LINE_BYTES, Caller, ControlServer, Operation, OpError
 from chirond.users import UsersConfig, UserStore
 
 ALICE, BOB, ADMINS = "chiront-alice", "chiront-bob", "chiront-admins"  # alice is an admin through her group

@@ -235,7 +235,7 @@ async def test_client_disconnect_aborts_the_upstream_request(daemon_factory: Any
         assert await running() == 1.0
     # The client is gone: chirond aborts upstream and forgets the job, without blaming the instance.
     await wait_for(lambda: not d.gateway.jobs, 10, "the job to be dropped")
-    assert inst.routable and not d.failures["llama-8b"]
+    assert inst.routable and not d.fleet.control.obs.failures["llama-8b"]
     for _ in range(50):
         if await running() == 0.0:
             break
@@ -249,13 +249,13 @@ async def test_engines_take_only_chironds_key(daemon_factory: Any, tmp_path: Pat
     d: Daemon = await daemon_factory()
     key_file = d.cfg.daemon.state_dir / "engine.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
-    assert key_file.read_text().strip() == d.engine_key
+    assert key_file.read_text().strip() == d.engine_env["VLLM_API_KEY"]
     (inst,) = d.instances.values()
     body = {"model": "llama-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{inst.url}/v1/chat/completions", json=body) as r:
             assert r.status == 401
-        headers = {"Authorization": f"Bearer {d.engine_key}"}
+        headers = {"Authorization": f"Bearer {d.engine_env['VLLM_API_KEY']}"}
         async with s.post(f"{inst.url}/v1/chat/completions", json=body, headers=headers) as r:
             assert r.status == 200
         async with s.get(f"{inst.url}/metrics") as r:  # as vLLM: metrics and health stay open

@@ -18,7 +18,9 @@ from chirond.cli import chirond_main
 from chirond.cluster.backend import BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.slurm_backend import SlurmBackend
 from chirond.config import SlurmBackendConfig
-from chirond.daemon import Daemon, engine_command
+from chirond.daemon import Daemon
+from chirond.engines import engine_command
+from chirond.model import EngineArgs
 from tests.support import wait_for
 from tests.support.daemon import ready
 from tests.support.loopback import LoopbackCluster, job_state, run
@@ -53,8 +55,8 @@ async def test_daemon_serves_through_slurm_jobs_and_replaces_a_cancelled_one(
     assert isinstance(b, SlurmBackend) and d.cfg.slurm is not None
     await wait_for(lambda: len(ready(d)) == 1, 30, "the first instance to be ready")
     (inst,) = d.instances.values()
-    assert inst.job_id is not None and inst.job_id.isdigit() and inst.healthy_at is not None
-    print(f"sbatch to ready: {inst.healthy_at - inst.launched_at:.2f} s")  # shown with -s
+    assert inst.job_id is not None and inst.job_id.isdigit() and inst.ready_at is not None
+    print(f"sbatch to ready: {inst.ready_at - inst.launched_at:.2f} s")  # shown with -s
     assert (inst.host, job_state(inst.job_id)) == ("127.0.0.1", "RUNNING")
     fields = run("squeue", "-h", "-j", inst.job_id, "-o", "%j|%k|%b|%P").stdout.strip()
     assert fields == (f"chirond-{MODEL}-{inst.id}|chirond:{b.daemon_id}:{inst.id}|"
@@ -67,7 +69,7 @@ async def test_daemon_serves_through_slurm_jobs_and_replaces_a_cancelled_one(
     # policy submits a replacement that becomes ready.
     first = inst.job_id
     run("scancel", first)
-    await wait_for(lambda: len(d.failures[MODEL]) == 1 and first not in ready(d), 15, "the daemon to see the end")
+    await wait_for(lambda: len(d.fleet.control.obs.failures[MODEL]) == 1 and first not in ready(d), 15, "the daemon to see the end")
     await wait_for(lambda: len(ready(d)) == 1, 30, "a replacement instance")
     (second,) = ready(d)
     assert second != first and job_state(first) == "CANCELLED"
@@ -97,7 +99,7 @@ async def test_cancel_lets_the_engine_drain_and_scancels_one_that_ignores_term(
     await b.start()
     try:
         cfg = daemon_config(tmp_path, loopback_cluster).models[MODEL]
-        engine = await b.submit(LaunchSpec(1, MODEL, engine_command(cfg, 16, 2048, False)))
+        engine = await b.submit(LaunchSpec(1, MODEL, engine_command(cfg, EngineArgs(16, 2048, False))))
         stubborn = await b.submit(LaunchSpec(2, "stubborn", ("bash", "-c", "trap '' TERM; sleep 300 & wait")))
         end = time.monotonic() + 30
         url = None

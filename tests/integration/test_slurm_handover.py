@@ -109,7 +109,7 @@ async def test_time_limit_triggers_a_handover_with_no_failed_request(
         assert not fails, fails
         assert len(results) > 50, len(results)  # steady load throughout
         # The first job ended because chirond drained and cancelled it, well before its limit.
-        assert d.failures[MODEL] == []
+        assert d.fleet.control.obs.failures[MODEL] == []
         assert inst.cancel_sent_at is not None and inst.ends_at - inst.cancel_sent_at > 30
         state = tagged_jobs(b.daemon_id)[first]
         assert state in ("COMPLETED", "CANCELLED"), state  # not TIMEOUT

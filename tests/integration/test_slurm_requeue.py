@@ -38,14 +38,14 @@ async def test_requeued_job_leaves_the_ready_set_and_comes_back_through_starting
                              and d.dispatcher.slots[inst.id].inflight == 1, 10, "the request to run")  # fmt: skip
             run("scontrol", "update", f"jobid={job}", "Requeue=1")  # chirond submits --no-requeue
             run("scontrol", "requeue", job)
-            await wait_for(lambda: inst.healthy_at is None, 15, "the instance to leave the ready set")
-            assert inst.id not in d.dispatcher.slots and len(d.failures[MODEL]) == 1
+            await wait_for(lambda: inst.ready_at is None, 15, "the instance to leave the ready set")
+            assert inst.id not in d.dispatcher.slots and len(d.fleet.control.obs.failures[MODEL]) == 1
             assert d.dispatcher.queued(MODEL)[0] == 1  # its request waits in the queue again
             # Slurm holds a requeued job back (BeginTime, 2 min here: until the old run's credential
             # expires on its node). Let it start now, on the other node.
             await wait_for(lambda: job_state(job) == "PENDING", 15, "the job to be pending again")
             run("scontrol", "update", f"jobid={job}", f"ExcNodeList={node}", "StartTime=now")
-            await wait_for(lambda: inst.healthy_at is not None, 60, "the instance to be ready again")
+            await wait_for(lambda: inst.ready_at is not None, 60, "the instance to be ready again")
             r = await asyncio.wait_for(req, 60)
             assert r.usage is not None and r.usage.completion_tokens == 1500
             r2 = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],

@@ -86,7 +86,7 @@ async def test_chirond_policy_scales_out_under_queueing_and_back_in(
         base,
         models={MODEL: model},
         daemon=dataclasses.replace(base.daemon, policy="chirond", policy_params={"scale_down_hold_s": 3.0}),
-        local=dataclasses.replace(base.local, drain_timeout_s=5.0),
+        lifecycle=dataclasses.replace(base.lifecycle, drain_timeout_s=5.0),
     )
     async with running(cfg) as d, contextlib.AsyncExitStack() as stack:
         b = d.backend
@@ -121,10 +121,10 @@ async def test_chirond_policy_scales_out_under_queueing_and_back_in(
         print(f"load stopped -> back to one instance: {time.monotonic() - t0:.1f} s")
         (left,) = d.instances.values()
         gone = ({first, second} - {left.job_id}).pop()
-        assert left.job_id in (first, second) and left.healthy_at is not None
+        assert left.job_id in (first, second) and left.ready_at is not None
         assert wait_state(gone, "COMPLETED", "CANCELLED", timeout=10) in ("COMPLETED", "CANCELLED")
         assert tagged_jobs(b.daemon_id)[left.job_id or ""] == "RUNNING"
-        assert not d.failures[MODEL]  # a drain is not a failure
+        assert not d.fleet.control.obs.failures[MODEL]  # a drain is not a failure
         r = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert r.choices[0].message.content
 
@@ -186,7 +186,7 @@ async def test_node_down_fails_its_instance_retries_requests_and_replaces_it(
 
             await wait_for(lambda: victim.id not in d.instances, 20, "the daemon to see the victim's job end")
             print(f"node down -> daemon saw the end: {time.monotonic() - t0:.1f} s; detail {victim.detail!r}")
-            assert len(d.failures[MODEL]) == 1
+            assert len(d.fleet.control.obs.failures[MODEL]) == 1
             end_state = run("squeue", "-h", "-t", "all", "-j", victim_job, "-o", "%T").stdout.strip()
             assert end_state in ("NODE_FAIL", "FAILED", "CANCELLED"), end_state  # --no-requeue: not requeued
 

@@ -28,6 +28,7 @@ from chirond.config import (
     ApiConfig,
     Config,
     DaemonConfig,
+    LifecycleConfig,
     LocalBackendConfig,
     ModelConfig,
     SlurmBackendConfig,
@@ -94,7 +95,8 @@ def daemon_config(tmp: Path, c: LoopbackCluster, sshd: RootSshd) -> Config:
                             scrape_timeout_s=1.0, stale_after_s=STALE_AFTER_S, policy="chirond", backend="slurm",
                             policy_params={"scale_down_hold_s": 1.0}),
         api=ApiConfig(auth="open", max_wait_s=60.0, retry_after_s=1),
-        local=LocalBackendConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=3.0),
+        local=LocalBackendConfig(),
+        lifecycle=LifecycleConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=3.0),
         models={MODEL: model},
         slurm=slurm,
     )
@@ -114,7 +116,7 @@ async def ssh_daemon(
     monkeypatch.setattr(daemon_mod, "scrape", counting_scrape)
     d = Daemon(daemon_config(tmp_path, loopback_cluster, root_sshd))
     b = d.backend
-    assert isinstance(b, SlurmBackend) and b.ssh is not None and d.ssh is b.ssh
+    assert isinstance(b, SlurmBackend) and b.ssh is not None and d.fleet.ssh is b.ssh
     try:
         await d.start()
         yield d, direct
@@ -134,7 +136,7 @@ async def ssh_daemon(
 
 
 def is_stale(d: Daemon) -> bool:
-    views = d.snapshot(d.clock()).models[0].instances
+    views = d.fleet.snapshot(d.clock()).models[0].instances
     return bool(views) and all(v.stale for v in views)
 
 
@@ -142,15 +144,15 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     ssh_daemon: tuple[Daemon, list[str]], root_sshd: RootSshd
 ) -> None:
     d, direct = ssh_daemon
-    assert d.ssh is not None and d.ssh_metrics and not d.ssh_tunnel
-    ssh = d.ssh
+    assert d.fleet.ssh is not None and d.fleet.ssh_metrics and not d.fleet.ssh_tunnel
+    ssh = d.fleet.ssh
 
     # (a) ready; metrics over SSH (never scraped directly); requests straight to node:port
-    await wait_for(lambda: any(i.healthy_at is not None for i in d.instances.values()), 40, "a ready instance")
+    await wait_for(lambda: any(i.ready_at is not None for i in d.instances.values()), 40, "a ready instance")
     (inst,) = d.instances.values()
-    await wait_for(lambda: inst.stats is not None, 10, "metrics over ssh")
-    assert d.ssh_scrapes >= 1 and ssh.connects >= 1 and direct == [] and ssh.fetcher in ("curl", "python3")
-    assert d.instance_url(inst.id) == f"http://127.0.0.1:{inst.port}"
+    await wait_for(lambda: inst.scraped_at is not None, 10, "metrics over ssh")
+    assert d.fleet.ssh_scrapes >= 1 and ssh.connects >= 1 and direct == [] and ssh.fetcher in ("curl", "python3")
+    assert d.fleet.instance_url(inst.id) == f"http://127.0.0.1:{inst.port}"
     c = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key="none", max_retries=0, timeout=30)
     r = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello over SSH."}],
                                         max_tokens=8, extra_body={"ignore_eos": True})
@@ -158,12 +160,12 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     assert inst.id in d.instances and not is_stale(d)
 
     # (b) the sshd goes away: stale after stale_after_s, and then, with min 0 and zero load, no drain
-    scrapes_before = d.ssh_scrapes
+    scrapes_before = d.fleet.ssh_scrapes
     root_sshd.kill()
     await wait_for(lambda: is_stale(d), STALE_AFTER_S + 10, "the instance to be stale")
-    assert not ssh.connected and ssh.last_error and d.ssh_scrapes > scrapes_before
+    assert not ssh.connected and ssh.last_error and d.fleet.ssh_scrapes > scrapes_before
     d.cfg.models[MODEL] = dataclasses.replace(d.cfg.models[MODEL], min_instances=0)
-    d.windows[MODEL] = ArrivalWindow()  # zero load: with fresh data the policy would drain down to 0
+    d.fleet.control.obs.windows[MODEL] = ArrivalWindow()  # zero load: with fresh data the policy would drain down to 0
     ticks = d.ticks
     await wait_for(lambda: d.ticks >= ticks + 8, 15, "8 ticks during the outage")
     assert is_stale(d)
@@ -173,7 +175,7 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     # (c) back on the same port: the transport reconnects (after its backoff), data is fresh again
     connects = ssh.connects
     root_sshd.start()
-    await wait_for(lambda: ssh.connected and inst.scrape_failing_since is None, 40, "reconnect and a fresh scrape")
+    await wait_for(lambda: ssh.connected and inst.stale_since is None, 40, "reconnect and a fresh scrape")
     assert ssh.connects > connects and not is_stale(d)
     # control: with fresh data the same policy now drains the idle instance
     await wait_for(lambda: inst.drain_requested_at is not None or inst.id not in d.instances, 15,

@@ -8,12 +8,16 @@ from pathlib import Path
 import aiohttp
 
 from chirond.cluster.backend import JobFacts, JobState
-from chirond.cluster.instances import Instance
+from chirond.cluster.instances import DaemonInstance
 from chirond.config import load_config
-from chirond.daemon import QUEUE_WAIT_WEIGHT, Daemon, startup_s
-from chirond.model import Pool
+from chirond.control.observations import QUEUE_WAIT_WEIGHT
+from chirond.daemon import Daemon
+from chirond.engines import startup_s
+from chirond.model import EngineArgs, Pool
 from tests.support import FakeBackend
 from tests.support.config import SLURM_STATIC_TOML as TOML
+
+ARGS = EngineArgs(16, 2048)  # the engine flags of the test's instances
 
 
 async def test_queue_wait_moves_the_lead_time(tmp_path: Path) -> None:
@@ -22,24 +26,24 @@ async def test_queue_wait_moves_the_lead_time(tmp_path: Path) -> None:
     d = Daemon(load_config(tmp_path / "chirond.toml"), backend=b)
     now = d.clock()
     base = startup_s(d.cfg.models["m"])
-    assert d.snapshot(now).model("m").lead_time_s == base
-    waited = Instance(1, "m", Pool.MIXED, 1, now - 40.0, 1.0, job_id="11")
-    adopted = Instance(2, "m", Pool.MIXED, 1, now - 900.0, 1.0, job_id="12", queue_wait_known=True)
+    assert d.fleet.snapshot(now).model("m").lead_time_s == base
+    waited = DaemonInstance(1, "m", Pool.MIXED, 1, ARGS, now - 40.0, 1.0, job_id="11")
+    adopted = DaemonInstance(2, "m", Pool.MIXED, 1, ARGS, now - 900.0, 1.0, job_id="12", queue_wait_known=True)
     d.instances.update({1: waited, 2: adopted})
     async with aiohttp.ClientSession() as session:
-        d._session = session  # the health checks the running jobs start
+        d.fleet._session = session  # the health checks the running jobs start
         for job in ("11", "12"):
             b.facts[job] = JobFacts(job, 1, JobState.RUNNING, host="127.0.0.1", port=1)
-        d._apply_facts(await b.poll(), now)
-        assert d.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0  # the adopted job's 900 s is not a wait
-        assert d.snapshot(now).model("m").lead_time_s == base + QUEUE_WAIT_WEIGHT * 40.0
+        d.fleet._apply_facts(await b.poll(), now)
+        assert d.fleet.control.obs.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0  # the adopted job's 900 s is not a wait
+        assert d.fleet.snapshot(now).model("m").lead_time_s == base + QUEUE_WAIT_WEIGHT * 40.0
         # Requeued and running again: the same job's second start is not a new queue wait.
         b.facts["11"] = JobFacts("11", 1, JobState.PENDING, detail="requeued")
-        d._apply_facts(await b.poll(), now + 1)
+        d.fleet._apply_facts(await b.poll(), now + 1)
         b.facts["11"] = JobFacts("11", 1, JobState.RUNNING, host="127.0.0.1", port=1)
-        d._apply_facts(await b.poll(), now + 100)
-        assert d.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0
-        for t in list(d._tasks):
+        d.fleet._apply_facts(await b.poll(), now + 100)
+        assert d.fleet.control.obs.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0
+        for t in list(d.fleet._tasks):
             t.cancel()
     d.users.close()
     d.batch.store.close()

@@ -12,13 +12,15 @@ import aiohttp
 import pytest
 
 from chirond.cluster.backend import JobFacts, JobState
-from chirond.cluster.instances import Instance
+from chirond.cluster.instances import DaemonInstance
 from chirond.cluster.slurm import CommandResult, TransportError
 from chirond.cluster.ssh import SshTransport
 from chirond.config import ConfigError, load_config
 from chirond.daemon import Daemon
-from chirond.model import Pool
+from chirond.model import EngineArgs, Pool
 from tests.support import ROOT, Clock, FakeBackend
+
+ARGS = EngineArgs(16, 2048)  # the engine flags of the test's instances
 
 METRICS = (ROOT / "tests" / "data" / "vllm_metrics" / "vllm-0.10.2.txt").read_text()
 
@@ -110,20 +112,19 @@ class FakeSsh(SshTransport):
         self.closed_forwards.append((host, port))
 
 
-def make(tmp_path: Path, ssh: str = "") -> tuple[Daemon, FakeBackend, FakeSsh, Clock, Instance]:
+def make(tmp_path: Path, ssh: str = "") -> tuple[Daemon, FakeBackend, FakeSsh, Clock, DaemonInstance]:
     cfg = load_config(write(tmp_path, ssh))
     assert cfg.slurm is not None and cfg.slurm.ssh is not None
     t = FakeSsh(cfg.slurm.ssh)
     b = FakeBackend(t)
-    d = Daemon(cfg, backend=b)
     clock = Clock()
-    d.clock = clock
-    inst = Instance(1, "m", Pool.MIXED, 1, clock.t, 1.0, job_id="101", job_state=JobState.RUNNING,
+    d = Daemon(cfg, backend=b, clock=clock, ssh=t)  # type: ignore[arg-type]
+    inst = DaemonInstance(1, "m", Pool.MIXED, 1, ARGS, clock.t, 1.0, job_id="101", job_state=JobState.RUNNING,
                     host="gpu01", port=20001, running_since=clock.t)
     b.facts["101"] = JobFacts("101", 1, JobState.RUNNING, "gpu01", 20001)
     d.instances[1] = inst
-    d._next_id = 2
-    d._ready(inst)
+    d.fleet.control.next_id = 2
+    d.fleet._ready(inst)
     return d, b, t, clock, inst
 
 
@@ -138,30 +139,30 @@ async def ticks(d: Daemon, clock: Clock, n: int, step: float = 1.0) -> None:
 
 async def test_ssh_outage_marks_stale_and_nothing_is_drained(tmp_path: Path) -> None:
     d, b, t, clock, inst = make(tmp_path)
-    assert d.ssh is t and d.ssh_metrics and not d.ssh_tunnel
+    assert d.fleet.ssh is t and d.fleet.ssh_metrics and not d.fleet.ssh_tunnel
     async with aiohttp.ClientSession() as session:
-        d._session = session  # the direct path is never used here (the engine's address does not resolve)
+        d.fleet._session = session  # the direct path is never used here (the engine's address does not resolve)
         await ticks(d, clock, 1)
-        assert inst.stats is not None and d.ssh_scrapes == 1
+        assert inst.scraped_at is not None and d.fleet.ssh_scrapes == 1
         assert [a[0] for a in t.runs] == ["sh", "curl"] and t.runs[1][-1] == "http://gpu01:20001/metrics"
-        assert d.instance_url(1) == "http://gpu01:20001"  # traffic = "direct"
-        assert not d.snapshot(clock.t).models[0].instances[0].stale
+        assert d.fleet.instance_url(1) == "http://gpu01:20001"  # traffic = "direct"
+        assert not d.fleet.snapshot(clock.t).models[0].instances[0].stale
 
         t.down = True
         await ticks(d, clock, 1)
-        assert inst.scrape_failing_since == clock.t and not d.snapshot(clock.t).models[0].instances[0].stale
+        assert inst.stale_since == clock.t and not d.fleet.snapshot(clock.t).models[0].instances[0].stale
         # zero load and min_instances 0: the policy would drain after the 5 s hold, but the data is stale (from 2 s)
         await ticks(d, clock, 1)
         for _ in range(10):
             await ticks(d, clock, 1)
-            assert d.snapshot(clock.t).models[0].instances[0].stale
+            assert d.fleet.snapshot(clock.t).models[0].instances[0].stale
             assert inst.drain_requested_at is None
         assert inst.drain_requested_at is None and inst.cancel_sent_at is None and b.cancelled == []
         assert list(d.instances) == [1]
 
         t.down = False  # reconnected: the next scrape clears it
         await ticks(d, clock, 1)
-        assert inst.scrape_failing_since is None and not d.snapshot(clock.t).models[0].instances[0].stale
+        assert inst.stale_since is None and not d.fleet.snapshot(clock.t).models[0].instances[0].stale
         # control: with fresh data the same policy does drain the idle instance after its hold
         await ticks(d, clock, 7)
         assert inst.drain_requested_at is not None or b.cancelled == ["101"]
@@ -169,30 +170,30 @@ async def test_ssh_outage_marks_stale_and_nothing_is_drained(tmp_path: Path) -> 
 
 async def test_metrics_direct_does_not_use_ssh(tmp_path: Path) -> None:
     d, _b, t, clock, inst = make(tmp_path, 'metrics = "direct"')
-    assert not d.ssh_metrics
+    assert not d.fleet.ssh_metrics
     async with aiohttp.ClientSession() as session:
-        d._session = session
+        d.fleet._session = session
         inst.host = "127.0.0.1"
         inst.port = 1  # nothing listens: a direct scrape fails at once
         await ticks(d, clock, 1)
-    assert t.runs == [] and d.ssh_scrapes == 0 and inst.scrape_failing_since is not None
+    assert t.runs == [] and d.fleet.ssh_scrapes == 0 and inst.stale_since is not None
 
 
 async def test_tunnel_urls_reforward_and_close(tmp_path: Path) -> None:
     d, _b, t, clock, inst = make(tmp_path, 'traffic = "tunnel"')
-    assert d.ssh_tunnel and d.instance_url(1) is None  # no tunnel yet
+    assert d.fleet.ssh_tunnel and d.fleet.instance_url(1) is None  # no tunnel yet
     async with aiohttp.ClientSession() as session:
-        d._session = session
+        d.fleet._session = session
         await ticks(d, clock, 1)
-        assert d.instance_url(1) == "http://127.0.0.1:40001" and t.forwarded == {("gpu01", 20001): 40001}
+        assert d.fleet.instance_url(1) == "http://127.0.0.1:40001" and t.forwarded == {("gpu01", 20001): 40001}
         t.down = True
         await ticks(d, clock, 1)
-        assert d.instance_url(1) == "http://127.0.0.1:40001"  # kept: a request there fails and marks it
+        assert d.fleet.instance_url(1) == "http://127.0.0.1:40001"  # kept: a request there fails and marks it
         t.down, t.generation = False, 2  # a reconnect: the listener is new
         await ticks(d, clock, 1)
-        assert d.instance_url(1) == "http://127.0.0.1:40002"
-        d._end(inst, clock.t, "test", failed=False)
-        assert d.instance_url(1) is None
-        for task in list(d._tasks):
+        assert d.fleet.instance_url(1) == "http://127.0.0.1:40002"
+        d.fleet._end(inst, clock.t, "test")
+        assert d.fleet.instance_url(1) is None
+        for task in list(d.fleet._tasks):
             await task
     assert t.closed_forwards == [("gpu01", 20001)]

@@ -16,13 +16,15 @@ import pytest
 from aiohttp import web
 
 from chirond.cluster.backend import JobFacts, JobState
-from chirond.cluster.instances import Instance
+from chirond.cluster.instances import DaemonInstance
 from chirond.config import load_config
 from chirond.daemon import Daemon
-from chirond.model import InstanceState, Pool
+from chirond.model import EngineArgs, InstanceState, Pool
 from tests.support import FakeBackend
 from tests.support.config import SLURM_STATIC_TOML as TOML
 from tests.support.slurm import T0, FakeLocalSlurm, spec, sq_job, squeue_json, started
+
+ARGS = EngineArgs(16, 2048)  # the engine flags of the test's instances
 
 
 def addr_file(tmp_path: Path, job_id: str, port: int, started_at: float) -> None:
@@ -130,11 +132,12 @@ async def test_daemon_takes_a_requeued_instance_out_and_back_through_starting(
     (tmp_path / "chirond.toml").write_text(TOML)
     b = FakeBackend()
     d = Daemon(load_config(tmp_path / "chirond.toml"), backend=b)
-    inst = Instance(
+    inst = DaemonInstance(
         1,
         "m",
         Pool.MIXED,
         1,
+        ARGS,
         d.clock(),
         1.0,
         job_id="11",
@@ -145,20 +148,20 @@ async def test_daemon_takes_a_requeued_instance_out_and_back_through_starting(
         ends_at=d.clock() + 600,
     )
     d.instances[1] = inst
-    d._next_id = 2
-    d._ready(inst)
+    d.fleet.control.next_id = 2
+    d.fleet._ready(inst)
     if draining:
         inst.drain_requested_at = d.clock()
     assert 1 in d.dispatcher.slots and inst.state is (InstanceState.DRAINING if draining else InstanceState.READY)
     async with aiohttp.ClientSession() as session:
-        d._session = session
+        d.fleet._session = session
         try:
             b.facts["11"] = JobFacts("11", 1, JobState.PENDING, detail="requeued (restart 1): PENDING")
-            d._apply_facts(await b.poll(), d.clock())
+            d.fleet._apply_facts(await b.poll(), d.clock())
             # Out of the ready set: no slot (its requests went back to the queues), no address, a failure.
-            assert 1 not in d.dispatcher.slots and d.instance_url(1) is None
-            assert (inst.host, inst.ends_at, inst.healthy_at) == (None, None, None)
-            assert len(d.failures["m"]) == 1
+            assert 1 not in d.dispatcher.slots and d.fleet.instance_url(1) is None
+            assert (inst.host, inst.ends_at, inst.ready_at) == (None, None, None)
+            assert len(d.fleet.control.obs.failures["m"]) == 1
             if draining:  # it was on its way out anyway: cancelled, not brought back
                 await wait(lambda: b.cancelled == ["11"], "the cancel")
                 return
@@ -168,9 +171,9 @@ async def test_daemon_takes_a_requeued_instance_out_and_back_through_starting(
                 "11", 1, JobState.RUNNING, "127.0.0.1", health_port, started_at=T0, ends_at=T0 + 600
             )
             await wait(lambda: inst.state is InstanceState.READY, "the instance to be ready again")
-            assert d.instance_url(1) == f"http://127.0.0.1:{health_port}" and 1 in d.dispatcher.slots
+            assert d.fleet.instance_url(1) == f"http://127.0.0.1:{health_port}" and 1 in d.dispatcher.slots
             assert b.cancelled == [] and inst.ends_at is not None
         finally:
-            for t in list(d._tasks):
+            for t in list(d.fleet._tasks):
                 t.cancel()
-            await asyncio.gather(*d._tasks, return_exceptions=True)
+            await asyncio.gather(*d.fleet._tasks, return_exceptions=True)

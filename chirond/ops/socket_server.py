@@ -30,7 +30,7 @@ from typing import Any
 
 from chirond.users import USER_NAME, UserError, UsersConfig, UserStore
 
-log = logging.getLogger("chirond.control")
+log = logging.getLogger("chirond.ops")
 
 MAX_LINE_BYTES = 64 * 1024  # one request; longer lines are refused and the connection closed
 IDLE_TIMEOUT_S = 60.0  # a connection silent this long is closed

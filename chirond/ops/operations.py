@@ -1,21 +1,48 @@
-"""The daemon's operations on the control socket (chirond/control.py serves them): `status` for
+"""The daemon's operations on the control socket (chirond/ops/socket_server.py serves them): `status` for
 everyone, and the admin-only `drain` (an instance) and `limits` (a model's instance bounds, until
 the next restart, which reads the config file again)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from chirond.control import Caller, Operation, OpError
-from chirond.model import Drain, InstanceState, ReqClass
-
-if TYPE_CHECKING:
-    from chirond.daemon import Daemon
+from chirond.batch.service import BatchService
+from chirond.cluster.backend import Backend
+from chirond.config import Config
+from chirond.control.instance import Instance
+from chirond.dispatch import Dispatcher
+from chirond.metrics import Metrics
+from chirond.model import InstanceState, ReqClass
+from chirond.ops.socket_server import Caller, Operation, OpError
+from chirond.policy.base import Policy
 
 log = logging.getLogger("chirond")
+
+
+class Daemon(Protocol):
+    """What the operations read and do (chirond.daemon.Daemon is one)."""
+
+    cfg: Config
+    clock: Any
+    dispatcher: Dispatcher
+    batch: BatchService
+    metrics: Metrics
+    policy: Policy
+    backend: Backend
+    ticks: int
+
+    @property
+    def instances(self) -> Mapping[int, Instance]: ...
+
+    @property
+    def last_reason(self) -> str: ...
+
+    def drain(self, inst_id: int) -> None: ...
+
+    def set_limits(self, model: str, min_instances: int, max_instances: int) -> None: ...
 
 
 def operations(daemon: Daemon) -> dict[str, Operation]:
@@ -29,7 +56,7 @@ def operations(daemon: Daemon) -> dict[str, Operation]:
             raise OpError(f"no instance {inst_id!r} (instances: {known})")
         inst = daemon.instances[inst_id]
         log.info("admin %s drains instance %d (%s)", caller.user, inst_id, inst.model)
-        await daemon.apply(Drain(inst_id), daemon.clock())
+        daemon.drain(inst_id)
         return {"instance": inst_id, "model": inst.model, "state": inst.state.value}
 
     async def limits(caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +68,7 @@ def operations(daemon: Daemon) -> dict[str, Operation]:
         hi = _count(args, "max_instances", m.max_instances)
         if lo > hi:
             raise OpError(f"min_instances {lo} is above max_instances {hi}")
-        daemon.cfg.models[name] = dataclasses.replace(m, min_instances=lo, max_instances=hi)
+        daemon.set_limits(name, lo, hi)
         log.info("admin %s sets %s instances to %d..%d (until restart)", caller.user, name, lo, hi)
         return {"model": name, "min_instances": lo, "max_instances": hi}
 
