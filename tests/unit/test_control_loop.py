@@ -1,0 +1,204 @@
+"""The control loop shared by the daemon and the simulator: reconcile and lifecycle rules against a
+recording actuator, on a clock the test moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chirond.control.instance import Instance
+from chirond.control.loop import ControlLoop, Timeouts, format_action
+from chirond.control.snapshot import ModelSpec, dispatcher_backlog
+from chirond.dispatch import Dispatcher
+from chirond.model import (
+    Cancel,
+    Decision,
+    Drain,
+    EngineArgs,
+    InstanceState,
+    Launch,
+    Pool,
+    ReqClass,
+    Request,
+    SetBatchCap,
+    SetPool,
+    Slo,
+    Snapshot,
+)
+from chirond.policy.base import Policy
+from chirond.profiles import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+P8 = load_profile(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
+SLO = Slo(1.0, 0.1)
+ARGS = EngineArgs(64, 1024, priority=True)
+
+
+class Recorder:
+    """An actuator that records what the loop asks; `refuse` makes launches fail."""
+
+    def __init__(self) -> None:
+        self.launched: list[int] = []
+        self.cancelled: list[tuple[int, str]] = []
+        self.kicked: list[str] = []
+        self.refuse = False
+
+    def new_instance(self, inst_id: int, model: str, pool: Pool, args: EngineArgs, now: float) -> Instance:
+        return Instance(inst_id, model, pool, 1, args, now, 60.0)
+
+    def launch(self, inst: Instance) -> bool:
+        if self.refuse:
+            return False
+        self.launched.append(inst.id)
+        return True
+
+    def cancel(self, inst: Instance, reason: str) -> None:
+        self.cancelled.append((inst.id, reason))
+
+    def kick(self, model: str) -> None:
+        self.kicked.append(model)
+
+
+class Scripted(Policy):
+    """A policy that returns the actions the test gives it."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        super().__init__({"m": P8})
+        self.next: tuple = ()
+
+    def plan(self, snap: Snapshot, state: object) -> Decision:
+        acts, self.next = self.next, ()
+        return Decision(acts, "scripted")
+
+
+def make(timeouts: Timeouts = Timeouts(drain_s=30.0, start_s=100.0), max_instances: int = 3):
+    policy = Scripted()
+    dispatcher = Dispatcher(policy.rules, {"m": SLO.ttft_s})
+    act = Recorder()
+    specs = {"m": ModelSpec("m", SLO, P8, 0, max_instances, 60.0, 1, 1)}
+    loop = ControlLoop(policy, dispatcher, specs, act, dispatcher_backlog(dispatcher), timeouts)
+    return loop, act, policy, dispatcher
+
+
+def ready_instance(loop: ControlLoop, now: float = 0.0) -> Instance:
+    loop.launch(Launch("m", Pool.MIXED, 1, args=ARGS), now)
+    inst = loop.instances[max(loop.instances)]
+    loop.running(inst, now, None)
+    loop.ready(inst, now)
+    return inst
+
+
+def test_launch_respects_max_instances_and_carries_engine_args() -> None:
+    loop, act, _, _ = make(max_instances=2)
+    assert loop.launch(Launch("m", Pool.MIXED, 5, args=ARGS), 0.0) == 2
+    assert act.launched == [1, 2] and all(i.args is ARGS for i in loop.instances.values())
+    assert loop.launches == 2
+    # a successor near a time limit may pass the cap
+    assert loop.launch(Launch("m", Pool.MIXED, 1, replaces=1, args=ARGS), 1.0) == 1
+
+
+def test_a_refused_launch_leaves_no_record_and_stops_the_rest() -> None:
+    loop, act, _, _ = make()
+    act.refuse = True
+    assert loop.launch(Launch("m", Pool.MIXED, 3, args=ARGS), 0.0) == 0
+    assert loop.instances == {} and loop.next_id == 1
+
+
+def test_initial_launches_count_adopted_jobs() -> None:
+    loop, _, _, _ = make()
+    (first,) = loop.initial_launches({})
+    assert (first.model, first.count) == ("m", 1) and first.args is not None
+    assert loop.initial_launches({"m": 1}) == []
+
+
+def test_drain_stops_when_the_last_request_leaves() -> None:
+    loop, act, policy, dispatcher = make()
+    inst = ready_instance(loop)
+    r = Request(1, "m", ReqClass.INTERACTIVE, 0.0, 10, 10)
+    dispatcher.enqueue(r)
+    dispatcher.dispatch("m", 0.0)
+    policy.next = (Drain(inst.id),)
+    loop.tick(1.0, 8)
+    assert inst.state is InstanceState.DRAINING and act.cancelled == []  # one request still runs
+    dispatcher.complete(r)
+    loop.request_left(inst.id, 2.0)
+    assert act.cancelled == [(inst.id, "drained")] and inst.cancel_sent_at == 2.0
+    assert loop.ended(inst, 3.0) is False and loop.obs.failures["m"] == []  # asked to stop: no failure
+
+
+def test_drain_timeout_stops_a_busy_instance() -> None:
+    loop, act, policy, dispatcher = make()
+    inst = ready_instance(loop)
+    dispatcher.enqueue(Request(1, "m", ReqClass.INTERACTIVE, 0.0, 10, 10))
+    dispatcher.dispatch("m", 0.0)
+    policy.next = (Drain(inst.id),)
+    loop.tick(1.0, 8)
+    loop.tick(20.0, 8)
+    assert act.cancelled == []
+    loop.tick(31.0, 8)
+    assert act.cancelled == [(inst.id, "drain timeout")]
+
+
+def test_an_instance_that_never_becomes_healthy_is_cancelled_as_a_failure() -> None:
+    loop, act, _, _ = make()
+    loop.launch(Launch("m", Pool.MIXED, 1, args=ARGS), 0.0)
+    inst = loop.instances[1]
+    loop.tick(500.0, 8)  # pending in the queue for long: no start timeout while queued
+    assert act.cancelled == []
+    loop.running(inst, 500.0, None)
+    loop.tick(599.0, 8)
+    assert act.cancelled == []
+    loop.tick(600.0, 8)
+    assert act.cancelled == [(1, "not healthy within 100 s")] and loop.obs.failures["m"] == [600.0]
+
+
+def test_drain_before_ready_cancels_and_cancel_is_sent_once() -> None:
+    loop, act, policy, _ = make()
+    loop.launch(Launch("m", Pool.MIXED, 1, args=ARGS), 0.0)
+    policy.next = (Drain(1), Cancel(1))
+    loop.tick(1.0, 8)
+    assert act.cancelled == [(1, "not needed before ready")]
+
+
+def test_caps_and_pools_reach_the_dispatcher() -> None:
+    loop, act, policy, dispatcher = make()
+    inst = ready_instance(loop)
+    policy.next = (SetBatchCap(inst.id, 7, 3), SetPool(inst.id, Pool.BATCH))
+    loop.tick(1.0, 8)
+    slot = dispatcher.slots[inst.id]
+    assert (slot.cap, slot.batch_cap, slot.pool, inst.pool) == (7, 3, Pool.BATCH, Pool.BATCH)
+    assert act.kicked.count("m") >= 2
+
+
+def test_requeue_starts_over_and_a_draining_one_is_stopped() -> None:
+    loop, act, _, _ = make()
+    inst = ready_instance(loop)
+    inst.running, inst.kv_usage = 5, 0.5
+    assert loop.requeued(inst, 10.0) is True
+    assert inst.state is InstanceState.PENDING and (inst.running, inst.kv_usage) == (0, 0.0)
+    assert loop.obs.failures["m"] == [10.0]
+    other = ready_instance(loop, 11.0)
+    other.drain_requested_at = 12.0
+    assert loop.requeued(other, 13.0) is False and act.cancelled == [(other.id, "requeued while draining")]
+
+
+def test_observations_reach_the_snapshot_once_and_only_interactive() -> None:
+    loop, _, _, _ = make()
+    inst = ready_instance(loop)
+    done = Request(1, "m", ReqClass.INTERACTIVE, 0.0, 10, 11, first_token=0.5, finish=1.5)
+    loop.obs.completed(done, inst)
+    loop.obs.completed(Request(2, "m", ReqClass.BATCH, 0.0, 10, 100, first_token=9.0, finish=19.0), inst)
+    view = loop.snapshot(2.0, 8).model("m").instances[0]
+    assert (view.ttft_obs_s, view.tpot_obs_s) == (0.5, 0.1)
+    assert loop.snapshot(3.0, 8).model("m").instances[0].ttft_obs_s is None  # taken by the last tick
+    assert loop.obs.batch_out_mean["m"] == 100.0
+
+
+def test_the_tick_line_prints_actions_readably() -> None:
+    loop, _, policy, _ = make()
+    policy.next = (Launch("m", Pool.MIXED, 2, replaces=1, args=ARGS),)
+    loop.tick(5.0, 8)
+    (line,) = loop.log
+    assert line.startswith("t=5.0 m[") and line.endswith("| scripted | launch 2 m (mixed, replacing 1)")
+    assert format_action(SetBatchCap(3, 8, 2)) == "cap 3=8/2" and format_action(Drain(4)) == "drain 4"
