@@ -1,0 +1,229 @@
+"""Client requests to /v1/chat/completions and /v1/completions: validation of the body as vLLM would
+(answered with `ApiError` 400/413/415 before anything is queued) into a `ParsedRequest` with the
+token estimate and output cap the scheduler needs, and the request class (interactive or batch). Pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TypeGuard
+
+from chirond.model import ReqClass
+from chirond.serve.openai_errors import ApiError, Json
+from chirond.tokens import count_messages, count_prompt
+
+ENDPOINTS = ("chat", "completions")
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+BATCH_HEADER_VALUES = frozenset({"batch", "flex"})
+# vLLM's default for /v1/completions when max_tokens is absent (chat has none: up to the context limit).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    endpoint: str  # "chat" | "completions"
+    body: Json  # the client's JSON object, unchanged
+    model: str
+    stream: bool
+    include_usage: bool  # stream_options.include_usage
+    input_tokens: int  # chirond.tokens estimate of the prompt
+    max_tokens: int | None  # effective output cap: max_completion_tokens or max_tokens; 16 for completions
+    # when absent (vLLM's default); None = up to the context limit (chat)
+    service_tier: str | None
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_object(raw: bytes) -> Json:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError.bad_json(f"the body is not valid UTF-8 (byte {e.start}).") from None
+    try:
+        # NaN/Infinity are Python extensions, not JSON; they would also slip through the range checks.
+        body = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:
+        raise ApiError.bad_json(f"{e}.") from None
+    except RecursionError:
+        raise ApiError.bad_json("nested too deeply.") from None
+    if not isinstance(body, dict):
+        raise ApiError.bad_json(f"expected a JSON object, got {type(body).__name__}.")
+    return body
+
+
+def _opt_int(body: Json, name: str, minimum: int) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not _is_int(v) or v < minimum:
+        raise ApiError.invalid(name, f"'{name}' must be an integer >= {minimum}, got {_show(v)}.")
+    return int(v)
+
+
+def _opt_number(body: Json, name: str, low: float, high: float, low_open: bool = False) -> None:
+    v = body.get(name)
+    if v is None:
+        return
+    if not _is_number(v) or v > high or v < low or (low_open and v == low):
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ApiError.invalid(name, f"'{name}' must be a number in {span}, got {_show(v)}.")
+
+
+def _opt_bool(body: Json, name: str) -> bool | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, bool):
+        raise ApiError.invalid(name, f"'{name}' must be a boolean, got {_show(v)}.")
+    return v
+
+
+def _check_messages(body: Json) -> list[Json]:
+    messages = body.get("messages")
+    if messages is None:
+        raise ApiError.missing("messages", "a non-empty array of message objects")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError.invalid(
+            "messages", f"'messages' must be a non-empty array of message objects, got {_show(messages)}."
+        )
+    for i, m in enumerate(messages):
+        p = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError.invalid(p, f"'{p}' must be an object with 'role' and 'content', got {_show(m)}.")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise ApiError.invalid(
+                f"{p}.role", f"'{p}.role' must be one of {', '.join(sorted(ROLES))}; got {_show(role)}."
+            )
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise ApiError.invalid(
+                f"{p}.content",
+                f"'{p}.content' must be a string, an array of content parts, or null; got {_show(content)}.",
+            )
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise ApiError.invalid(
+                f"{p}.content", f'\'{p}.content\' parts must be objects such as {{"type": "text", "text": "..."}}.'
+            )
+    return messages
+
+
+def _is_token_ids(v: object) -> bool:
+    return isinstance(v, list) and bool(v) and all(_is_int(t) and t >= 0 for t in v)
+
+
+def _check_prompt(body: Json) -> object:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise ApiError.missing("prompt", "a string or an array of token ids")
+    if isinstance(prompt, str) or _is_token_ids(prompt):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and (isinstance(prompt[0], str) or _is_token_ids(prompt[0])):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
+        raise ApiError.invalid(
+            "prompt",
+            "chirond serves one prompt per request: send each prompt of the batch "
+            "as its own request (they are scheduled and billed separately).",
+        )
+    raise ApiError.invalid(
+        "prompt",
+        "'prompt' must be a string, an array of token ids (integers >= 0), or an "
+        f"array holding one of those; got {_show(prompt)}.",
+    )
+
+
+def _media_type_ok(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_bytes: int) -> ParsedRequest:
+    """Validate a /v1/chat/completions ("chat") or /v1/completions ("completions") request; raise ApiError.
+
+    Stricter than vLLM where chirond's scheduling needs it: `model` is required (vLLM 0.33 falls back to
+    its only model; chirond serves several and routes on the name), `n` must be 1 (the dispatcher sizes,
+    orders and preempts single sequences), one prompt per completions request. Unknown fields pass through,
+    as vLLM accepts them; explicit nulls count as absent, as in vLLM's optional fields."""
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"unknown endpoint {endpoint!r}")
+    if len(raw) > max_body_bytes:
+        raise ApiError.too_large(max_body_bytes, len(raw))
+    if not _media_type_ok(content_type):
+        raise ApiError.unsupported_media_type(content_type)
+    body = _load_object(raw)
+
+    model = body.get("model")
+    if model is None:
+        raise ApiError.missing("model", "the name of a served model")
+    if not isinstance(model, str) or not model:
+        raise ApiError.invalid("model", f"'model' must be a non-empty string, got {_show(model)}.")
+
+    stream = bool(_opt_bool(body, "stream"))
+    opts = body.get("stream_options")
+    include_usage = False
+    if opts is not None:
+        if not stream:
+            # vLLM's wording (ChatCompletionRequest.check_stream_options).
+            raise ApiError.invalid("stream_options", "Stream options can only be defined when `stream=True`.")
+        if not isinstance(opts, dict):
+            raise ApiError.invalid("stream_options", f"'stream_options' must be an object, got {_show(opts)}.")
+        for key in ("include_usage", "continuous_usage_stats"):
+            v = opts.get(key)
+            if v is not None and not isinstance(v, bool):
+                raise ApiError.invalid(
+                    f"stream_options.{key}", f"'stream_options.{key}' must be a boolean, got {_show(v)}."
+                )
+        include_usage = opts.get("include_usage") is True
+
+    n = body.get("n")
+    if n is not None and not (_is_int(n) and n == 1):
+        raise ApiError.invalid(
+            "n",
+            f"'n' must be 1, got {_show(n)}: chirond schedules and preempts each request "
+            "as a single sequence; send separate requests for several choices.",
+        )
+    max_tokens = _opt_int(body, "max_tokens", 1)
+    max_completion_tokens = _opt_int(body, "max_completion_tokens", 1)
+    _opt_number(body, "temperature", 0.0, 2.0)
+    _opt_number(body, "top_p", 0.0, 1.0, low_open=True)
+
+    tier = body.get("service_tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
+        raise ApiError.invalid(
+            "service_tier", f"'service_tier' must be one of {', '.join(SERVICE_TIERS)}; got {_show(tier)}."
+        )
+
+    if endpoint == "chat":
+        input_tokens = count_messages(_check_messages(body))
+        cap = max_completion_tokens if max_completion_tokens is not None else max_tokens
+    else:
+        input_tokens = count_prompt(_check_prompt(body))
+        cap = max_tokens if max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
+    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier)
+
+
+def request_class(parsed: ParsedRequest, header_value: str | None) -> ReqClass:
+    """BATCH for `service_tier: "flex"` (OpenAI's cheaper, slower tier) or a class header saying batch/flex."""
+    if parsed.service_tier == "flex":
+        return ReqClass.BATCH
+    if header_value is not None and header_value.strip().lower() in BATCH_HEADER_VALUES:
+        return ReqClass.BATCH
+    return ReqClass.INTERACTIVE
