@@ -1,4 +1,10 @@
-"""The durable store of the Files and Batches API: uploaded files, batches, and every batch line
+"""One module on purpose, though past 600 lines: `BatchStore` keeps the batch_* rows and their
+in-memory mirror (open batches, per-(batch, model) queues, leases, per-user counts) in step under one
+lock, each change one transaction paired with its in-memory update, and files, batches, lines and
+result files all share that state (output files are files; a deleted input file's bytes stay while
+an open batch reads its lines). Split by table, that one discipline would be spread over modules.
+
+The durable store of the Files and Batches API: uploaded files, batches, and every batch line
 with its result, in the batch_* tables of chirond.db (chirond.db owns the file and its schema; WAL,
 synchronous=NORMAL: a kill -9 of the process loses no committed transaction; a power cut may lose
 the last ones, as for any WAL database at NORMAL).
