@@ -69,7 +69,8 @@ async def test_daemon_serves_through_slurm_jobs_and_replaces_a_cancelled_one(
     # policy submits a replacement that becomes ready.
     first = inst.job_id
     run("scancel", first)
-    await wait_for(lambda: len(d.fleet.control.obs.failures[MODEL]) == 1 and first not in ready(d), 15, "the daemon to see the end")
+    obs = d.fleet.control.obs
+    await wait_for(lambda: len(obs.failures[MODEL]) == 1 and first not in ready(d), 15, "the daemon to see the end")
     await wait_for(lambda: len(ready(d)) == 1, 30, "a replacement instance")
     (second,) = ready(d)
     assert second != first and job_state(first) == "CANCELLED"

@@ -17,28 +17,25 @@ import pytest
 
 from chirond.cluster.slurm_backend import SlurmBackend
 from chirond.daemon import Daemon
-
-# The one test module imported by another (issue 10 item 5 leaves it to the owner of test_daemon.py): the
-# shared bodies are to move into tests/support so that both modules call them.
-from tests.component import test_daemon as local_tests
+from tests.support import openai_cases as cases
 from tests.support import wait_for
 from tests.support.config import make_config
 from tests.support.daemon import ready_count
 from tests.support.loopback import LoopbackCluster
 from tests.support.slurm_daemon import cancel_leftovers, slurm_settings, wait_inactive
 
-test_chat_and_completions_streaming_and_not = local_tests.test_chat_and_completions_streaming_and_not
+test_chat_and_completions_streaming_and_not = cases.chat_and_completions_streaming_and_not
 test_bad_inputs_get_openai_errors_and_the_daemon_keeps_serving = (
-    local_tests.test_bad_inputs_get_openai_errors_and_the_daemon_keeps_serving
+    cases.bad_inputs_get_openai_errors_and_the_daemon_keeps_serving
 )
-test_queue_full_gets_429_with_retry_after = local_tests.test_queue_full_gets_429_with_retry_after
+test_queue_full_gets_429_with_retry_after = cases.queue_full_gets_429_with_retry_after
 test_batch_work_is_preempted_for_interactive_and_resumes = (
-    local_tests.test_batch_work_is_preempted_for_interactive_and_resumes
+    cases.batch_work_is_preempted_for_interactive_and_resumes
 )
 test_scale_from_zero_holds_requests_and_counts_ttft_from_arrival = (
-    local_tests.test_scale_from_zero_holds_requests_and_counts_ttft_from_arrival
+    cases.scale_from_zero_holds_requests_and_counts_ttft_from_arrival
 )
-test_client_disconnect_aborts_the_upstream_request = local_tests.test_client_disconnect_aborts_the_upstream_request
+test_client_disconnect_aborts_the_upstream_request = cases.client_disconnect_aborts_the_upstream_request
 
 
 @pytest.fixture

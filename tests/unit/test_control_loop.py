@@ -72,7 +72,10 @@ class Scripted(Policy):
         return Decision(acts, "scripted")
 
 
-def make(timeouts: Timeouts = Timeouts(drain_s=30.0, start_s=100.0), max_instances: int = 3):
+TIMEOUTS = Timeouts(drain_s=30.0, start_s=100.0)
+
+
+def make(timeouts: Timeouts = TIMEOUTS, max_instances: int = 3):  # type: ignore[no-untyped-def]
     policy = Scripted()
     dispatcher = Dispatcher(policy.rules, {"m": SLO.ttft_s})
     act = Recorder()

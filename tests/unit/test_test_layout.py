@@ -19,11 +19,7 @@ TEST_FILES = sorted(p for p in TESTS.rglob("test_*.py") if "data" not in p.relat
 UNIT_FILES = sorted((TESTS / "unit").rglob("*.py"))
 
 # (importing file, imported test module) -> why it is still allowed. Keep this empty.
-ALLOWED_IMPORTS = {
-    ("tests/integration/test_slurm_openai.py", "tests.component.test_daemon"):
-        "issue 10 item 5: the shared openai test bodies are to move to tests/support with the owner of "
-        "tests/component/test_daemon.py",
-}
+ALLOWED_IMPORTS: dict[tuple[str, str], str] = {}  # (importer, test module) -> why; none today
 
 PROCESS_MODULES = {"subprocess", "multiprocessing", "pty", "pexpect"}
 PROCESS_NAMES = {"create_subprocess_exec", "create_subprocess_shell", "Popen", "fork", "forkpty", "system",
