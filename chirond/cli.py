@@ -131,6 +131,18 @@ def chirond_main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     s.set_defaults(func=_simulate)
 
+    from chirond.replay import run as replay
+
+    s = sub.add_parser(
+        "replay",
+        help="run the real daemon on a scenario's workload, sped up (a dry run; checks the simulator)",
+        description=replay.DESCRIPTION,
+        epilog=replay.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_arguments(s)
+    s.set_defaults(func=replay.main)
+
     from chirond import config, daemon
     from chirond.fakevllm import server as fakevllm
 

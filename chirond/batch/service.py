@@ -80,7 +80,7 @@ class BatchService:
         except oa.ApiError as e:
             return LineResult(line.batch_id, line.idx, e.status, e.body())
         parsed = replace(parsed, stream=False, include_usage=False)
-        deadline = self.api.clock() + (line.deadline - time.time())
+        deadline = self.api.clock() + (line.deadline - time.time()) * _speedup(self.api.clock)  # store: wall time
         status, answer = await self.api.execute(parsed, line.user, deadline)
         return LineResult(line.batch_id, line.idx, status, json.loads(answer))
 
@@ -90,12 +90,17 @@ class BatchService:
         groups: dict[float, list[int]] = {}
         for g in self.dispatcher.backlog(model):
             groups[g.deadline] = [g.requests, g.input_tokens]
-        offset = now - time.time()
+        wall, speedup = time.time(), _speedup(self.api.clock)  # store deadlines are wall time
         if not self.runner.busy:  # while housekeeping holds the store, the last view stands
             self._stored[model] = self.store.backlog(model)
         for deadline, lines, tokens in self._stored.get(model, []):
-            acc = groups.setdefault(deadline + offset, [0, 0])
+            acc = groups.setdefault(now + (deadline - wall) * speedup, [0, 0])
             acc[0] += lines
             acc[1] += tokens
         out = tuple(BacklogGroup(d, n, tok) for d, (n, tok) in sorted(groups.items()))
         return out, sum(g.requests for g in out)
+
+
+def _speedup(clock: Callable[[], float]) -> float:
+    """Daemon-clock seconds per wall second (chirond.clock.Clock under `chirond replay`; 1 otherwise)."""
+    return float(getattr(clock, "speedup", 1.0))
