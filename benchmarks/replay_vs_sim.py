@@ -7,11 +7,8 @@ GPU-hours within 10 %, launches within 25 %).
     .venv/bin/python benchmarks/replay_vs_sim.py --speedup 5
     .venv/bin/python benchmarks/replay_vs_sim.py --replay-summary out/rc/summary.json   # reuse a replay
 
-Per-model GPU-hours and launches of the simulator: its RunResult has them in total only, so this
-script runs the simulation with the policy wrapped in a counter that sees every decision and every
-snapshot (launches: each Launch's room, as the simulator applies it; GPU-hours: GPUs of instances
-past PENDING at each tick, times the tick). The totals are the simulator's own. Replay's
-per-model figures are in its summary.json (from the daemon's /metrics).
+Both summaries carry per-model GPU-hours and launches (`per_model`): the simulator's from its
+jobs and the control loop's launch counts, replay's from the daemon's /metrics.
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chirond.model import Decision, InstanceState, Launch, Snapshot  # noqa: E402
-from chirond.policy import make_policy  # noqa: E402
 from chirond.sim import compare  # noqa: E402
 from chirond.sim.report import summarize  # noqa: E402
 from chirond.sim.scenario import load_scenario  # noqa: E402
@@ -37,48 +32,8 @@ from chirond.sim.scenario import load_scenario  # noqa: E402
 TARGETS = {"interactive": 3.0, "batch": 0.0, "gpu_hours": 0.10, "launches": 0.25}
 
 
-class Counting:
-    """A policy that counts what the simulator does with its decisions, per model."""
-
-    def __init__(self, inner: Any, tick_s: float) -> None:
-        self._inner = inner
-        self.tick_s = tick_s
-        self.launches: dict[str, int] = {}
-        self.gpu_s: dict[str, float] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def plan(self, snap: Snapshot, state: object) -> Decision:
-        d: Decision = self._inner.plan(snap, state)
-        have = {m.name: len(m.instances) for m in snap.models}
-        limit = {m.name: m.max_instances for m in snap.models}
-        for m in snap.models:
-            held = sum(i.gpus for i in m.instances if i.state is not InstanceState.PENDING)
-            self.gpu_s[m.name] = self.gpu_s.get(m.name, 0.0) + held * self.tick_s
-        for a in d.actions:
-            if isinstance(a, Launch):
-                n = a.room(have[a.model], limit[a.model])
-                have[a.model] += n
-                self.launches[a.model] = self.launches.get(a.model, 0) + n
-        return d
-
-
-def simulate(scenario: Path, policy: str, seed: int | None) -> tuple[dict[str, Any], Counting]:
-    sc = load_scenario(scenario)
-    box: list[Counting] = []
-    real = compare.make_policy
-
-    def counted(name: str, profiles: Any, params: Any = None) -> Any:
-        box.append(Counting(make_policy(name, profiles, params), sc.tick_s))
-        return box[-1]
-
-    compare.make_policy = counted
-    try:
-        result = compare.run_one(sc, policy, seed=seed)
-    finally:
-        compare.make_policy = real
-    return summarize(result), box[-1]
+def simulate(scenario: Path, policy: str, seed: int | None) -> dict[str, Any]:
+    return summarize(compare.run_one(load_scenario(scenario), policy, seed=seed))
 
 
 def replay(scenario: Path, policy: str, speedup: float, seed: int | None, out: Path) -> dict[str, Any]:
@@ -95,11 +50,10 @@ def load_replay(path: Path, policy: str) -> dict[str, Any]:
     return next(s for s in json.loads(path.read_text()) if s["policy"] == policy)
 
 
-def table(sim: dict[str, Any], counts: Counting, rep: dict[str, Any]) -> tuple[str, list[str]]:
+def table(sim: dict[str, Any], rep: dict[str, Any]) -> tuple[str, list[str]]:
     rows = ["| model | metric | simulate | replay | difference | target | |", "|---|---|---:|---:|---:|---:|:---|"]
     misses = []
     models = list(sim["per_model"])
-    sim_total_gpu_s = sum(counts.gpu_s.values()) or 1.0
     for name in [*models, "total"]:
         if name == "total":
             s_int, r_int = sim["interactive_attainment"], rep["interactive_attainment"]
@@ -110,10 +64,8 @@ def table(sim: dict[str, Any], counts: Counting, rep: dict[str, Any]) -> tuple[s
             sm, rm = sim["per_model"][name], rep["per_model"][name]
             s_int, r_int = sm["interactive_attainment"], rm["interactive_attainment"]
             s_bat, r_bat = sm["batch_attainment"], rm["batch_attainment"]
-            # the counter's per-model share of the simulator's exact total
-            s_gpu = sim["gpu_hours"] * counts.gpu_s.get(name, 0.0) / sim_total_gpu_s
-            r_gpu = rm.get("gpu_hours", float("nan"))
-            s_l, r_l = counts.launches.get(name, 0), rm.get("launches", float("nan"))
+            s_gpu, r_gpu = sm["gpu_hours"], rm.get("gpu_hours", float("nan"))
+            s_l, r_l = sm["launches"], rm.get("launches", float("nan"))
         for metric, s, r, diff, target, ok in (
             ("interactive %", 100 * s_int, 100 * r_int, 100 * (r_int - s_int), "±3 pt",
              abs(r_int - s_int) * 100 <= TARGETS["interactive"]),
@@ -144,12 +96,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "replay-vs-sim")
     ap.add_argument("--replay-summary", type=Path, help="use this replay summary.json instead of running replay")
     args = ap.parse_args()
-    sim, counts = simulate(args.scenario, args.policy, args.seed)
+    sim = simulate(args.scenario, args.policy, args.seed)
     if args.replay_summary:
         rep = load_replay(args.replay_summary, args.policy)
     else:
         rep = replay(args.scenario, args.policy, args.speedup, args.seed, args.out)
-    text, misses = table(sim, counts, rep)
+    text, misses = table(sim, rep)
     print(f"\n{load_scenario(args.scenario).name}, policy {args.policy}, replay at speedup {rep.get('speedup')}"
           f" (trustworthy: {rep.get('trustworthy')}; client send lag p99 {rep.get('client_lag_p99_s', 0):.3f} s,"
           f" client loop lag max {rep.get('client_loop_lag_max_s', 0):.3f} s, daemon clock)\n")

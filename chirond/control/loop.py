@@ -79,7 +79,7 @@ class ControlLoop:
         self.policy_state: object = None
         self.next_id = 1
         self.ticks = 0
-        self.launches = 0  # decided by the policy (initial instances not counted)
+        self.launched = dict.fromkeys(self.specs, 0)  # per model, decided by the policy (not the initial ones)
         self.log: list[str] = []  # every tick line whose decision changed something
         self.keep_log = True
 
@@ -96,6 +96,10 @@ class ControlLoop:
         if decision.actions and self.keep_log:
             self.log.append(self.describe(snap, decision))
         return snap, decision
+
+    @property
+    def launches(self) -> int:
+        return sum(self.launched.values())
 
     def snapshot(self, now: float, free_gpus: int) -> Snapshot:
         return build_snapshot(now, self.specs, self.instances.values(), self.dispatcher, self.obs,
@@ -174,7 +178,7 @@ class ControlLoop:
             self.next_id += 1
             started += 1
         if counted:
-            self.launches += started
+            self.launched[act.model] += started
         return started
 
     def stop(self, inst: Instance, now: float, reason: str) -> None:

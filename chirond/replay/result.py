@@ -206,6 +206,10 @@ def build_result(
         wall_s=wall_s,
         events=0,
         log=log,
+        launches_by_model=launches,
+        gpu_hours_by_model={
+            n: integrate_hours(tl["t"], tl.get(f"{n}/gpus", np.zeros(tl["t"].size)), end) for n in names
+        },
     )
     return result, reqs
 

@@ -128,6 +128,8 @@ def summarize(result: RunResult) -> dict[str, Any]:
             "requests": int(np.count_nonzero(sel)),
             "interactive_requests": int(np.count_nonzero(sel & m.interactive)),
             "batch_requests": int(np.count_nonzero(sel & m.batch)),
+            "launches": result.launches_by_model.get(name),
+            "gpu_hours": result.gpu_hours_by_model.get(name),
         }
 
     gpu_h = float(result.gpu_hours)

@@ -36,4 +36,6 @@ class RunResult:
     failures: int  # instances lost to node failures or time limits
     wall_s: float  # real seconds the run took
     events: int  # simulator events processed
-    log: list[str] = field(default_factory=list)  # one line per tick with a decision (bounded)
+    log: list[str] = field(default_factory=list)  # the tick line of every decision that changed something
+    launches_by_model: dict[str, int] = field(default_factory=dict)
+    gpu_hours_by_model: dict[str, float] = field(default_factory=dict)

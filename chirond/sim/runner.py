@@ -111,6 +111,7 @@ class Simulation:
         self._dirty: set[str] = set()
         self._touched: set[int] = set()
         self._warm = False  # launches start at once, warm (the instances present at t = 0)
+        self._jobs: list[tuple[str, Job]] = []  # every job with its model, for GPU-hours per model
 
     # ---------------------------------------------------------------- events
 
@@ -145,6 +146,7 @@ class Simulation:
         else:
             inst.job = self.cluster.submit(inst.gpus, now)
             self._push(inst.job.eligible_at, _CLUSTER)
+        self._jobs.append((inst.model, inst.job))
         return True
 
     def cancel(self, inst: Instance, reason: str) -> None:
@@ -389,7 +391,16 @@ class Simulation:
             wall_s=wall,
             events=self.events,
             log=self.control.log,
+            launches_by_model=dict(self.control.launched),
+            gpu_hours_by_model=self._gpu_hours_by_model(end),
         )
+
+    def _gpu_hours_by_model(self, end: float) -> dict[str, float]:
+        out = dict.fromkeys(self.models, 0.0)
+        for model, job in self._jobs:
+            if job.started is not None:
+                out[model] += job.gpus * ((job.ended if job.ended is not None else end) - job.started) / 3600.0
+        return out
 
 
 def gpu_hours_lower_bound(models: list[ModelSetup], reqs: list[Request]) -> float:

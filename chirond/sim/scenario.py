@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from chirond.model import ReqClass, Request
 from chirond.sim import workload as wl
+from chirond.sim.errors import ScenarioError
+from chirond.tomltable import REQUIRED, Table, read_toml, show
 
-
-class ScenarioError(ValueError):
-    """A scenario or trace file is invalid; the message names the file and the key or line."""
-
+__all__ = ["ScenarioError"]  # re-exported: defined in chirond.sim.errors, which workload imports too
 
 DEFAULT_POLICIES = ("static", "llumnix", "llumnix-tuned", "chiron", "chirond")
 WORKLOAD_KINDS = ("azure", "trace", "poisson", "gamma", "curve", "diurnal", "backlog")
@@ -106,138 +104,31 @@ class Scenario:
         raise KeyError(name)
 
 
-# ---------------------------------------------------------------- validation helpers
-
-_REQUIRED: Any = object()
-
-
-def _show(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return repr(v)
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    if isinstance(v, dict):
-        return "a table"
-    return str(v)
-
-
-class _Table:
-    """A TOML table being validated: knows its file and key path, rejects unknown keys."""
-
-    def __init__(self, file: Path, key: str, data: object, valid: tuple[str, ...], *, model: bool = False) -> None:
-        self.file = file
-        self.key = key
-        if not isinstance(data, dict):
-            self.fail_at(key, f"must be a table, got {_show(data)}")
-        self.data: dict[str, Any] = data
-        unknown = [k for k in data if k not in valid]
-        if unknown:
-            hint = ""
-            # TOML splits [models.llama-3.1-8b] at the dots, leaving a stray sub-table.
-            if model and isinstance(data[unknown[0]], dict):
-                hint = "; a model name containing '.' must be quoted, e.g. [models.\"llama-3.1-8b\"]"
-            self.fail(unknown[0], f"unknown key (valid: {', '.join(valid)}){hint}")
-
-    def path_of(self, key: str) -> str:
-        return f"{self.key}.{key}" if self.key else key
-
-    def fail_at(self, keypath: str, msg: str) -> NoReturn:
-        raise ScenarioError(f"{self.file}: {keypath}: {msg}")
-
-    def fail(self, key: str, msg: str) -> NoReturn:
-        self.fail_at(self.path_of(key), msg)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def get(self, key: str, default: Any) -> Any:
-        if key in self.data:
-            return self.data[key]
-        if default is _REQUIRED:
-            self.fail(key, "required")
-        return default
-
-    def number(self, key: str, default: Any = _REQUIRED, *, positive: bool = False) -> Any:
-        """A finite number, >= 0 (or > 0 when positive). Returned as float; default as given."""
-        if key not in self.data:
-            return self.get(key, default)
-        v = self.data[key]
-        want = "a positive number" if positive else "a non-negative number"
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            self.fail(key, f"must be {want}, got {_show(v)}")
-        if v < 0 or (positive and v == 0):
-            self.fail(key, f"must be {want}, got {_show(v)}")
-        return float(v)
-
-    def integer(self, key: str, default: Any = _REQUIRED, *, minimum: int = 0) -> Any:
-        if key not in self.data:
-            return self.get(key, default)
-        v = self.data[key]
-        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self.fail(key, f"must be {want}, got {_show(v)}")
-        return v
-
-    def string(self, key: str, default: Any = _REQUIRED) -> Any:
-        if key not in self.data:
-            return self.get(key, default)
-        v = self.data[key]
-        if not isinstance(v, str) or not v.strip():
-            self.fail(key, f"must be a non-empty string, got {_show(v)}")
-        return v
-
-    def file_path(self, key: str, default: Any = _REQUIRED) -> Any:
-        if key not in self.data:
-            return self.get(key, default)
-        raw = self.string(key)
-        p = (self.file.parent / Path(raw).expanduser()).resolve()
-        if not p.is_file():
-            self.fail(key, f"no such file: {p} (paths are relative to the scenario's directory)")
-        return p
-
-    def sub(self, key: str, valid: tuple[str, ...], default: Any = _REQUIRED) -> _Table:
-        return _Table(self.file, self.path_of(key), self.get(key, default), valid)
-
-
 # ---------------------------------------------------------------- loading
 
 
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ScenarioError(f"{path}: not UTF-8 text: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: invalid TOML: {e}") from None
-
-    top = _Table(
-        path,
-        "",
+    doc = read_toml(path, ScenarioError, invalid="invalid TOML")
+    top = Table(
         doc,
         ("name", "description", "seed", "horizon_s", "tick_s", "cluster", "models", "policies"),
+        file=path,
+        error=ScenarioError,
     )
     name = top.string("name", path.stem)
     description = top.get("description", "")
     if not isinstance(description, str):
-        top.fail("description", f"must be a string, got {_show(description)}")
-    seed = top.integer("seed", 0, minimum=0)
-    horizon_s = top.number("horizon_s", positive=True)
-    tick_s = top.number("tick_s", 5.0, positive=True)
-    cluster = _cluster(top.sub("cluster", _CLUSTER_KEYS))
-    models_t = top.get("models", _REQUIRED)
+        top.fail("description", f"must be a string, got {show(description)}")
+    seed = top.integer("seed", 0)
+    horizon_s = top.number("horizon_s")
+    tick_s = top.number("tick_s", 5.0)
+    cluster = _cluster(top.sub("cluster", _CLUSTER_KEYS, required=True))
+    models_t = top.get("models")
     if not isinstance(models_t, dict) or not models_t:
         top.fail("models", "must be a table with at least one [models.NAME] entry")
     models = tuple(_model(top, mname, cluster) for mname in models_t)
-    policies, params = _policies(top.sub("policies", ("run", "params"), {}))
+    policies, params = _policies(top.sub("policies", ("run", "params")))
     return Scenario(
         path=path,
         name=name,
@@ -255,9 +146,9 @@ def load_scenario(path: str | Path) -> Scenario:
 _CLUSTER_KEYS = ("partition", "gpus", "gpus_per_node", "queue_wait_s", "time_limit_s", "failures")
 
 
-def _cluster(t: _Table) -> ClusterSpec:
-    gpus = t.integer("gpus", minimum=1)
-    per_node = t.integer("gpus_per_node", 8, minimum=1)
+def _cluster(t: Table) -> ClusterSpec:
+    gpus = t.positive_integer("gpus")
+    per_node = t.positive_integer("gpus_per_node", 8)
     nodes = -(-gpus // per_node)
     wait = t.get("queue_wait_s", [0, 0])
     if (
@@ -266,25 +157,25 @@ def _cluster(t: _Table) -> ClusterSpec:
         or any(isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf for w in wait)
         or wait[0] > wait[1]
     ):
-        t.fail("queue_wait_s", f"must be [min, max] with 0 <= min <= max, got {_show(wait)}")
+        t.fail("queue_wait_s", f"must be [min, max] with 0 <= min <= max, got {show(wait)}")
     failures_raw = t.get("failures", [])
     if not isinstance(failures_raw, list):
         t.fail("failures", "must be an array of tables ([[cluster.failures]])")
     failures = []
-    for i, f in enumerate(failures_raw):
-        ft = _Table(t.file, f"{t.path_of('failures')}[{i}]", f, ("at_s", "node", "down_s"))
-        node = ft.integer("node", None, minimum=0)
+    for i in range(len(failures_raw)):
+        ft = t.item("failures", i, ("at_s", "node", "down_s"))
+        node = ft.integer("node", None)
         if node is not None and node >= nodes:
             ft.fail("node", f"must be < {nodes} (the cluster has {nodes} nodes), got {node}")
         failures.append(
-            FailureSpec(at_s=ft.number("at_s"), node=node, down_s=ft.number("down_s", 600.0, positive=True))
+            FailureSpec(at_s=ft.number("at_s", sign="non-negative"), node=node, down_s=ft.number("down_s", 600.0))
         )
     return ClusterSpec(
         partition=t.string("partition", "gpu"),
         gpus=gpus,
         gpus_per_node=per_node,
         queue_wait_s=(float(wait[0]), float(wait[1])),
-        time_limit_s=t.number("time_limit_s", 0.0),
+        time_limit_s=t.number("time_limit_s", 0.0, "non-negative"),
         failures=tuple(failures),
     )
 
@@ -301,31 +192,30 @@ _MODEL_KEYS = (
 )
 
 
-def _model(top: _Table, name: str, cluster: ClusterSpec) -> ModelSpec:
-    key = f"models.{name}"
+def _model(top: Table, name: str, cluster: ClusterSpec) -> ModelSpec:
     if not _MODEL_NAME.fullmatch(name):
-        top.fail_at(key, "model names may use only letters, digits, '.', '_' and '-'")
-    t = _Table(top.file, key, top.data["models"][name], _MODEL_KEYS, model=True)
-    slo = t.sub("slo", ("ttft_s", "tpot_s"))
-    max_gpus = t.integer("max_gpus", cluster.gpus, minimum=1)
+        top.fail_at(f"models.{name}", "model names may use only letters, digits, '.', '_' and '-'")
+    t = top.sub("models", None).sub(name, _MODEL_KEYS, named=True)
+    slo = t.sub("slo", ("ttft_s", "tpot_s"), required=True)
+    max_gpus = t.positive_integer("max_gpus", cluster.gpus)
     if max_gpus > cluster.gpus:
         t.fail("max_gpus", f"must be <= cluster.gpus ({cluster.gpus}), got {max_gpus}")
     min_instances = t.integer("min_instances", 1)
     initial = t.integer("initial_instances", min_instances)
     entries = t.get("workload", [])
     if not isinstance(entries, list):
-        t.fail("workload", f"must be an array of tables ([[{key}.workload]])")
+        t.fail("workload", f"must be an array of tables ([[{t.path()}.workload]])")
     return ModelSpec(
         name=name,
-        profile_path=t.file_path("profile"),
-        cold_start_s=t.number("cold_start_s", None),
-        ttft_s=slo.number("ttft_s", positive=True),
-        tpot_s=slo.number("tpot_s", positive=True),
+        profile_path=t.existing_file("profile"),
+        cold_start_s=t.number("cold_start_s", None, "non-negative"),
+        ttft_s=slo.number("ttft_s"),
+        tpot_s=slo.number("tpot_s"),
         max_gpus=max_gpus,
         min_instances=min_instances,
         initial_instances=initial,
         static_instances=t.integer("static_instances", initial),
-        workloads=tuple(_workload(t, i, e) for i, e in enumerate(entries)),
+        workloads=tuple(_workload(t, i) for i in range(len(entries))),
     )
 
 
@@ -348,71 +238,69 @@ _KIND_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _workload(model: _Table, index: int, entry: object) -> WorkloadSpec:
-    key = f"{model.path_of('workload')}[{index}]"
-    if not isinstance(entry, dict):
-        model.fail_at(key, f"must be a table, got {_show(entry)}")
-    kind = entry.get("kind")
+def _workload(model: Table, index: int) -> WorkloadSpec:
+    entry = model.item("workload", index, None)  # a table; its keys depend on its kind
+    kind = entry.get("kind", None)
     if kind not in _KIND_KEYS:
-        got = "missing" if kind is None else f"got {_show(kind)}"
-        model.fail_at(f"{key}.kind", f"must be one of {', '.join(WORKLOAD_KINDS)}; {got}")
-    t = _Table(model.file, key, entry, ("kind", "class", "start_s", *_KIND_KEYS[kind]))
+        got = "missing" if kind is None else f"got {show(kind)}"
+        entry.fail("kind", f"must be one of {', '.join(WORKLOAD_KINDS)}; {got}")
+    t = model.item("workload", index, ("kind", "class", "start_s", *_KIND_KEYS[kind]))
 
     cls_raw = t.get("class", "batch" if kind == "backlog" else "interactive")
     if cls_raw not in ("interactive", "batch"):
-        t.fail("class", f"must be 'interactive' or 'batch', got {_show(cls_raw)}")
+        t.fail("class", f"must be 'interactive' or 'batch', got {show(cls_raw)}")
     cls = ReqClass(cls_raw)
     if kind == "backlog" and cls is not ReqClass.BATCH:
         t.fail("class", "a backlog is always batch")
 
-    p: dict[str, Any] = {"start_s": t.number("start_s", 0.0)}
+    p: dict[str, Any] = {"start_s": t.number("start_s", 0.0, "non-negative")}
     # A trace's rows may carry their own deadlines; every other batch source needs one here.
     if cls is ReqClass.BATCH:
-        p["deadline_s"] = t.number("deadline_s", None if kind == "trace" else _REQUIRED, positive=True)
+        p["deadline_s"] = t.number("deadline_s", None if kind == "trace" else REQUIRED)
     elif t.has("deadline_s"):
         t.fail("deadline_s", 'only for class = "batch"')
     else:
         p["deadline_s"] = None
 
     if kind in ("azure", "trace"):
-        p["path"] = t.file_path("path")
+        p["path"] = t.existing_file("path")
     if kind == "azure":
-        p["time_scale"] = t.number("time_scale", 1.0, positive=True)
-        p["limit"] = t.integer("limit", None, minimum=1)
+        p["time_scale"] = t.number("time_scale", 1.0)
+        p["limit"] = t.positive_integer("limit", None)
     if kind in ("poisson", "gamma"):
-        p["rate_per_s"] = t.number("rate_per_s", positive=True)
+        p["rate_per_s"] = t.number("rate_per_s")
     if kind == "gamma":
-        p["cv"] = t.number("cv", positive=True)
+        p["cv"] = t.number("cv")
     if kind in ("poisson", "gamma", "curve", "diurnal"):
-        p["duration_s"] = t.number("duration_s", positive=True)
+        p["duration_s"] = t.number("duration_s")
     if kind in ("poisson", "gamma", "curve", "diurnal", "backlog"):
         p["lengths"] = _lengths(t)
     if kind == "curve":
         p["points"] = _points(t)
     if kind == "diurnal":
-        p["peak_rate_per_s"] = t.number("peak_rate_per_s", positive=True)
-        p["trough_rate_per_s"] = t.number("trough_rate_per_s")
+        p["peak_rate_per_s"] = t.number("peak_rate_per_s")
+        p["trough_rate_per_s"] = t.number("trough_rate_per_s", sign="non-negative")
         if p["trough_rate_per_s"] > p["peak_rate_per_s"]:
-            t.fail("trough_rate_per_s", f"must be <= peak_rate_per_s ({_show(p['peak_rate_per_s'])})")
-        p["period_s"] = t.number("period_s", 86400.0, positive=True)
-        p["peak_at_s"] = t.number("peak_at_s", p["period_s"] / 2)
+            t.fail("trough_rate_per_s", f"must be <= peak_rate_per_s ({p['peak_rate_per_s']:g})")
+        p["period_s"] = t.number("period_s", 86400.0)
+        p["peak_at_s"] = t.number("peak_at_s", p["period_s"] / 2, "non-negative")
     if kind == "backlog":
-        p["requests"] = t.integer("requests", minimum=1)
+        p["requests"] = t.positive_integer("requests")
     return WorkloadSpec(kind=kind, cls=cls, params=p)
 
 
-def _lengths(t: _Table) -> wl.Lengths:
+def _lengths(t: Table) -> wl.Lengths:
     v = t.get("lengths", "sharegpt")
     if v == "sharegpt":
         return "sharegpt"
     if isinstance(v, dict):
         lt = t.sub("lengths", ("input_tokens", "output_tokens"))
-        return (lt.integer("input_tokens", minimum=1), lt.integer("output_tokens", minimum=1))
-    t.fail("lengths", f'must be "sharegpt" or {{input_tokens = N, output_tokens = N}}, got {_show(v)}')
+        return (lt.positive_integer("input_tokens"), lt.positive_integer("output_tokens"))
+    t.fail("lengths", f'must be "sharegpt" or {{input_tokens = N, output_tokens = N}}, got {show(v)}')
 
 
-def _points(t: _Table) -> tuple[tuple[float, float], ...]:
-    v = t.get("points", _REQUIRED)
+def _points(t: Table) -> tuple[tuple[float, float], ...]:
+    v = t.get("points")
     want = "a non-empty array of [t_s, rate_per_s] pairs, times increasing, rates >= 0"
     if not isinstance(v, list) or not v:
         t.fail("points", f"must be {want}")
@@ -423,20 +311,17 @@ def _points(t: _Table) -> tuple[tuple[float, float], ...]:
             or len(pt) != 2
             or any(isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x < math.inf for x in pt)
         ):
-            t.fail_at(f"{t.path_of('points')}[{i}]", f"must be [t_s, rate_per_s] (both >= 0), got {_show(pt)}")
+            t.fail("points", f"must be [t_s, rate_per_s] (both >= 0), got {show(pt)}", i)
         if out and pt[0] <= out[-1][0]:
-            t.fail_at(
-                f"{t.path_of('points')}[{i}]",
-                f"times must be increasing, got {_show(pt[0])} after {_show(out[-1][0])}",
-            )
+            t.fail("points", f"times must be increasing, got {pt[0]:g} after {out[-1][0]:g}", i)
         out.append((float(pt[0]), float(pt[1])))
     return tuple(out)
 
 
-def _policies(t: _Table) -> tuple[tuple[str, ...], dict[str, dict[str, object]]]:
+def _policies(t: Table) -> tuple[tuple[str, ...], dict[str, dict[str, object]]]:
     run = t.get("run", list(DEFAULT_POLICIES))
     if not isinstance(run, list) or not run or not all(isinstance(r, str) and r for r in run):
-        t.fail("run", f"must be a non-empty array of policy names, got {_show(run)}")
+        t.fail("run", f"must be a non-empty array of policy names, got {show(run)}")
     dups = sorted({r for r in run if run.count(r) > 1})
     if dups:
         t.fail("run", f"lists {', '.join(dups)} more than once")
@@ -445,7 +330,7 @@ def _policies(t: _Table) -> tuple[tuple[str, ...], dict[str, dict[str, object]]]
         t.fail("params", "must be a table of [policies.params.NAME] tables")
     for pname, ptable in params.items():
         if not isinstance(ptable, dict):
-            t.fail(f"params.{pname}", f"must be a table, got {_show(ptable)}")
+            t.sub("params", None).fail(pname, f"must be a table, got {show(ptable)}")
     return tuple(run), {k: dict(v) for k, v in params.items()}
 
 

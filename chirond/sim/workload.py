@@ -2,7 +2,7 @@
 
 Everything is pure: randomness comes from the numpy `Generator` passed in. Generators number
 requests 0.. ; `scenario.build_workload` renumbers them so ids are unique across a scenario.
-Bad trace files raise `scenario.ScenarioError` with `file:line`.
+Bad trace files raise `ScenarioError` (chirond/sim/errors.py) with `file:line`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Literal, NoReturn, TextIO
 import numpy as np
 
 from chirond.model import ReqClass, Request
+from chirond.sim.errors import ScenarioError
 
 SHAREGPT_PATH = Path(__file__).resolve().parent.parent / "data" / "sharegpt_lengths.csv.gz"
 
@@ -32,9 +33,6 @@ TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens", "class", "deadlin
 
 
 def _fail(path: str | Path, line: int | None, msg: str) -> NoReturn:
-    # Imported here: scenario imports this module at load time.
-    from chirond.sim.scenario import ScenarioError
-
     where = f"{path}:{line}" if line is not None else str(path)
     raise ScenarioError(f"{where}: {msg}")
 

@@ -10,7 +10,6 @@ this sshd lets root in with a key of the test's own (PermitRootLogin prohibit-pa
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ import asyncssh
 import openai
 import pytest
 
-import chirond.daemon as daemon_mod
+import chirond.fleet as fleet_mod
 from chirond.cluster.slurm_backend import SlurmBackend
 from chirond.config import (
     ApiConfig,
@@ -107,13 +106,13 @@ async def ssh_daemon(
     loopback_cluster: LoopbackCluster, root_sshd: RootSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Daemon, list[str]]]:
     direct: list[str] = []
-    real_scrape = daemon_mod.scrape
+    real_scrape = fleet_mod.scrape
 
     async def counting_scrape(*args: Any, **kw: Any) -> Any:
         direct.append(str(args[1]))
         return await real_scrape(*args, **kw)
 
-    monkeypatch.setattr(daemon_mod, "scrape", counting_scrape)
+    monkeypatch.setattr(fleet_mod, "scrape", counting_scrape)
     d = Daemon(daemon_config(tmp_path, loopback_cluster, root_sshd))
     b = d.backend
     assert isinstance(b, SlurmBackend) and b.ssh is not None and d.fleet.ssh is b.ssh
@@ -164,7 +163,7 @@ async def test_metrics_over_ssh_outage_is_stale_without_scale_down(
     root_sshd.kill()
     await wait_for(lambda: is_stale(d), STALE_AFTER_S + 10, "the instance to be stale")
     assert not ssh.connected and ssh.last_error and d.fleet.ssh_scrapes > scrapes_before
-    d.cfg.models[MODEL] = dataclasses.replace(d.cfg.models[MODEL], min_instances=0)
+    d.set_limits(MODEL, 0, d.cfg.models[MODEL].max_instances)
     d.fleet.control.obs.windows[MODEL] = ArrivalWindow()  # zero load: with fresh data the policy would drain down to 0
     ticks = d.ticks
     await wait_for(lambda: d.ticks >= ticks + 8, 15, "8 ticks during the outage")

@@ -126,6 +126,20 @@ def test_summary_keys_and_values(base: dict[str, RunResult]) -> None:
         assert s["peak_gpus"] <= 8
 
 
+def test_per_model_launches_and_gpu_hours_add_up(base: dict[str, RunResult]) -> None:
+    for r in base.values():
+        per = summarize(r)["per_model"]
+        assert sum(m["launches"] for m in per.values()) == r.launches
+        assert sum(m["gpu_hours"] for m in per.values()) == pytest.approx(r.gpu_hours)
+        assert all(m["gpu_hours"] > 0 for m in per.values())
+
+
+def test_decisions_are_logged_readably_and_every_one_kept(base: dict[str, RunResult]) -> None:
+    r = base["chirond"]
+    assert r.log and all(line.startswith("t=") and " | " in line for line in r.log)
+    assert not any("Launch(" in line or "<Pool" in line for line in r.log)
+
+
 def test_chirond_meets_batch_deadlines(base: dict[str, RunResult]) -> None:
     s = summarize(base["chirond"])
     assert s["batch_attainment"] == 1.0
