@@ -5,8 +5,9 @@ Times become daemon seconds since the start (real x K). The start is the moment 
 was ready (the simulator starts with its initial instances ready at t = 0). GPU-hours, peak GPUs
 and the timeline come from /metrics scrapes (chirond_instances by model, pool and state: GPUs of
 every instance past PENDING, as the simulator counts jobs that started); launches are the policy's
-(chirond_scaling_actions{action="launch"} since the start: the initial instances are not counted,
-as in the simulator)."""
+(every chirond_scaling_actions{action="launch"} since the daemon started, less the instances it
+started with, as the simulator counts them: successors it launched while the initial fleet was
+still starting count too)."""
 
 from __future__ import annotations
 
@@ -182,9 +183,7 @@ def build_result(
         "output_tokens": np.array([x.output_tokens for x in reqs], dtype=np.int64),
         "preempted": np.zeros(len(reqs), dtype=np.int32),
     }
-    launches = {
-        n: round(since("chirond_scaling_actions", model=n, action="launch")) for n in names
-    }
+    launches = policy_launches(plan, final)
     result = RunResult(
         scenario=plan.scenario.name,
         policy=plan.policy,
@@ -214,6 +213,15 @@ def build_result(
     return result, reqs
 
 
+def policy_launches(plan: ReplayPlan, final: Sample) -> dict[str, int]:
+    """Launches the policy decided, per model: all the daemon submitted, less its initial fleet."""
+    return {
+        m.name: max(0, round(_counter(final, "chirond_scaling_actions", model=m.name, action="launch"))
+                    - max(m.initial_instances, m.min_instances))
+        for m in plan.models
+    }
+
+
 def per_model_extras(
     plan: ReplayPlan, result: RunResult, start_sample: Sample, final_sample: Sample
 ) -> dict[str, dict[str, Any]]:
@@ -229,7 +237,7 @@ def per_model_extras(
 
         out[n] = {
             "gpu_hours": integrate_hours(tl["t"], tl.get(f"{n}/gpus", np.zeros(tl["t"].size)), result.end_s),
-            "launches": round(since("chirond_scaling_actions", model=n, action="launch")),
+            "launches": policy_launches(plan, final_sample)[n],
             "daemon_batch_ok": round(since("chirond_requests", model=n, outcome="ok", **{"class": "batch"})),
             "daemon_batch_met": round(since("chirond_slo_met", model=n, **{"class": "batch"})),
             "daemon_interactive_met": round(since("chirond_slo_met", model=n, **{"class": "interactive"})),

@@ -180,7 +180,7 @@ def test_result_has_the_simulators_shape(tmp_path: Path) -> None:
     sent[0].first = sent[0].finish = math.nan  # one never answered
     batches = [BatchRun(b, "batch_1", 0.0, "completed", [(1.0, 4), (2.0, 10)],
                         {f"r{r.id}": 200 for r in b.requests}) for b in plan.batches]
-    start = _sample(1, 0, 0, 2)  # two initial launches before the start
+    start = _sample(1, 0, 0, 2)  # before the start: the initial instance and one successor the policy decided
     scrapes = [(-1.0, _sample(0, 1, 1, 2)), (0.0, start), (36.0, _sample(2, 1, 1, 5)), (72.0, _sample(1, 0, 0, 5))]
     rec = Recording(sent, batches, scrapes, [0.001], end=72.0)
     result, _reqs = build_result(plan, rec, start_sample=start, wall_s=80.0, failures=1, log=["x"], lower_bound=0.5)
@@ -190,7 +190,7 @@ def test_result_has_the_simulators_shape(tmp_path: Path) -> None:
     assert s["interactive_attainment"] == pytest.approx((n_int - 1) / n_int)
     assert s["batch_attainment"] == 1.0  # finished at 20 s, deadline 300 s
     assert s["unfinished"] == 1
-    assert s["launches"] == 3  # the policy's: 5 at the end minus 2 at the start
+    assert s["launches"] == 4  # the policy's: 5 submitted in all, less the 1 initial instance
     assert s["failures"] == 1
     # GPUs past pending: 1 from 0 to 360 s, 3 from 360 to 720 s (the end: the horizon, one unanswered)
     assert result.end_s == 600.0
