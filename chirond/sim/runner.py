@@ -106,6 +106,7 @@ class Simulation:
         self.events = 0
         self.cancellations = 0
         self.lost = 0
+        self.cut_streams = 0  # interactive streams that failed with their instance
         self.failure_count = 0
         self.timeline: dict[str, list[float]] = {"t": [], "gpus": []}
         self._dirty: set[str] = set()
@@ -177,6 +178,12 @@ class Simulation:
         if inst.id in self.dispatcher.slots:
             lost = self.dispatcher.remove_instance(inst.id)
             self.lost += len(lost)
+            for r in lost:
+                # A stream already under way cannot go on elsewhere for its client (the proxy
+                # resumes batch work and answers not yet begun, not a cut stream): it fails.
+                if r.cls is ReqClass.INTERACTIVE and r.first_token is not None and self.dispatcher.withdraw(r):
+                    self.done += 1
+                    self.cut_streams += 1
             if lost:
                 self._dirty.add(inst.model)
         assert inst.job is not None

@@ -54,13 +54,20 @@ def run(tmp_path: Path, text: str, name: str = "s.toml") -> dict[str, RunResult]
     return {r.policy: r for r in results}
 
 
-def assert_all_finished(r: RunResult) -> None:
+def assert_all_finished(r: RunResult, cut: bool = False) -> None:
+    """Every request finished; with `cut`, but for interactive streams under way on an instance
+    that was lost (the proxy cannot resume those for their client): they fail, after a first token."""
     req = r.requests
-    assert np.isfinite(req["finish"]).all(), f"{r.policy}: {np.count_nonzero(~np.isfinite(req['finish']))} unfinished"
+    done = np.isfinite(req["finish"])
+    if cut:
+        assert (req["cls"][~done] == 0).all(), f"{r.policy}: a batch request did not finish"
+        done |= np.isfinite(req["first_token"])
+    assert done.all(), f"{r.policy}: {np.count_nonzero(~done)} unfinished"
     assert np.isfinite(req["first_token"]).all()
     assert (req["first_token"] >= req["arrival"]).all()
-    assert (req["finish"] >= req["first_token"]).all()
-    assert summarize(r)["unfinished"] == 0
+    fin = np.isfinite(req["finish"])
+    assert (req["finish"][fin] >= req["first_token"][fin]).all()
+    assert summarize(r)["unfinished"] == np.count_nonzero(~fin)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +198,7 @@ def test_node_failure_requeues_work(tmp_path: Path) -> None:
     text = scenario_text(cluster_extra="\n[[cluster.failures]]\nat_s = 100\nnode = 0\n")
     res = run(tmp_path, text)
     for p, r in res.items():
-        assert_all_finished(r)
+        assert_all_finished(r, cut=True)
         s = summarize(r)
         assert s["failures"] >= 1, p
         # The instance on node 0 was busy at t=100: its requests were lost and requeued.
@@ -200,13 +207,16 @@ def test_node_failure_requeues_work(tmp_path: Path) -> None:
         assert s["launches"] >= 1, p  # lost capacity is replaced
     # A static deployment of one instance had all its work on node 0.
     assert summarize(res["static"])["failures"] == 1
+    # chirond's interactive streams under way on node 0 failed with it (as the daemon's proxy fails
+    # them); static had only batch work under way there, which was requeued
+    assert summarize(res["chirond"])["unfinished"] >= 1
 
 
 def test_short_time_limit_triggers_replacements(tmp_path: Path) -> None:
     # Interactive arrivals for 1000 s: the run outlives the 400 s job limit twice.
     res = run(tmp_path, scenario_text(cluster_extra="time_limit_s = 400", duration_s=1000))
     for r in res.values():
-        assert_all_finished(r)
+        assert_all_finished(r, cut=r.policy != "chirond")  # chirond hands over before the limit
         assert r.end_s > 800
     st = res["static"]
     # Static's instance hits its limit at 400 s and 800 s and is replaced each time.
