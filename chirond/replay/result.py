@@ -160,7 +160,10 @@ def build_result(
 
     all_done = all(x.finish is not None for x in reqs)
     last = max((x.finish for x in reqs if x.finish is not None), default=0.0)
-    end = min(last if all_done else rec.end * k, plan.scenario.horizon_s) if reqs else rec.end * k
+    # As the simulator: the run ends with its last answer (a request that failed is over too),
+    # unless the horizon cut it short.
+    over = all_done or not rec.timed_out
+    end = min(last if over else rec.end * k, plan.scenario.horizon_s) if reqs else rec.end * k
     tl = timeline(plan, rec.scrapes)
     final = rec.scrapes[-1][1] if rec.scrapes else {}
 

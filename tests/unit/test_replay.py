@@ -182,7 +182,7 @@ def test_result_has_the_simulators_shape(tmp_path: Path) -> None:
                         {f"r{r.id}": 200 for r in b.requests}) for b in plan.batches]
     start = _sample(1, 0, 0, 2)  # before the start: the initial instance and one successor the policy decided
     scrapes = [(-1.0, _sample(0, 1, 1, 2)), (0.0, start), (36.0, _sample(2, 1, 1, 5)), (72.0, _sample(1, 0, 0, 5))]
-    rec = Recording(sent, batches, scrapes, [0.001], end=72.0)
+    rec = Recording(sent, batches, scrapes, [0.001], end=72.0, timed_out=True)  # the horizon passed
     result, _reqs = build_result(plan, rec, start_sample=start, wall_s=80.0, failures=1, log=["x"], lower_bound=0.5)
     s = summarize(result)
     n_int = len(plan.interactive)
@@ -213,3 +213,21 @@ def test_bad_local_emulation_keys_are_refused(tmp_path: Path) -> None:
     path.write_text(text.replace("time_limit_s = 300.0", "time_limit_s = -1"))
     with pytest.raises(ConfigError, match=r"backend\.local\.time_limit_s"):
         load_config(path)
+
+
+def test_a_run_that_did_not_time_out_ends_with_its_last_answer(tmp_path: Path) -> None:
+    # as the simulator: a failed request is over too, so the run ends at the last finish, not when
+    # the client stopped collecting outputs
+    plan = plan_for(tmp_path, speedup=10.0)
+    k = plan.speedup
+    sent = [Sent(r.arrival / k, sent=r.arrival / k, first=r.arrival / k + 0.05, finish=r.arrival / k + 0.1,
+                 status=200, tokens=r.output_tokens) for r in plan.interactive]
+    sent[0].first = sent[0].finish = math.nan  # failed
+    batches = [BatchRun(b, "batch_1", 0.0, "completed", [(1.0, 10)], {f"r{r.id}": 200 for r in b.requests})
+               for b in plan.batches]
+    start = _sample(1, 0, 0, 1)
+    rec = Recording(sent, batches, [(0.0, start), (50.0, _sample(1, 0, 0, 1))], [0.001], end=70.0)
+    result, reqs = build_result(plan, rec, start_sample=start, wall_s=80.0, failures=0, log=[], lower_bound=0.5)
+    last = max(x.finish for x in reqs if x.finish is not None)
+    assert result.end_s == pytest.approx(last) and last < 70.0 * k
+
