@@ -143,7 +143,7 @@ def chirond_main(argv: list[str] | None = None) -> int:
     replay.add_arguments(s)
     s.set_defaults(func=replay.main)
 
-    from chirond import config, daemon
+    from chirond import check_config, daemon
     from chirond.fakevllm import server as fakevllm
 
     s = sub.add_parser(
@@ -162,7 +162,7 @@ def chirond_main(argv: list[str] | None = None) -> int:
         description="Read and validate a config file; exit 0 if it is good, 2 with the key and reason if not.",
     )
     s.add_argument("config", help="TOML config file")
-    s.set_defaults(func=config.check_config_main)
+    s.set_defaults(func=check_config.check_config_main)
     s = sub.add_parser(
         "fake-vllm",
         help="a vLLM-compatible simulated server (no GPU) driven by a performance profile",

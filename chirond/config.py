@@ -8,32 +8,29 @@ reference for the file is docs/config.md; etc/chirond.toml is the commented exam
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import getpass
-import ipaddress
+import logging
 import math
 import re
-import shlex
 import sys
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
-
-from rich.console import Console
-from rich.markup import escape
+from typing import Any
 
 import chirond
 from chirond.batch.store import BatchLimits, window_seconds
 from chirond.model import Slo
 from chirond.policy import REGISTRY, make_policy
 from chirond.profiles import Profile, ProfileError, load_profile
+from chirond.tomltable import Table, TableError, key_path, read_toml, show
 from chirond.users import UsersConfig, parse_users
 
+log = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
+__all__ = ["key_path"]  # re-exported: the key path rule lives in chirond.tomltable
+
+
+class ConfigError(TableError):
     """A bad config: the message names the file, the key path and the reason."""
 
 
@@ -79,9 +76,23 @@ class ApiConfig:
 class LocalBackendConfig:
     gpus: int = 8  # GPUs this machine pretends to have: bounds instances * gpus per instance
     port_range: tuple[int, int] = (20000, 29999)  # inclusive
-    health_timeout_s: float = 900.0  # launch to /health 200, else the instance counts as failed
+    # Slurm emulation (dry runs, `chirond replay`), in seconds of the daemon's clock: a job waits
+    # PENDING for a wait drawn uniformly from queue_wait_s (with `seed`), and its engine is killed
+    # at time_limit_s after it starts running (0 = no limit).
+    queue_wait_s: tuple[float, float] = (0.0, 0.0)
+    time_limit_s: float = 0.0
+    seed: int = 0
+    queue_when_full: bool = False  # a job that does not fit waits PENDING for GPUs (Slurm) instead of being refused
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """[lifecycle]: how long an instance may take to start, drain and stop, on either backend.
+    (Before, these keys lived under [backend.local]; they are still read there, with a warning.)"""
+
+    health_timeout_s: float = 900.0  # launch to /health 200 (Slurm: queue wait included), else the instance failed
     drain_timeout_s: float = 120.0  # a draining instance is stopped when idle or after this
-    stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
+    stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL (Slurm: a plain scancel) after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +187,7 @@ class Config:
     slurm: SlurmBackendConfig | None = None  # [backend.slurm]; present whenever daemon.backend = "slurm"
     batch: BatchLimits = field(default_factory=BatchLimits)  # [batch]: the Files and Batches API
     users: UsersConfig = field(default_factory=UsersConfig)  # [users]: quotas and admins
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)  # [lifecycle]: start, drain, stop
 
 
 # ---------------------------------------------------------------- the vocabulary
@@ -200,7 +212,6 @@ PLACEHOLDERS = (
 MIN_KEY_CHARS = 16
 MIN_BODY_BYTES = 1024
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")  # used with fullmatch
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # TOML bare key: shown unquoted in key paths
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
@@ -217,11 +228,13 @@ def _keys(cls: Any, *skip: str) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.name not in skip)
 
 
-ROOT_KEYS = ("daemon", "api", "backend", "models", "batch", "users")
+ROOT_KEYS = ("daemon", "api", "backend", "models", "batch", "users", "lifecycle")
 DAEMON_KEYS = _keys(DaemonConfig)
 API_KEYS = _keys(ApiConfig)
 BACKEND_KEYS = BACKENDS
 LOCAL_KEYS = _keys(LocalBackendConfig)
+LIFECYCLE_KEYS = _keys(LifecycleConfig)
+DEPRECATED_LOCAL_KEYS = LIFECYCLE_KEYS  # [backend.local] keys that moved to [lifecycle]
 SLURM_KEYS = _keys(SlurmBackendConfig, "ssh")  # plain keys; the [backend.slurm.ssh] sub-table is read apart
 SSH_KEYS = _keys(SshConfig)
 MODEL_KEYS = _keys(ModelConfig, "name", "profile_path")  # `profile` is the profile's path in the file
@@ -229,126 +242,20 @@ SLO_KEYS = _keys(Slo)
 BATCH_KEYS = _keys(BatchLimits, "endpoints")
 
 
-# ---------------------------------------------------------------- one table under validation
-
-
-def _show(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return repr(v)
-    if isinstance(v, dict):
-        return "a table"
-    if isinstance(v, list):
-        return "an array"
-    return str(v)
-
-
-def key_path(*parts: str) -> str:
-    """`models."llama-3.1-8b".slo`: components that are not TOML bare keys are quoted."""
-    return ".".join(p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
-
-
-class _Table:
-    """A TOML table being read: knows its file and key path, rejects unknown keys on creation.
-    The getters return the value from the file or `default`, and fail with the full key path."""
-
-    def __init__(self, file: str, parts: tuple[str, ...], data: object, valid: tuple[str, ...] | None) -> None:
-        self.file = file
-        self.parts = parts
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: {key_path(*parts)}: must be a table, got {_show(data)}")
-        self.data: dict[str, Any] = data
-        for key, value in data.items():
-            if valid is not None and key not in valid:  # None: any key (env)
-                hint = ""
-                if parts[:1] == ("models",) and len(parts) == 2 and len(data) == 1 and isinstance(value, dict):
-                    # TOML splits [models.llama-3.1-8b] at the dots, leaving a stray sub-table.
-                    hint = '; a model name containing "." must be quoted: [models."llama-3.1-8b"]'
-                self.fail(key, f"unknown key (valid: {', '.join(valid) or 'none'}){hint}")
-
-    def fail(self, key: str, reason: str, index: int | None = None) -> NoReturn:
-        """Raise "FILE: key.path: reason" for `key` of this table ("": the table itself), or for
-        item `index` of the array `key`."""
-        where = key_path(*self.parts, key) if key else key_path(*self.parts)
-        raise ConfigError(f"{self.file}: {where}{'' if index is None else f'[{index}]'}: {reason}")
-
-    def sub(self, key: str, valid: tuple[str, ...] | None) -> _Table:
-        """The sub-table `key` (empty when absent)."""
-        return _Table(self.file, (*self.parts, key), self.data.get(key, {}), valid)
-
-    def integer(self, key: str, default: int, lo: int = 0, hi: int | None = None) -> int:
-        if key not in self.data:
-            return default
-        v = self.data[key]
-        want = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            self.fail(key, f"must be {want}, got {_show(v)}")
-        return v
-
-    def number(self, key: str, default: float, sign: str = "positive") -> float:
-        """A finite number (integers accepted); `sign`: "positive" (> 0), "non-negative" or "any"."""
-        if key not in self.data:
-            return default
-        v = self.data[key]
-        ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
-        if not ok or (sign == "positive" and v <= 0) or (sign == "non-negative" and v < 0):
-            self.fail(key, f"must be {'a' if sign == 'any' else 'a ' + sign} number, got {_show(v)}")
-        return float(v)
-
-    def required_number(self, key: str) -> float:
-        if key not in self.data:
-            self.fail(key, "required")
-        return self.number(key, 0.0)
-
-    def string(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
-        if key not in self.data:
-            return default
-        v = self.data[key]
-        if not isinstance(v, str) or not v.strip():
-            self.fail(key, f"must be a non-empty string, got {_show(v)}")
-        if choices and v not in choices:
-            self.fail(key, f"must be one of {', '.join(choices)}, got {_show(v)}")
-        return v
-
-    def boolean(self, key: str, default: bool) -> bool:
-        if key not in self.data:
-            return default
-        v = self.data[key]
-        if not isinstance(v, bool):
-            self.fail(key, f"must be true or false, got {_show(v)}")
-        return v
-
-    def resolved_path(self, key: str, default: Path, base: Path) -> Path:
-        """A path; relative ones are relative to `base` (the config file's directory)."""
-        if key not in self.data:
-            return default
-        return (base / Path(self.string(key, "")).expanduser()).resolve()
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        v = self.data.get(key, [])
-        if not isinstance(v, list):
-            self.fail(key, f"must be an array of strings, got {_show(v)}")
-        for i, item in enumerate(v):
-            if not isinstance(item, str):
-                self.fail(key, f"must be a string, got {_show(item)}", i)
-        return tuple(v)
-
-
 # ---------------------------------------------------------------- sections
 
 
-def _daemon(t: _Table, base: Path) -> DaemonConfig:
+def _daemon(t: Table) -> DaemonConfig:
     policy = t.string("policy", _D.policy, tuple(REGISTRY))
     params = t.sub("policy_params", tuple(REGISTRY[policy].defaults))  # the range is the policy's to check
     values = {key: params.number(key, 0.0, "any") for key in params.data}
     host = t.string("listen_host", _D.listen_host)
     if any(c.isspace() for c in host):
-        t.fail("listen_host", f"must be a host name or address, got {_show(host)}")
+        t.fail("listen_host", f"must be a host name or address, got {show(host)}")
     return DaemonConfig(
         listen_host=host,
         listen_port=t.integer("listen_port", _D.listen_port, 1, 65535),
-        state_dir=t.resolved_path("state_dir", _D.state_dir, base),
+        state_dir=t.resolved_path("state_dir", _D.state_dir),
         tick_s=t.number("tick_s", _D.tick_s),
         scrape_timeout_s=t.number("scrape_timeout_s", _D.scrape_timeout_s),
         stale_after_s=t.number("stale_after_s", _D.stale_after_s),
@@ -357,15 +264,15 @@ def _daemon(t: _Table, base: Path) -> DaemonConfig:
         backend=t.string("backend", _D.backend, BACKENDS),
         log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
-        control_socket=_socket_path(t, base),
+        control_socket=_socket_path(t),
         clock_speedup=t.number("clock_speedup", _D.clock_speedup),
     )
 
 
-def _socket_path(t: _Table, base: Path) -> Path | None:
+def _socket_path(t: Table) -> Path | None:
     if "control_socket" not in t.data:
         return None
-    path = t.resolved_path("control_socket", Path(), base)
+    path = t.resolved_path("control_socket", Path())
     if len(str(path).encode()) > 107:  # sun_path holds 108 bytes with the terminating NUL
         t.fail("control_socket", f"a Unix socket path must be at most 107 bytes, got {len(str(path).encode())}")
     return path
@@ -374,7 +281,7 @@ def _socket_path(t: _Table, base: Path) -> Path | None:
 _B = BatchLimits()
 
 
-def _batch(t: _Table) -> BatchLimits:
+def _batch(t: Table) -> BatchLimits:
     windows = t.strings("windows") if "windows" in t.data else _B.windows
     for i, w in enumerate(windows):
         try:
@@ -393,22 +300,19 @@ def _batch(t: _Table) -> BatchLimits:
     )
 
 
-def _api(t: _Table, base: Path) -> ApiConfig:
+def _api(t: Table) -> ApiConfig:
     auth = t.string("auth", _A.auth, AUTH_MODES)
-    keys_file = t.resolved_path("keys_file", Path(), base) if "keys_file" in t.data else None
+    keys_file = t.resolved_path("keys_file", None)
     # auth = "keys" without a keys_file: only the keys users mint with `chiron token`.
     if auth == "keys" and keys_file is not None:
-        if not keys_file.is_file():
-            relative = not Path(t.data["keys_file"]).expanduser().is_absolute()
-            hint = " (relative paths start at the config's directory)" if relative else ""
-            t.fail("keys_file", f"no such file: {keys_file}{hint}")
+        keys_file = t.existing_file("keys_file")
         try:
             load_keys(keys_file)
         except ConfigError as e:
             t.fail("keys_file", str(e))
     header = t.string("batch_header", _A.batch_header)
     if not _HEADER_NAME.fullmatch(header):
-        t.fail("batch_header", f"must be an HTTP header name, got {_show(header)}")
+        t.fail("batch_header", f"must be an HTTP header name, got {show(header)}")
     return ApiConfig(
         auth=auth,
         keys_file=keys_file,
@@ -423,50 +327,72 @@ def _api(t: _Table, base: Path) -> ApiConfig:
     )
 
 
-def _port_range(t: _Table, default: tuple[int, int] = _L.port_range, lowest: int = 1) -> tuple[int, int]:
+def _port_range(t: Table, default: tuple[int, int] = _L.port_range, lowest: int = 1) -> tuple[int, int]:
     v = t.data.get("port_range", list(default))
     ok = isinstance(v, list) and len(v) == 2 and all(type(p) is int and lowest <= p <= 65535 for p in v)
     if not ok or v[0] > v[1]:
-        t.fail("port_range", f"must be [lo, hi] with {lowest} <= lo <= hi <= 65535, got {_show(v)}")
+        t.fail("port_range", f"must be [lo, hi] with {lowest} <= lo <= hi <= 65535, got {show(v)}")
     return v[0], v[1]
 
 
-def _local(t: _Table) -> LocalBackendConfig:
+def _local(t: Table) -> LocalBackendConfig:
     return LocalBackendConfig(
         gpus=t.integer("gpus", _L.gpus, 1),
         port_range=_port_range(t),
-        health_timeout_s=t.number("health_timeout_s", _L.health_timeout_s),
-        drain_timeout_s=t.number("drain_timeout_s", _L.drain_timeout_s),
-        stop_grace_s=t.number("stop_grace_s", _L.stop_grace_s),
+        queue_wait_s=_queue_wait(t),
+        time_limit_s=t.number("time_limit_s", _L.time_limit_s, "non-negative"),
+        seed=t.integer("seed", _L.seed),
+        queue_when_full=t.boolean("queue_when_full", _L.queue_when_full),
     )
+
+
+_LC = LifecycleConfig()
+
+
+def _lifecycle(t: Table, local: Table, warn: Callable[[str], None]) -> LifecycleConfig:
+    """[lifecycle], or the same keys where they used to be, under [backend.local] (with a warning
+    naming the new key). Both set is an error: which one was meant cannot be told."""
+    values: dict[str, float] = {}
+    for key in LIFECYCLE_KEYS:
+        old, new = local.path(key), t.path(key)
+        if key in local.data and key in t.data:
+            local.fail(key, f"deprecated, and {new} is set too: keep only {new}")
+        if key in local.data:
+            warn(f"{old} is deprecated: use {new}")
+            values[key] = local.number(key)
+        else:
+            values[key] = t.number(key, getattr(_LC, key))
+    return LifecycleConfig(**values)
+
+
+def _queue_wait(t: Table) -> tuple[float, float]:
+    v = t.data.get("queue_wait_s", list(_L.queue_wait_s))
+    ok = isinstance(v, list) and len(v) == 2 and all(
+        isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w < math.inf for w in v
+    )
+    if not ok or v[0] > v[1]:
+        t.fail("queue_wait_s", f"must be [min, max] seconds with 0 <= min <= max, got {show(v)}")
+    return float(v[0]), float(v[1])
 
 
 _S: dict[str, Any] = {f.name: f.default for f in fields(SlurmBackendConfig)}
 
 
-def _optional_string(t: _Table, key: str) -> str:
-    """A string where "" means "not set" (the same as leaving the key out)."""
-    v = t.data.get(key, "")
-    if not isinstance(v, str):
-        t.fail(key, f"must be a string, got {_show(v)}")
-    return v
-
-
-def _slurm_name(t: _Table, key: str) -> str:
-    v = _optional_string(t, key)
+def _slurm_name(t: Table, key: str) -> str:
+    v = t.optional_string(key)
     if v and not _SLURM_NAME.fullmatch(v):
-        t.fail(key, f"must be a Slurm name of A-Z a-z 0-9 _ . -, got {_show(v)}")
+        t.fail(key, f"must be a Slurm name of A-Z a-z 0-9 _ . -, got {show(v)}")
     return v
 
 
-def _host(t: _Table, key: str, default: str) -> str:
-    v = _optional_string(t, key) if not default else t.string(key, default)
+def _host(t: Table, key: str, default: str) -> str:
+    v = t.optional_string(key) if not default else t.string(key, default)
     if v and not _HOST.fullmatch(v):
-        t.fail(key, f"must be a host name or address (A-Z a-z 0-9 _ . : -), got {_show(v)}")
+        t.fail(key, f"must be a host name or address (A-Z a-z 0-9 _ . : -), got {show(v)}")
     return v
 
 
-def _one_line_strings(t: _Table, key: str) -> tuple[str, ...]:
+def _one_line_strings(t: Table, key: str) -> tuple[str, ...]:
     items = t.strings(key)
     for i, item in enumerate(items):
         if "\n" in item or "\r" in item or "\0" in item:
@@ -474,19 +400,19 @@ def _one_line_strings(t: _Table, key: str) -> tuple[str, ...]:
     return items
 
 
-def _slurm(t: _Table, base: Path) -> SlurmBackendConfig:
+def _slurm(t: Table) -> SlurmBackendConfig:
     if not t.data.get("partition"):
         t.fail("partition", "required: the Slurm partition the instance jobs run in")
-    run_dir = t.resolved_path("run_dir", Path(), base) if "run_dir" in t.data else None
+    run_dir = t.resolved_path("run_dir", None)
     if run_dir is not None and "%" in str(run_dir):
-        t.fail("run_dir", f"must not contain '%' (Slurm expands it in log file names), got {_show(str(run_dir))}")
+        t.fail("run_dir", f"must not contain '%' (Slurm expands it in log file names), got {show(str(run_dir))}")
     extra = _one_line_strings(t, "extra_sbatch_args")
     for i, arg in enumerate(extra):
         if not arg.startswith("--"):
-            t.fail("extra_sbatch_args", f"must be a long option such as \"--constraint=a100\", got {_show(arg)}", i)
-    user = _optional_string(t, "user")
+            t.fail("extra_sbatch_args", f"must be a long option such as \"--constraint=a100\", got {show(arg)}", i)
+    user = t.optional_string("user")
     if user and not _USER.fullmatch(user):
-        t.fail("user", f"must be a user name, got {_show(user)}")
+        t.fail("user", f"must be a user name, got {show(user)}")
     return SlurmBackendConfig(
         partition=_slurm_name(t, "partition"),
         account=_slurm_name(t, "account"),
@@ -509,40 +435,24 @@ def _slurm(t: _Table, base: Path) -> SlurmBackendConfig:
         user=user,
         extra_sbatch_args=extra,
         keep_jobs_on_stop=t.boolean("keep_jobs_on_stop", _S["keep_jobs_on_stop"]),
-        template=_existing_file(t, "template", base, "") if t.data.get("template", "") != "" else None,
-        ssh=_ssh(t.sub("ssh", SSH_KEYS), base) if "ssh" in t.data else None,
+        template=t.existing_file("template") if t.data.get("template", "") != "" else None,
+        ssh=_ssh(t.sub("ssh", SSH_KEYS)) if "ssh" in t.data else None,
     )
 
 
 _SSH: dict[str, Any] = {f.name: f.default for f in fields(SshConfig)}
 
 
-def _existing_file(t: _Table, key: str, base: Path, what: str) -> Path:
-    if key not in t.data:
-        t.fail(key, f"required: {what}")
-    path = t.resolved_path(key, Path(), base)
-    if not path.is_file():
-        relative = not Path(t.data[key]).expanduser().is_absolute()
-        hint = " (relative paths start at the config's directory)" if relative else ""
-        t.fail(key, f"no such file: {path}{hint}")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as e:
-        t.fail(key, f"cannot read {path}: {e.strerror or e}")
-    return path
-
-
-def _ssh(t: _Table, base: Path) -> SshConfig:
+def _ssh(t: Table) -> SshConfig:
     if "host" not in t.data:
         t.fail("host", "required: the login node that runs Slurm's commands")
     host = t.string("host", "")
     if not _HOST.fullmatch(host):
-        t.fail("host", f"must be a host name or address (A-Z a-z 0-9 _ . : -), got {_show(host)}")
-    user = _optional_string(t, "user")
+        t.fail("host", f"must be a host name or address (A-Z a-z 0-9 _ . : -), got {show(host)}")
+    user = t.optional_string("user")
     if user and not _USER.fullmatch(user):
-        t.fail("user", f"must be a user name, got {_show(user)}")
-    jump = _optional_string(t, "jump_host")
+        t.fail("user", f"must be a user name, got {show(user)}")
+    jump = t.optional_string("jump_host")
     if jump:
         try:
             parse_jump_host(jump)
@@ -552,9 +462,9 @@ def _ssh(t: _Table, base: Path) -> SshConfig:
         t.fail("known_hosts", "must name a known_hosts file: host keys are always checked")
     return SshConfig(
         host=host,
-        key_file=_existing_file(t, "key_file", base, "the private key chirond logs in with"),
-        known_hosts=_existing_file(t, "known_hosts", base, "a known_hosts file with the login node's host key "
-                                   "(host keys are always checked)"),
+        key_file=t.existing_file("key_file", "the private key chirond logs in with"),
+        known_hosts=t.existing_file("known_hosts", "a known_hosts file with the login node's host key "
+                                    "(host keys are always checked)"),
         port=t.integer("port", _SSH["port"], 1, 65535),
         user=user,
         jump_host=jump,
@@ -587,7 +497,8 @@ def resolve_profile(raw: str, base: Path) -> Path | None:
     return None
 
 
-def _profile(t: _Table, base: Path, local: LocalBackendConfig | None) -> tuple[Path, Profile]:
+def _profile(t: Table, local: LocalBackendConfig | None) -> tuple[Path, Profile]:
+    base = t.base
     if "profile" not in t.data:
         t.fail("profile", f"required: a profile file or name (available: {', '.join(available_profiles())})")
     raw = t.string("profile", "")
@@ -607,14 +518,14 @@ def _profile(t: _Table, base: Path, local: LocalBackendConfig | None) -> tuple[P
     return path, prof
 
 
-def _slo(t: _Table) -> Slo:
+def _slo(t: Table) -> Slo:
     if "slo" not in t.data:
         t.fail("slo", "required: a table with ttft_s and tpot_s, e.g. slo = { ttft_s = 1.0, tpot_s = 0.1 }")
     s = t.sub("slo", SLO_KEYS)
-    return Slo(ttft_s=s.required_number("ttft_s"), tpot_s=s.required_number("tpot_s"))
+    return Slo(ttft_s=s.number("ttft_s"), tpot_s=s.number("tpot_s"))
 
 
-def _instances(t: _Table) -> tuple[int, int, int]:
+def _instances(t: Table) -> tuple[int, int, int]:
     """(min, initial, max); initial defaults to min."""
     lo = t.integer("min_instances", _M["min_instances"])
     hi = t.integer("max_instances", _M["max_instances"], 1)
@@ -632,7 +543,7 @@ def placeholders(arg: str) -> list[str]:
     return _PLACEHOLDER.findall(arg)
 
 
-def _command(t: _Table) -> tuple[str, ...]:
+def _command(t: Table) -> tuple[str, ...]:
     argv = t.strings("command")
     if argv and not argv[0].strip():
         t.fail("command", "the program must be a non-empty string", 0)
@@ -648,23 +559,23 @@ def _command(t: _Table) -> tuple[str, ...]:
     return argv
 
 
-def _env(t: _Table) -> dict[str, str]:
+def _env(t: Table) -> dict[str, str]:
     env = t.sub("env", None)
     for key, value in env.data.items():
         if not _ENV_NAME.fullmatch(key):
             env.fail(key, "an environment variable name is A-Z a-z 0-9 _, not starting with a digit")
         if not isinstance(value, str):
-            env.fail(key, f"must be a string, got {_show(value)}")
+            env.fail(key, f"must be a string, got {show(value)}")
     return dict(env.data)
 
 
-def _model(name: str, t: _Table, base: Path, local: LocalBackendConfig | None) -> ModelConfig:
+def _model(name: str, t: Table, local: LocalBackendConfig | None) -> ModelConfig:
     if not MODEL_NAME.fullmatch(name):
         t.fail(
             "",
             "a model name is 1-128 characters of A-Z a-z 0-9 . _ : / -, starting with a letter or digit",
         )
-    path, prof = _profile(t, base, local)
+    path, prof = _profile(t, local)
     slo = _slo(t)
     lo, initial, hi = _instances(t)
     return ModelConfig(
@@ -682,15 +593,15 @@ def _model(name: str, t: _Table, base: Path, local: LocalBackendConfig | None) -
     )
 
 
-def _models(root: _Table, base: Path, local: LocalBackendConfig | None) -> dict[str, ModelConfig]:
+def _models(root: Table, local: LocalBackendConfig | None) -> dict[str, ModelConfig]:
     """`local`: the GPUs instances must fit on; None when the backend is Slurm (the partition's nodes
     are checked by `chirond check-config`, which asks sinfo)."""
     table = root.sub("models", None)
     if not table.data:
         root.fail("models", 'at least one model is required: a [models."NAME"] table')
-    models = {name: _model(name, table.sub(name, MODEL_KEYS), base, local) for name in table.data}
+    models = {name: _model(name, table.sub(name, MODEL_KEYS, named=True), local) for name in table.data}
     if local is not None:
-        _check_initial_gpus(root.file, models, local)
+        _check_initial_gpus(str(root.file), models, local)
     return models
 
 
@@ -706,7 +617,7 @@ def _check_initial_gpus(file: str, models: Mapping[str, ModelConfig], local: Loc
         )
 
 
-def _check_policy(t: _Table, daemon: DaemonConfig, models: Mapping[str, ModelConfig]) -> None:
+def _check_policy(t: Table, daemon: DaemonConfig, models: Mapping[str, ModelConfig]) -> None:
     """The policy must accept its parameters with these models' profiles."""
     try:
         make_policy(daemon.policy, {name: m.profile for name, m in models.items()}, daemon.policy_params)
@@ -717,45 +628,33 @@ def _check_policy(t: _Table, daemon: DaemonConfig, models: Mapping[str, ModelCon
 # ---------------------------------------------------------------- the file
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-
-
-def load_config(path: str | Path) -> Config:
-    """Read and validate the daemon's config file. Raises ConfigError "FILE: key.path: reason"."""
+def load_config(path: str | Path, warn: Callable[[str], None] | None = None) -> Config:
+    """Read and validate the daemon's config file. Raises ConfigError "FILE: key.path: reason".
+    `warn(message)` hears of deprecated keys ("FILE: backend.local.stop_grace_s is deprecated: use
+    lifecycle.stop_grace_s"); by default they are logged as warnings."""
     path = Path(path)
     file = str(path)
-    base = path.resolve().parent
-    root = _Table(file, (), _read_toml(path), ROOT_KEYS)
+    warn = warn or log.warning
+    root = Table(read_toml(path, ConfigError), ROOT_KEYS, file=file, error=ConfigError)
     backend = root.sub("backend", BACKEND_KEYS)
-    local = _local(backend.sub("local", LOCAL_KEYS))
+    local_table = backend.sub("local", (*LOCAL_KEYS, *DEPRECATED_LOCAL_KEYS))
+    local = _local(local_table)
+    lifecycle = _lifecycle(root.sub("lifecycle", LIFECYCLE_KEYS), local_table, lambda m: warn(f"{file}: {m}"))
     daemon_table = root.sub("daemon", DAEMON_KEYS)
-    daemon = _daemon(daemon_table, base)
+    daemon = _daemon(daemon_table)
     slurm = None
     if "slurm" in backend.data or daemon.backend == "slurm":
         if "slurm" not in backend.data:
             backend.fail("slurm", 'required when daemon.backend = "slurm": a [backend.slurm] table with a partition')
-        slurm = _slurm(backend.sub("slurm", (*SLURM_KEYS, "ssh")), base)
-    api = _api(root.sub("api", API_KEYS), base)
-    models = _models(root, base, local if daemon.backend == "local" else None)
+        slurm = _slurm(backend.sub("slurm", (*SLURM_KEYS, "ssh")))
+    api = _api(root.sub("api", API_KEYS))
+    models = _models(root, local if daemon.backend == "local" else None)
     _check_policy(daemon_table, daemon, models)
     batch = _batch(root.sub("batch", BATCH_KEYS))
-
-    def users_fail(key: str, reason: str) -> NoReturn:  # parse_users names the whole key path
-        raise ConfigError(f"{file}: {key}: {reason}")
-
-    users = parse_users(root.data.get("users", {}), users_fail)
+    users = parse_users(root.data.get("users", {}), root.on_error)  # it names the whole key path
     return Config(
-        path=path.resolve(), daemon=daemon, api=api, local=local, models=models, slurm=slurm, batch=batch, users=users
+        path=path.resolve(), daemon=daemon, api=api, local=local, models=models, slurm=slurm, batch=batch, users=users,
+        lifecycle=lifecycle,
     )
 
 
@@ -791,178 +690,3 @@ def load_keys(path: Path) -> dict[str, str]:
         first_line[key] = n
         keys[key] = words[1] if len(words) == 2 else f"key..{key[-4:]}"
     return keys
-
-
-# ---------------------------------------------------------------- chirond check-config
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def config_warnings(cfg: Config) -> list[str]:
-    """Legal but probably unintended settings."""
-    out = []
-    d, a = cfg.daemon, cfg.api
-    if a.auth == "open" and not _is_loopback(d.listen_host):
-        out.append(f'api.auth = "open" on {d.listen_host}: anyone who reaches port {d.listen_port} can use the models')
-    if a.auth == "keys" and a.keys_file is not None and not load_keys(a.keys_file):
-        out.append(f"api.keys_file {a.keys_file} holds no keys: every request will be refused")
-    if d.backend == "local":  # Slurm instances listen on compute nodes, not next to the daemon
-        lo, hi = cfg.local.port_range
-        if lo <= d.listen_port <= hi:
-            out.append(f"daemon.listen_port {d.listen_port} lies inside backend.local.port_range [{lo}, {hi}]")
-    for m in cfg.models.values():
-        if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in m.command):
-            out.append(
-                f"{key_path('models', m.name, 'command')} sets --api-key: vLLM then ignores the engine key chirond "
-                "gives it (VLLM_API_KEY) and refuses chirond's requests; leave it out"
-            )
-        floor = m.profile.step_s(1, 0)
-        if m.slo.tpot_s < floor:
-            out.append(
-                f"{key_path('models', m.name, 'slo', 'tpot_s')} = {m.slo.tpot_s:g} s is below one decode step of "
-                f"{m.profile.name} ({floor * 1000:.0f} ms): no batch size meets it"
-            )
-    return out
-
-
-def _engine(m: ModelConfig) -> str:
-    if m.command:
-        return " ".join(shlex.quote(arg) if any(c.isspace() for c in arg) or not arg else arg for arg in m.command)
-    startup = f"{m.sim_startup_s:g} s" if m.sim_startup_s is not None else "profile's cold start"
-    return f"simulated server, speedup {m.sim_speedup:g}, start-up {startup}"
-
-
-def print_summary(cfg: Config, console: Console) -> None:
-    """What the daemon would run: listen address, backend, policy, then each model."""
-    d, a, loc = cfg.daemon, cfg.api, cfg.local
-    if a.auth == "open":
-        auth = "open (no keys)"
-    elif a.keys_file is None:
-        auth = "keys (minted with `chiron token` only)"
-    else:
-        auth = f"keys ({len(load_keys(a.keys_file))} in {a.keys_file}, and minted with `chiron token`)"
-    params = ", ".join(f"{k}={v:g}" for k, v in d.policy_params.items()) or "defaults"
-    console.print(f"[bold green]{escape(str(cfg.path))}: OK[/]")
-    console.print(f"listen   http://{escape(d.listen_host)}:{d.listen_port}, auth {escape(auth)}")
-    if cfg.slurm is not None and d.backend == "slurm":
-        console.print(f"backend  slurm: {escape(_slurm_summary(cfg.slurm, d.state_dir))}")
-    else:
-        console.print(f"backend  {d.backend}: {loc.gpus} GPUs, ports {loc.port_range[0]}-{loc.port_range[1]}")
-    console.print(f"policy   {d.policy} ({escape(params)}), tick {d.tick_s:g} s")
-    console.print(f"state    {escape(str(d.state_dir))}, log level {d.log_level}")
-    for m in cfg.models.values():
-        gpus = f"{m.profile.gpus} GPU{'s' if m.profile.gpus > 1 else ''}/instance"
-        console.print(f"model    [bold]{escape(m.name)}[/]: profile {escape(m.profile.name)}, {gpus}")
-        console.print(
-            f"         SLO TTFT {m.slo.ttft_s:g} s, TPOT {m.slo.tpot_s:g} s; "
-            f"instances min {m.min_instances}, initial {m.initial_instances}, max {m.max_instances}"
-        )
-        console.print(f"         engine: {escape(_engine(m))}")
-
-
-def _slurm_summary(s: SlurmBackendConfig, state_dir: Path) -> str:
-    kind = f"{s.gres_type}:" if s.gres_type else ""
-    gpu = f"--gres=gpu:{kind}N" if s.gpus_flag == "gres" else f"--gpus={kind}N"
-    limit = f"{s.time_limit_s:g} s" if s.time_limit_s is not None else "the partition's default"
-    bits = [f"partition {s.partition}"] + [f"{k} {getattr(s, k)}" for k in ("account", "qos", "reservation")
-                                           if getattr(s, k)]
-    bits += [f"GPUs {gpu}", f"time limit {limit}", f"run dir {s.run_dir or state_dir / 'jobs'}",
-             f"user {s.user or getpass.getuser()}"]
-    if s.template is not None:
-        bits.append(f"job template {s.template}")
-    if s.ssh is not None:
-        via = f" via {s.ssh.jump_host}" if s.ssh.jump_host else ""
-        bits.append(f"commands over ssh to {s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.host}:{s.ssh.port}{via}"
-                    f" (metrics {s.ssh.metrics}, traffic {s.ssh.traffic})")
-    return ", ".join(bits)
-
-
-def probe_slurm(cfg: Config) -> str:
-    """Ask this machine's Slurm (sinfo) whether the configured partition exists and its nodes can
-    hold each model's GPUs. Returns a one-line summary; raises ConfigError with the key path."""
-    from chirond.cluster.slurm import LocalTransport, NodeInfo, SlurmCli, SlurmError, TransportError
-    from chirond.cluster.slurm_backend import partition_problem
-
-    s = cfg.slurm
-    assert s is not None
-    where = f"{cfg.path}: {key_path('backend', 'slurm')}"
-
-    async def ask() -> list[NodeInfo]:
-        if s.ssh is None:
-            return await SlurmCli(LocalTransport(), s.user or getpass.getuser(), timeout_s=s.command_timeout_s).sinfo()
-        from chirond.cluster.ssh import SshTransport
-
-        ssh = SshTransport(s.ssh)
-        try:
-            return await SlurmCli(ssh, s.user or s.ssh.user or getpass.getuser(), timeout_s=s.command_timeout_s).sinfo()
-        finally:
-            await ssh.close()
-
-    try:
-        nodes = asyncio.run(ask())
-    except TransportError as e:
-        raise ConfigError(f"{where}: cannot ask Slurm about the partition: {e} "
-                          "(are Slurm's commands, sinfo sbatch squeue scancel, installed on this machine?)") from None
-    except SlurmError as e:
-        raise ConfigError(f"{where}: sinfo failed: {e}") from None
-    problem = partition_problem(nodes, s.partition)
-    if problem is not None:
-        raise ConfigError(f"{cfg.path}: {key_path('backend', 'slurm', 'partition')}: {problem}")
-    mine = [n for n in nodes if s.partition in n.partitions]
-    biggest = max(n.gpus_total for n in mine)
-    for m in cfg.models.values():
-        if m.profile.gpus > biggest:
-            raise ConfigError(
-                f"{cfg.path}: {key_path('models', m.name, 'profile')}: {m.profile.name} needs {m.profile.gpus} GPUs "
-                f"per instance; the largest node of partition {s.partition!r} has {biggest}"
-            )
-    usable = [n for n in mine if n.usable]
-    summary = (f"partition {s.partition}: {len(usable)} of {len(mine)} node(s) usable, "
-               f"{sum(n.gpus_free for n in usable)} of {sum(n.gpus_total for n in mine)} GPUs free")
-    return "\n".join([summary, *slurm_preflight(cfg)])
-
-
-def slurm_preflight(cfg: Config) -> list[str]:
-    """A custom job template renders and passes `bash -n`; the account exists (where sacctmgr can
-    tell); Slurm accepts one sample job per model (`sbatch --test-only`: nothing is submitted).
-    Returns notes for the summary; raises ConfigError naming the key."""
-    from chirond.cluster.slurm import SlurmError, TransportError
-    from chirond.cluster.slurm_check import PreflightError, preflight
-
-    s = cfg.slurm
-    assert s is not None
-    run_dir = s.run_dir or cfg.daemon.state_dir / "jobs"
-    try:
-        return asyncio.run(preflight(s, run_dir, {n: m.profile.gpus for n, m in cfg.models.items()}))
-    except PreflightError as e:
-        raise ConfigError(f"{cfg.path}: {e}") from None
-    except (TransportError, SlurmError) as e:
-        raise ConfigError(f"{cfg.path}: {key_path('backend', 'slurm')}: cannot check a sample job with Slurm: {e}"
-                          ) from None
-
-
-def check_config_main(args: argparse.Namespace) -> int:
-    """`chirond check-config FILE`: 0 and a summary when the file is good, 2 and the error if not.
-    With the Slurm backend it also asks Slurm whether the partition exists, the account exists and
-    it would take each model's job (`sbatch --test-only`; nothing is submitted)."""
-    try:
-        cfg = load_config(args.config)
-        warnings = config_warnings(cfg)
-        probed = probe_slurm(cfg) if cfg.daemon.backend == "slurm" else None
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_summary(cfg, Console())
-    if probed is not None:
-        for i, line in enumerate(probed.splitlines()):
-            Console().print(f"{'slurm' if i == 0 else '':9}{escape(line)}")
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    return 0

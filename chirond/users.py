@@ -19,19 +19,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from chirond.db import Database
+from chirond.tomltable import Fail, Table, key_path, show
 
 KEY_PREFIX = "chd-"  # every minted key starts with it (so a leaked key is recognisable in a scan)
 SHOWN_CHARS = 12  # "chd-" + 8 characters: enough to tell keys apart, far too little to guess one
 MAX_KEYS_PER_USER = 16  # minting more asks the user to revoke one: keeps the table and the cache bounded
 DAY_S = 86400
 USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,63}")  # a Unix user or group name (used with fullmatch)
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # ---------------------------------------------------------------- config
@@ -64,8 +64,8 @@ class UsersConfig:
         """(the limit, the config key it comes from) for one quota key."""
         over = self.overrides.get(user, {})
         if key in over:
-            return over[key], _key_path("users", "quota", user, key)
-        return int(getattr(self.default, key)), _key_path("users", "quota", key)
+            return over[key], key_path("users", "quota", user, key)
+        return int(getattr(self.default, key)), key_path("users", "quota", key)
 
     def quota(self, user: str) -> Quota:
         return Quota(**{k: self.limit(user, k)[0] for k in QUOTA_KEYS})
@@ -75,71 +75,40 @@ class UsersConfig:
         return uid == 0 or user in self.admin_users or any(g in self.admin_groups for g in groups)
 
 
-def _key_path(*parts: str) -> str:
-    # config.key_path's rule (quote what is not a TOML bare key); not imported: config imports us.
-    return ".".join(p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
-
-
-def _show(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, dict):
-        return "a table"
-    if isinstance(v, list):
-        return "an array"
-    return repr(v) if isinstance(v, str) else str(v)
-
-
-def parse_users(table: object, fail: Callable[[str, str], NoReturn]) -> UsersConfig:
+def parse_users(table: object, fail: Fail) -> UsersConfig:
     """The `[users]` TOML table (as tomllib gives it) -> UsersConfig. `fail(key_path, reason)` must
     raise; it is called with the full key path, e.g. ("users.quota.alice.tokens_per_day",
-    "must be an integer >= 0, got -1"), and the caller adds the file name."""
-    if not isinstance(table, dict):
-        fail("users", f"must be a table, got {_show(table)}")
-    _no_unknown(table, ("users",), USERS_KEYS, fail)
-    admins = {k: _names(table, k, fail) for k in ("admin_users", "admin_groups")}
-    quota = table.get("quota", {})
-    if not isinstance(quota, dict):
-        fail("users.quota", f"must be a table, got {_show(quota)}")
+    "must be an integer >= 0 (0 = unlimited), got -1"), and the caller adds the file name."""
+    t = Table(table, USERS_KEYS, parts=("users",), on_error=fail)
+    admins = {k: _names(t, k) for k in ("admin_users", "admin_groups")}
+    quota = t.sub("quota", None)
     default: dict[str, int] = {}
     overrides: dict[str, dict[str, int]] = {}
-    for key, value in quota.items():
+    for key, value in quota.data.items():
         if key in QUOTA_KEYS:
-            default[key] = _limit(value, _key_path("users", "quota", key), fail)
+            default[key] = _limit(quota, key)
             continue
-        where = _key_path("users", "quota", key)
         if not isinstance(value, dict):
-            fail(where, f"unknown key (valid: {', '.join(QUOTA_KEYS)}, or a [users.quota.USER] table)")
+            quota.fail(key, f"unknown key (valid: {', '.join(QUOTA_KEYS)}, or a [users.quota.USER] table)")
         if not USER_NAME.fullmatch(key):
-            fail(where, "a user name is 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or _")
-        _no_unknown(value, ("users", "quota", key), QUOTA_KEYS, fail)
-        overrides[key] = {k: _limit(v, _key_path("users", "quota", key, k), fail) for k, v in value.items()}
+            quota.fail(key, "a user name is 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or _")
+        user = quota.sub(key, QUOTA_KEYS)
+        overrides[key] = {k: _limit(user, k) for k in user.data}
     return UsersConfig(Quota(**default), overrides, admins["admin_users"], admins["admin_groups"])
 
 
-def _no_unknown(
-    data: dict[str, Any], parts: tuple[str, ...], valid: tuple[str, ...], fail: Callable[[str, str], NoReturn]
-) -> None:
-    for key in data:
-        if key not in valid:
-            fail(_key_path(*parts, key), f"unknown key (valid: {', '.join(valid)})")
-
-
-def _names(table: dict[str, Any], key: str, fail: Callable[[str, str], NoReturn]) -> tuple[str, ...]:
-    v = table.get(key, [])
-    where = _key_path("users", key)
+def _names(t: Table, key: str) -> tuple[str, ...]:
+    v = t.data.get(key, [])
     if not isinstance(v, list):
-        fail(where, f"must be an array of names, got {_show(v)}")
+        t.fail(key, f"must be an array of names, got {show(v)}")
     for i, item in enumerate(v):
         if not isinstance(item, str) or not USER_NAME.fullmatch(item):
-            fail(f"{where}[{i}]", f"must be a user or group name, got {_show(item)}")
+            t.fail(key, f"must be a user or group name, got {show(item)}", i)
     return tuple(v)
 
 
-def _limit(v: object, where: str, fail: Callable[[str, str], NoReturn]) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        fail(where, f"must be an integer >= 0 (0 = unlimited), got {_show(v)}")
-    return v
+def _limit(t: Table, key: str) -> int:
+    return t.integer(key, 0, note="0 = unlimited")
 
 
 # ---------------------------------------------------------------- GPU-seconds

@@ -53,7 +53,6 @@ import logging
 import math
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable
@@ -71,19 +70,11 @@ from chirond.cluster.jobtemplate import (
     render_job,
     sanitize_model,
 )
-from chirond.cluster.slurm import (
-    STATE_TABLE,
-    LocalTransport,
-    NodeInfo,
-    SlurmCli,
-    SlurmError,
-    SlurmJob,
-    SqueueResult,
-    Transport,
-    gres_count,
-    job_facts,
-)
+from chirond.cluster.slurm_cli import SlurmCli, SqueueResult
+from chirond.cluster.slurm_job import PreflightError, make_job_spec, read_template, template_problem
+from chirond.cluster.slurm_parse import STATE_TABLE, NodeInfo, SlurmJob, gres_count, job_facts
 from chirond.cluster.ssh import SshTransport
+from chirond.cluster.transport import LocalTransport, SlurmError, Transport
 from chirond.config import SlurmBackendConfig
 
 log = logging.getLogger(__name__)
@@ -126,30 +117,6 @@ def partition_problem(nodes: Iterable[NodeInfo], partition: str) -> str | None:
     return f"no partition {partition!r} in this cluster (sinfo lists: {', '.join(known) or 'none'})"
 
 
-def make_job_spec(c: SlurmBackendConfig, run_dir: Path, daemon_id: str, spec: LaunchSpec) -> JobSpec:
-    """The job that runs `spec` under [backend.slurm] `c` (also check-config's sample job)."""
-    argv = spec.argv
-    # The simulated server's command starts with the daemon's interpreter; the job uses `python`.
-    if argv and argv[0] == sys.executable and c.python != sys.executable:
-        argv = (c.python, *argv[1:])
-    return JobSpec(
-        model=spec.model, instance_id=spec.instance_id, daemon_id=daemon_id, engine_argv=argv,
-        run_dir=str(run_dir), partition=c.partition, account=c.account, qos=c.qos,
-        reservation=c.reservation, gpus=spec.gpus, gpu_type=c.gres_type, gpu_option=c.gpus_flag,
-        cpus_per_task=c.cpus_per_task, mem=mem_option(c.mem_gb),
-        time_limit_s=spec.time_limit_s if spec.time_limit_s is not None else c.time_limit_s,
-        warn_before_s=c.signal_before_end_s, site_hooks=c.site_hooks, env=dict(spec.env), python=c.python,
-        port_range=c.port_range, bind_host=c.bind_host, advertise_host=c.advertise_host,
-    )  # fmt: skip
-
-
-def mem_option(mem_gb: float | None) -> str:
-    """sbatch --mem for `mem_gb`: whole gigabytes as "64G", anything else in megabytes (rounded up)."""
-    if mem_gb is None:
-        return ""
-    return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{math.ceil(mem_gb * 1024)}M"
-
-
 class SlurmBackend:
     name = "slurm"
 
@@ -159,14 +126,18 @@ class SlurmBackend:
         state_dir: Path,
         cli: SlurmCli | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        ssh: SshTransport | None = None,
     ) -> None:
+        """`ssh`: the transport to the login node when [backend.slurm.ssh] is set, made by the wiring
+        (chirond/cluster/wiring.py), which hands the same one to the daemon for scrapes and tunnels;
+        Slurm's commands then run over it, else on this machine. `stop()` closes it. `cli`: for tests."""
         self._cfg = cfg
         self._state_dir = Path(state_dir)
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir is not None else self._state_dir / "jobs"
         self._clock = clock
-        # Slurm commands run on this machine, or on a login node over SSH ([backend.slurm.ssh]).
-        self.ssh: SshTransport | None = SshTransport(cfg.ssh) if cfg.ssh is not None and cli is None else None
-        transport: Transport = self.ssh if self.ssh is not None else LocalTransport()
+        self.ssh = ssh
+        transport: Transport = ssh if ssh is not None else LocalTransport()
         self._cli = cli or SlurmCli(
             transport, cfg.user or (cfg.ssh.user if cfg.ssh else "") or getpass.getuser(),
             min_squeue_interval_s=cfg.squeue_min_interval_s, timeout_s=cfg.command_timeout_s, wall_clock=clock,
@@ -205,8 +176,6 @@ class SlurmBackend:
     async def _load_template(self) -> None:
         """[backend.slurm].template: read and checked once (placeholders, bash -n), so a bad one
         stops the daemon before any sbatch rather than failing every launch."""
-        from chirond.cluster.slurm_check import PreflightError, read_template, template_problem
-
         problem = await asyncio.to_thread(template_problem, self._cfg, self.run_dir)
         if problem is not None:
             raise BackendError(problem)

@@ -1,8 +1,9 @@
-"""What `chirond check-config` asks Slurm about `[backend.slurm]` before anything is submitted, past
-the partition (config.probe_slurm): a custom job template must render and pass `bash -n`; the account
-must exist where accounting can say so (`sacctmgr`); and Slurm must accept one sample job per model
+"""What `chirond check-config` (chirond/check_config.py) asks Slurm about `[backend.slurm]` before
+anything is submitted, past the partition: a custom job template must render and pass `bash -n`
+(chirond/cluster/slurm_job.py, which the backend runs at start-up too); the account must exist
+where accounting can say so (`sacctmgr`); and Slurm must accept one sample job per model
 (`sbatch --test-only`: partition, account, QoS, reservation, GRES and time limit as the scheduler
-judges them; it submits nothing). The backend runs the template check at start-up too.
+judges them; it submits nothing).
 
 Problems are returned as text naming the key (`backend.slurm.account: ...`); the caller adds the file."""
 
@@ -12,18 +13,13 @@ import asyncio
 import contextlib
 import getpass
 import re
-import subprocess
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from chirond.cluster.backend import LaunchSpec
-from chirond.cluster.jobtemplate import JobTemplateError, render_job
-from chirond.cluster.slurm import LocalTransport, SlurmCli, SlurmError, TransportError
-from chirond.cluster.slurm_backend import make_job_spec
+from chirond.cluster.slurm_cli import SlurmCli
+from chirond.cluster.slurm_job import PreflightError, key, read_template, sample_job, template_problem
+from chirond.cluster.transport import LocalTransport, SlurmError, TransportError
 from chirond.config import SlurmBackendConfig
-
-CHECK_DAEMON_ID = "check-config"  # stands in for the daemon id in sample jobs (a valid tag, never submitted)
-BASH_TIMEOUT_S = 10.0
 
 # Slurm's refusal -> the key that most likely caused it (first match wins).
 _REFUSAL_KEYS: tuple[tuple[str, str], ...] = (
@@ -36,56 +32,6 @@ _REFUSAL_KEYS: tuple[tuple[str, str], ...] = (
     (r"memory", "mem_gb"),
     (r"cpu", "cpus_per_task"),
 )
-
-
-class PreflightError(ValueError):
-    """A setting Slurm (or bash) refuses; the message starts with the key path."""
-
-
-def key(name: str) -> str:
-    return f"backend.slurm.{name}"
-
-
-def read_template(cfg: SlurmBackendConfig) -> str | None:
-    """The custom template's text (None: the shipped one). Raises PreflightError when unreadable."""
-    if cfg.template is None:
-        return None
-    try:
-        return Path(cfg.template).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PreflightError(f"{key('template')}: cannot read {cfg.template}: {e}") from None
-
-
-def sample_job(
-    cfg: SlurmBackendConfig, run_dir: Path, model: str, gpus: int, template: str | None
-) -> tuple[str, list[str]]:
-    """(script, sbatch options) of a job for `model` as the backend would render it."""
-    spec = make_job_spec(cfg, run_dir, CHECK_DAEMON_ID, LaunchSpec(0, model, ("true",), gpus=gpus))
-    script, args = render_job(spec, template)
-    return script, [*args, *cfg.extra_sbatch_args]
-
-
-def template_problem(cfg: SlurmBackendConfig, run_dir: Path) -> str | None:
-    """Why the configured job template cannot be used (a missing or unknown placeholder, a shell
-    syntax error), or None. Only a custom template is checked: the shipped one is tested."""
-    if cfg.template is None:
-        return None
-    try:
-        script, _ = sample_job(cfg, run_dir, "check", 1, read_template(cfg))
-    except PreflightError as e:
-        return str(e)
-    except JobTemplateError as e:
-        return f"{key('template')}: {cfg.template}: {str(e).removeprefix('template: ')}"
-    try:
-        res = subprocess.run(
-            ["bash", "-n"], input=script, capture_output=True, text=True, timeout=BASH_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None  # no bash here to ask; sbatch --test-only still looks at the job
-    if res.returncode != 0:
-        err = " ".join(res.stderr.replace("bash: line", "line").split())
-        return f"{key('template')}: {cfg.template}: the rendered script is not valid bash: {err}"
-    return None
 
 
 def refusal_key(message: str) -> str:

@@ -1,6 +1,6 @@
 """Slurm's commands and the engines' metrics over SSH to a login node (asyncssh).
 
-`SshTransport` is a `Transport` (chirond/cluster/slurm.py): `SlurmCli(SshTransport(cfg), user)` runs
+`SshTransport` is a `Transport` (chirond/cluster/transport.py): `SlurmCli(SshTransport(cfg), user)` runs
 sbatch/squeue/scancel/sinfo on the login node instead of this machine. One multiplexed connection
 carries every command (a channel each, at most `max_sessions` at a time); it is opened on first use
 and reused. Host keys are always checked against `known_hosts`; authentication is by key only.
@@ -29,7 +29,7 @@ from typing import Any
 import asyncssh
 
 from chirond.cluster.probe import EngineStats, ProbeError, parse_vllm_metrics
-from chirond.cluster.slurm import CommandResult, TransportError
+from chirond.cluster.transport import CommandResult, TransportError
 from chirond.config import SshConfig, parse_jump_host
 
 __all__ = ["SshConfig", "SshTransport", "backoff_delay", "remote_command", "scrape_over_ssh"]

@@ -129,8 +129,8 @@ def make_backend(tmp_path: Path) -> Callable[..., LocalBackend]:
     made: list[LocalBackend] = []
 
     def make(**kw: object) -> LocalBackend:
-        cfg = LocalBackendConfig(**{"gpus": 2, "stop_grace_s": 0.5, **kw})  # type: ignore[arg-type]
-        b = LocalBackend(cfg, tmp_path / "state")
+        cfg = LocalBackendConfig(**{"gpus": 2, **kw})  # type: ignore[arg-type]
+        b = LocalBackend(cfg, tmp_path / "state", stop_grace_s=0.5)
         made.append(b)
         return b
 

@@ -13,12 +13,13 @@ from typing import ClassVar
 
 import pytest
 
-from chirond.cluster import slurm as slurmmod
+from chirond.check_config import check_config_main
 from chirond.cluster.backend import BackendError
 from chirond.cluster.jobtemplate import TEMPLATE_PATH
-from chirond.cluster.slurm import CommandResult, SlurmCli, SlurmError
 from chirond.cluster.slurm_check import refusal_key, template_problem
-from chirond.config import SlurmBackendConfig, check_config_main
+from chirond.cluster.slurm_cli import SlurmCli
+from chirond.cluster.transport import CommandResult, SlurmError
+from chirond.config import SlurmBackendConfig
 from tests.support.slurm import REC, FakeSlurm, spec, started, write_slurm
 
 OK_TEST = (
@@ -113,7 +114,6 @@ class ScriptedLocal:
 
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> type[ScriptedLocal]:
-    monkeypatch.setattr(slurmmod, "LocalTransport", ScriptedLocal)
     monkeypatch.setattr("chirond.cluster.slurm_check.LocalTransport", ScriptedLocal)
     ScriptedLocal.answers = defaultdict(list)
     ScriptedLocal.calls = []

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from chirond.batch.store import BatchLimits
-from chirond.config import ApiConfig, Config, DaemonConfig, LocalBackendConfig, ModelConfig
+from chirond.config import ApiConfig, Config, DaemonConfig, LifecycleConfig, LocalBackendConfig, ModelConfig
 from chirond.model import Slo
 from chirond.profiles import load_profile
 from chirond.users import UsersConfig
@@ -25,7 +25,8 @@ def make_config(tmp: Path, **over: Any) -> Config:
     daemon = DaemonConfig(listen_host="127.0.0.1", listen_port=0, state_dir=tmp / "state", tick_s=0.5,
                           scrape_timeout_s=1.0, stale_after_s=3.0, policy="chirond", log_level="info")
     api = ApiConfig(auth="open", max_wait_s=60.0, retry_after_s=1)
-    local = LocalBackendConfig(gpus=4, health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=3.0)
+    local = LocalBackendConfig(gpus=4)
+    lifecycle = LifecycleConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=3.0)
     model = ModelConfig(name="llama-8b", profile_path=PROFILE_8B, profile=load_profile(PROFILE_8B),
                         slo=Slo(ttft_s=2.0, tpot_s=0.2), min_instances=1, max_instances=2, initial_instances=1,
                         sim_speedup=4.0, sim_startup_s=0.3)
@@ -34,6 +35,7 @@ def make_config(tmp: Path, **over: Any) -> Config:
         daemon=replace(daemon, **groups["daemon"]),
         api=replace(api, **groups["api"]),
         local=replace(local, **groups["local"]),
+        lifecycle=lifecycle,
         models={"llama-8b": replace(model, **groups["model"])},
         batch=replace(BatchLimits(), **groups["batch"]),
         users=replace(UsersConfig(), **groups["users"]),

@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from chirond.cluster.slurm_backend import SlurmBackend
-from chirond.config import ApiConfig, Config, DaemonConfig, LocalBackendConfig, ModelConfig, SlurmBackendConfig
+from chirond.config import (
+    ApiConfig,
+    Config,
+    DaemonConfig,
+    LifecycleConfig,
+    LocalBackendConfig,
+    ModelConfig,
+    SlurmBackendConfig,
+)
 from chirond.daemon import Daemon
 from chirond.model import Slo
 from chirond.profiles import load_profile
@@ -39,7 +47,8 @@ def daemon_config(tmp: Path, c: LoopbackCluster) -> Config:
         daemon=DaemonConfig(listen_host="127.0.0.1", listen_port=0, state_dir=tmp / "state", tick_s=0.5,
                             scrape_timeout_s=1.0, stale_after_s=3.0, policy="static", backend="slurm"),
         api=ApiConfig(auth="open", max_wait_s=60.0, retry_after_s=1),
-        local=LocalBackendConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=5.0),
+        local=LocalBackendConfig(),
+        lifecycle=LifecycleConfig(health_timeout_s=60.0, drain_timeout_s=10.0, stop_grace_s=5.0),
         models={MODEL: model},
         slurm=slurm_settings(tmp, c),
     )

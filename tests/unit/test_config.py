@@ -16,17 +16,19 @@ import pytest
 
 from chirond import config as cfgmod
 from chirond.batch.store import BatchLimits
+from chirond.check_config import check_config_main
 from chirond.config import (
     API_KEYS,
     BATCH_KEYS,
     DAEMON_KEYS,
+    LIFECYCLE_KEYS,
     LOCAL_KEYS,
     MODEL_KEYS,
     ApiConfig,
     ConfigError,
     DaemonConfig,
+    LifecycleConfig,
     LocalBackendConfig,
-    check_config_main,
     load_config,
     load_keys,
 )
@@ -143,6 +145,7 @@ def test_site_config_sets_every_key_to_its_documented_default() -> None:
     assert doc["daemon"]["policy_params"] == REGISTRY["chirond"].defaults
     assert set(doc["api"]) == set(API_KEYS)
     assert set(doc["backend"]["local"]) == set(LOCAL_KEYS)
+    assert set(doc["lifecycle"]) == set(LIFECYCLE_KEYS)
     assert set(doc["batch"]) == set(BATCH_KEYS)
     assert tomllib.loads((ETC / "chirond.toml").read_text())["users"]["quota"] == {
         "concurrent_interactive": 0, "queued_batch_lines": 0, "tokens_per_day": 0
@@ -154,6 +157,7 @@ def test_site_config_sets_every_key_to_its_documented_default() -> None:
         (doc["daemon"], DaemonConfig(), {"policy_params", "control_socket"}),
         (doc["api"], ApiConfig(), {"keys_file"}),
         (doc["backend"]["local"], LocalBackendConfig(), set()),
+        (doc["lifecycle"], LifecycleConfig(), set()),
         (doc["batch"], BatchLimits(), set()),
     ):
         for key, value in table.items():
@@ -171,11 +175,52 @@ def test_site_config_without_its_keys_file_is_refused() -> None:
 def test_docs_describe_every_key() -> None:
     text = (ROOT / "docs" / "config.md").read_text()
     assert "chirond check-config" in text
-    for key in (*DAEMON_KEYS, *API_KEYS, *LOCAL_KEYS, *MODEL_KEYS, "ttft_s", "tpot_s"):
+    for key in (*DAEMON_KEYS, *API_KEYS, *LOCAL_KEYS, *LIFECYCLE_KEYS, *MODEL_KEYS, "ttft_s", "tpot_s"):
         assert f"`{key}`" in text, key
     for name, cls in REGISTRY.items():
         for param in cls.defaults:
             assert f"`{param}`" in text, (name, param)
+
+
+# ---------------------------------------------------------------- [lifecycle], and its keys' old place
+
+
+def test_lifecycle_keys_and_defaults(tmp_path: Path) -> None:
+    assert load(tmp_path, {}).lifecycle == LifecycleConfig()
+    over = {"lifecycle": {"health_timeout_s": 60, "drain_timeout_s": 5.5, "stop_grace_s": 3}}
+    assert load(tmp_path, over).lifecycle == LifecycleConfig(60.0, 5.5, 3.0)
+    with pytest.raises(ConfigError, match=r"chirond\.toml: lifecycle\.drain_timeout_s: must be a positive number"):
+        load(tmp_path, {"lifecycle": {"drain_timeout_s": 0}})
+    with pytest.raises(ConfigError, match=r"lifecycle\.drain: unknown key \(valid: health_timeout_s, drain_timeout_s"):
+        load(tmp_path, {"lifecycle": {"drain": 1}})
+
+
+@pytest.mark.parametrize("key", LIFECYCLE_KEYS)
+def test_lifecycle_keys_under_backend_local_still_work_and_warn(
+    tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard: list[str] = []
+    path = write(tmp_path, merged(BASE, {"backend": {"local": {key: 42}}}))
+    cfg = load_config(path, warn=heard.append)
+    assert getattr(cfg.lifecycle, key) == 42.0
+    assert heard == [f"{path}: backend.local.{key} is deprecated: use lifecycle.{key}"]
+    with caplog.at_level("WARNING", logger="chirond.config"):  # without `warn`: logged
+        load_config(path)
+    assert f"backend.local.{key} is deprecated: use lifecycle.{key}" in caplog.text
+
+
+@pytest.mark.parametrize("key", LIFECYCLE_KEYS)
+def test_lifecycle_key_in_both_places_is_an_error_naming_both(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, {"backend": {"local": {key: 1}}, "lifecycle": {key: 2}})
+    assert f"backend.local.{key}" in str(e.value) and f"lifecycle.{key}" in str(e.value), str(e.value)
+
+
+def test_check_config_prints_the_deprecation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, merged(BASE, {"backend": {"local": {"stop_grace_s": 3}}}))
+    assert check_config_main(argparse.Namespace(config=str(path))) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}: backend.local.stop_grace_s is deprecated: use lifecycle.stop_grace_s" in err
 
 
 # ---------------------------------------------------------------- defaults and resolution
@@ -282,7 +327,8 @@ def test_valid_commands(tmp_path: Path) -> None:
 
 BAD: list[tuple[str, dict[str, Any], str, str]] = [
     # (id, override of BASE, key path, reason fragment)
-    ("root-unknown", {"deamon": {}}, "deamon", "unknown key (valid: daemon, api, backend, models, batch, users)"),
+    ("root-unknown", {"deamon": {}}, "deamon",
+     "unknown key (valid: daemon, api, backend, models, batch, users, lifecycle)"),
     ("daemon-not-table", {"daemon": 5}, "daemon", "must be a table"),
     ("daemon-unknown", {"daemon": {"tick": 5}}, "daemon.tick", "valid: listen_host, listen_port"),
     ("api-unknown", {"api": {"keys": "x"}}, "api.keys", "unknown key (valid: auth, keys_file"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chirond.cluster import local as local_backend
-from chirond.config import DaemonConfig, LocalBackendConfig
+from chirond.config import DaemonConfig, LifecycleConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "etc" / "chirond.service"
@@ -133,13 +133,13 @@ def _stop_budget_s(daemon: dict[str, float], local: dict[str, float]) -> float:
 
 def test_stop_timeout_covers_the_daemons_shutdown(unit: configparser.ConfigParser) -> None:
     stop_s = _seconds(unit["Service"]["TimeoutStopSec"])
-    d, lb = DaemonConfig(), LocalBackendConfig()
+    d, lb = DaemonConfig(), LifecycleConfig()
     defaults = _stop_budget_s({"shutdown_timeout_s": d.shutdown_timeout_s}, {"stop_grace_s": lb.stop_grace_s})
     assert stop_s > defaults + 10, f"TimeoutStopSec={stop_s:g}s leaves no margin over {defaults:g}s"
     example = tomllib.loads(EXAMPLE.read_text())
     shipped = _stop_budget_s(
         {"shutdown_timeout_s": example["daemon"].get("shutdown_timeout_s", d.shutdown_timeout_s)},
-        {"stop_grace_s": example["backend"]["local"].get("stop_grace_s", lb.stop_grace_s)},
+        {"stop_grace_s": example["lifecycle"].get("stop_grace_s", lb.stop_grace_s)},
     )
     assert stop_s > shipped + 10
 

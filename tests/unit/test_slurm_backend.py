@@ -18,11 +18,14 @@ from typing import Any
 import pytest
 
 from chirond import config as cfgmod
-from chirond.cluster import slurm as slurmmod
+from chirond.check_config import check_config_main
+from chirond.cluster import slurm_parse as slurmmod
 from chirond.cluster.backend import BackendError, JobState
-from chirond.cluster.slurm import CommandResult, SlurmCli, TransportError
-from chirond.cluster.slurm_backend import UNKNOWN_FREE_GPUS, SlurmBackend, mem_option, partition_problem
-from chirond.config import SLURM_KEYS, ConfigError, SlurmBackendConfig, check_config_main, load_config
+from chirond.cluster.slurm_backend import UNKNOWN_FREE_GPUS, SlurmBackend, partition_problem
+from chirond.cluster.slurm_cli import SlurmCli
+from chirond.cluster.slurm_job import mem_option
+from chirond.cluster.transport import CommandResult, TransportError
+from chirond.config import SLURM_KEYS, ConfigError, SlurmBackendConfig, load_config
 from tests.support import ROOT, Clock
 from tests.support.slurm import (
     EMPTY_SQUEUE,
@@ -498,7 +501,7 @@ def fake_local_transport(monkeypatch: pytest.MonkeyPatch, answer: tuple[int, str
                 raise TransportError(f"cannot run {argv[0]!r}: [Errno 2] No such file or directory")
             return CommandResult(tuple(argv), *answer, 0.01)
 
-    monkeypatch.setattr(slurmmod, "LocalTransport", Fake)
+    monkeypatch.setattr("chirond.cluster.slurm_check.LocalTransport", Fake)
 
 
 def test_check_config_probes_the_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -532,7 +535,10 @@ def test_check_config_without_slurm_commands_says_so(tmp_path: Path, monkeypatch
 
 def test_daemon_builds_the_backend_its_config_names(tmp_path: Path) -> None:
     from chirond.cluster.local import LocalBackend
-    from chirond.daemon import make_backend as daemon_backend
+    from chirond.cluster.wiring import build_backend
+
+    def daemon_backend(cfg: cfgmod.Config) -> object:
+        return build_backend(cfg)[0]
 
     cfg = load_config(write_slurm(tmp_path))
     b = daemon_backend(cfg)
@@ -672,14 +678,40 @@ async def test_daemon_counts_adopted_jobs_and_submits_only_what_is_missing(tmp_p
 
 
 def test_ssh_config_routes_slurm_commands_over_ssh(tmp_path: Path) -> None:
-    from chirond.cluster.slurm import LocalTransport
     from chirond.cluster.slurm_backend import SlurmBackend
     from chirond.cluster.ssh import SshTransport
+    from chirond.cluster.transport import LocalTransport
     from chirond.config import SlurmBackendConfig, SshConfig
 
     ssh = SshConfig(host="login1", key_file=tmp_path / "k", known_hosts=tmp_path / "kh", user="svc")
-    over_ssh = SlurmBackend(SlurmBackendConfig(partition="a100", ssh=ssh), tmp_path)
+    over_ssh = SlurmBackend(SlurmBackendConfig(partition="a100", ssh=ssh), tmp_path, ssh=SshTransport(ssh))
     assert isinstance(over_ssh.ssh, SshTransport)
     assert over_ssh._cli.transport is over_ssh.ssh and over_ssh._cli.user == "svc"
     local = SlurmBackend(SlurmBackendConfig(partition="a100"), tmp_path)
     assert local.ssh is None and isinstance(local._cli.transport, LocalTransport)
+
+
+def test_wiring_builds_the_backend_and_hands_out_its_ssh_transport(tmp_path: Path) -> None:
+    """build_backend makes the SSH transport once, runs Slurm's commands over it and returns it to
+    the caller (the daemon scrapes and tunnels through it); no [backend.slurm.ssh]: none."""
+    from chirond.cluster.local import LocalBackend
+    from chirond.cluster.ssh import SshTransport
+    from chirond.cluster.transport import LocalTransport
+    from chirond.cluster.wiring import build_backend
+
+    cfg = load_config(write_slurm(tmp_path))
+    b, ssh = build_backend(cfg)
+    assert isinstance(b, SlurmBackend) and ssh is None and isinstance(b._cli.transport, LocalTransport)
+    assert b.run_dir == tmp_path.resolve() / "state" / "jobs"
+
+    (tmp_path / "k").write_text("key")
+    (tmp_path / "kh").write_text("[login1]:22 ssh-ed25519 AAAA\n")
+    ssh_table = '[backend.slurm.ssh]\nhost = "login1"\nkey_file = "k"\nknown_hosts = "kh"\nuser = "svc"\n'
+    cfg = load_config(write_slurm(tmp_path, "", SLURM_BASE + ssh_table))
+    b, ssh = build_backend(cfg)
+    assert isinstance(b, SlurmBackend) and isinstance(ssh, SshTransport)
+    assert b._cli.transport is ssh and b.ssh is ssh and b._cli.user == "svc"
+
+    local = load_config(write_slurm(tmp_path, "", SLURM_BASE.replace('backend = "slurm"', "")))
+    b, ssh = build_backend(local)
+    assert isinstance(b, LocalBackend) and ssh is None
