@@ -90,9 +90,10 @@ class Fleet:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         adopted = await self._adopt()
         now = self.clock()
+        before = set(self._tasks)
         for act in self.control.initial_launches(adopted):
             self.control.launch(act, now, counted=False)
-        await asyncio.gather(*self._tasks, return_exceptions=True)  # the submissions: jobs exist on return
+        await asyncio.gather(*(self._tasks - before), return_exceptions=True)  # the submissions: jobs exist
 
     async def stop(self) -> None:
         for t in list(self._tasks):
@@ -182,7 +183,7 @@ class Fleet:
             return
         self._apply_facts(await self.backend.poll(), self.clock())
         if inst.job_state is not JobState.RUNNING:
-            await self._watch_start(inst)
+            self._spawn(self._watch_start(inst))
 
     async def _watch_start(self, inst: DaemonInstance) -> None:
         """Poll (the backend rate-limits itself) until a new job runs, so that its health check
