@@ -49,7 +49,6 @@ class BatchService:
         self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
         self._stored: dict[str, list[tuple[float, int, int]]] = {}  # the store's backlog per model
         self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines)
-        api.more_routes.append(self.http.add_routes)
 
     def open(self) -> None:
         """Opens the store (again is a no-op); raises chirond.db.SchemaError for a file it cannot use."""

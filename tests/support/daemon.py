@@ -9,12 +9,12 @@ from chirond.daemon import Daemon
 
 def ready_count(d: Daemon, model: str = "llama-8b") -> int:
     """How many of `model`'s instances have passed their health check."""
-    return sum(1 for i in d.instances.values() if i.model == model and i.healthy_at is not None)
+    return sum(1 for i in d.instances.values() if i.model == model and i.ready_at is not None)
 
 
 def ready(d: Daemon) -> list[str]:
     """Job ids of ready instances."""
-    return [i.job_id or "" for i in d.instances.values() if i.healthy_at is not None]
+    return [i.job_id or "" for i in d.instances.values() if i.ready_at is not None]
 
 
 def client(d: Daemon, key: str = "none") -> openai.AsyncOpenAI:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 
 from chirond.cluster.backend import AdoptedJob, JobFacts, LaunchSpec
@@ -11,11 +12,16 @@ from chirond.cluster.ssh import SshTransport
 class Clock:
     """A clock the test moves by hand: `clock.t += 5`."""
 
+    speedup = 1.0
+
     def __init__(self, t: float = 1000.0) -> None:
         self.t = t
 
     def __call__(self) -> float:
         return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
 
 
 class FakeBackend:
