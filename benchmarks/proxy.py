@@ -3,7 +3,8 @@ chirond's proxy, side by side in one run on loopback, at 1, 64 and 512 concurren
 (p50, p99) and what the proxy adds to it, requests/s and streamed chunks/s at saturation, CPU seconds per
 request of the daemon, the instance and the load client, and where the added TTFT goes (the mean TTFT
 as the client, chirond and the instance each see it). Prints tables and writes them into
-docs/benchmarks.md (section "Proxy overhead").
+docs/benchmarks.md (section "Proxy overhead"). One script of about 900 lines on purpose: it is run
+and read as one measurement (set-up, load, accounting, report), not imported.
 
     python benchmarks/proxy.py                          # 1, 64, 512 and 64 x 128 tokens, 2 rounds per path (~3 min)
     python benchmarks/proxy.py --concurrency 64,64x8 --no-write --samples /tmp/ttft.csv

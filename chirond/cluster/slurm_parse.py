@@ -1,6 +1,7 @@
 """What Slurm's commands print, read into values: pure functions (no I/O, no clock) tested against
 recorded and reconstructed output (tests/data/slurm/), and the state table that maps Slurm's job
-states to the backend's. The commands themselves run in chirond/cluster/slurm_cli.py.
+states to the backend's. The commands themselves run in chirond/cluster/slurm_cli.py. One module
+of about 600 lines on purpose: the release-shape helpers below are shared by every parser.
 
 Slurm's JSON changed shape between releases; the parsers take all of them:
   * 22.05 (openapi/v0.0.38): `job_state` is a string ("RUNNING", or a flag such as "COMPLETING"
