@@ -94,7 +94,7 @@ class LifecycleConfig:
     """[lifecycle]: how long an instance may take to start, drain and stop, on either backend.
     (Before, these keys lived under [backend.local]; they are still read there, with a warning.)"""
 
-    health_timeout_s: float = 900.0  # launch to /health 200 (Slurm: queue wait included), else the instance failed
+    health_timeout_s: float = 900.0  # job running to /health 200 (queue wait not counted), else the instance failed
     drain_timeout_s: float = 120.0  # a draining instance is stopped when idle or after this
     stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL (Slurm: a plain scancel) after this
 

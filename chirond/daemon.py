@@ -33,7 +33,7 @@ from chirond.dispatch import Dispatcher
 from chirond.engines import engine_key
 from chirond.fleet import Fleet
 from chirond.metrics import Metrics
-from chirond.model import Drain, Request
+from chirond.model import BacklogGroup, Drain, Request
 from chirond.ops.operations import operations
 from chirond.ops.socket_server import ControlServer
 from chirond.ops.status import model_status, set_gauges
@@ -165,7 +165,7 @@ class Daemon:
     def last_reason(self) -> str:
         return self.fleet.last_reason
 
-    def _backlog(self, model: str, now: float) -> Any:
+    def _backlog(self, model: str, now: float) -> tuple[tuple[BacklogGroup, ...], int]:
         return self.batch.backlog(model, now)
 
     def _verify_key(self, key: str) -> str | None:
@@ -218,7 +218,12 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:  # a part that failed to start: stop what did start (jobs submitted, files)
+        with contextlib.suppress(Exception):
+            await daemon.stop()
+        raise
     d = cfg.daemon
     notifier.ready(f"serving on http://{d.listen_host}:{daemon.port}/v1, {len(cfg.models)} model(s), "
                    f"policy {daemon.policy.name}")

@@ -22,8 +22,8 @@ from chirond.cluster.ssh import SshTransport, scrape_over_ssh
 from chirond.cluster.transport import TransportError
 from chirond.config import Config
 from chirond.control.instance import Instance
-from chirond.control.loop import Backlog, ControlLoop, Timeouts
-from chirond.control.snapshot import ModelSpec
+from chirond.control.loop import ControlLoop, Timeouts
+from chirond.control.snapshot import Backlog, ModelSpec
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_command, startup_s
 from chirond.metrics import Metrics
@@ -146,9 +146,7 @@ class Fleet:
     # ---------------------------------------------------------------- the actuator
 
     def new_instance(self, inst_id: int, model: str, pool: Pool, args: EngineArgs, now: float) -> DaemonInstance:
-        m = self.cfg.models[model]
-        lead = startup_s(m) * self.clock.speedup + self.control.obs.queue_wait[model]
-        return DaemonInstance(inst_id, model, pool, m.profile.gpus, args, now, lead)
+        return DaemonInstance(inst_id, model, pool, self.cfg.models[model].profile.gpus, args, now)
 
     def launch(self, inst: Instance) -> bool:
         assert isinstance(inst, DaemonInstance)
@@ -173,8 +171,12 @@ class Fleet:
         try:
             inst.job_id = await self.backend.submit(spec)
         except BackendError as e:
-            self.instances.pop(inst.id, None)
+            self.control.refused(inst)
             log.warning("launch of a %s instance refused: %s", inst.model, e)
+            return
+        except Exception:  # no record may stay without a job: it would count against max_instances
+            self.control.refused(inst)
+            log.exception("launch of a %s instance failed", inst.model)
             return
         self.metrics.scaling.labels(inst.model, "launch").inc()
         log.info("instance %d (%s, %s pool) launched as job %s", inst.id, inst.model, inst.pool.value, inst.job_id)

@@ -18,7 +18,8 @@ class Instance:
     gpus: int
     args: EngineArgs  # the engine flags it was launched with
     launched_at: float  # submitted
-    expected_ready_s: float  # lead time estimate at launch, for ETAs
+    expected_ready_s: float = 0.0  # lead time estimate at launch (queue wait + start-up), for ETAs
+    counted: bool = False  # a launch the policy decided (the initial instances are not)
     running_since: float | None = None  # the job runs (engine loading); None while queued
     ready_at: float | None = None  # first healthy
     ends_at: float | None = None  # job time limit, absolute; None when unknown or unlimited

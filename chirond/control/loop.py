@@ -5,17 +5,16 @@ through `running`, `ready`, `requeued`, `ended` and `request_left`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from chirond.control.instance import Instance
 from chirond.control.observations import Observations
-from chirond.control.snapshot import ModelSpec, build_snapshot
+from chirond.control.snapshot import Backlog, ModelSpec, build_snapshot
 from chirond.dispatch import Dispatcher
 from chirond.model import (
     Action,
-    BacklogGroup,
     Cancel,
     Decision,
     Drain,
@@ -32,9 +31,9 @@ from chirond.policy.base import Policy
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    drain_s: float = 120.0  # a draining instance is stopped after this long, idle or not
-    start_s: float = 900.0  # running -> healthy; beyond it the instance is cancelled as failed
-    stale_after_s: float = 15.0  # samples not refreshed this long mark the instance stale
+    drain_s: float  # a draining instance is stopped after this long, idle or not
+    start_s: float  # running -> healthy; beyond it the instance is cancelled as failed
+    stale_after_s: float  # samples not refreshed this long mark the instance stale
 
 
 class Actuator(Protocol):
@@ -51,9 +50,6 @@ class Actuator(Protocol):
 
     def new_instance(self, inst_id: int, model: str, pool: Pool, args: EngineArgs, now: float) -> Instance:
         """The world's record for a new instance."""
-
-
-Backlog = Callable[[str, float], tuple[tuple[BacklogGroup, ...], int]]
 
 
 class ControlLoop:
@@ -78,7 +74,6 @@ class ControlLoop:
         self.instances: dict[int, Instance] = {}
         self.policy_state: object = None
         self.next_id = 1
-        self.ticks = 0
         self.launched = dict.fromkeys(self.specs, 0)  # per model, decided by the policy (not the initial ones)
         self.log: list[str] = []  # every tick line whose decision changed something
         self.keep_log = True
@@ -92,7 +87,6 @@ class ControlLoop:
         self.policy_state = decision.state
         for act in decision.actions:
             self.apply(act, now)
-        self.ticks += 1
         if decision.actions and self.keep_log:
             self.log.append(self.describe(snap, decision))
         return snap, decision
@@ -154,6 +148,8 @@ class ControlLoop:
                 self.dispatcher.set_pool(inst.id, act.pool)
                 self.actuator.kick(inst.model)
         elif isinstance(act, Drain):
+            if inst.drain_requested_at is not None:
+                return  # draining already: its timeout runs from the first request
             if inst.state is not InstanceState.READY:
                 self.stop(inst, now, "not needed before ready")
             elif inst.drain_requested_at is None:
@@ -167,19 +163,26 @@ class ControlLoop:
         """Start the instances a Launch asks for, within max_instances; returns how many started."""
         if act.args is None:
             raise ValueError(f"{act}: a Launch must carry its engine arguments")
+        spec = self.specs[act.model]
         have = sum(1 for x in self.instances.values() if x.model == act.model)
         started = 0
-        for _ in range(act.room(have, self.specs[act.model].max_instances)):
+        for _ in range(act.room(have, spec.max_instances)):
             inst = self.actuator.new_instance(self.next_id, act.model, act.pool, act.args, now)
+            inst.expected_ready_s = self.obs.queue_wait[act.model] + spec.startup_s
+            inst.counted = counted
             self.instances[inst.id] = inst
             if not self.actuator.launch(inst):
                 del self.instances[inst.id]
                 break
             self.next_id += 1
             started += 1
-        if counted:
-            self.launched[act.model] += started
+            self.launched[act.model] += counted
         return started
+
+    def refused(self, inst: Instance) -> None:
+        """The backend refused a launch the actuator had accepted (it learns later): forget it."""
+        if self.instances.pop(inst.id, None) is not None:
+            self.launched[inst.model] -= inst.counted
 
     def stop(self, inst: Instance, now: float, reason: str) -> None:
         if inst.cancel_sent_at is None:
@@ -211,7 +214,8 @@ class ControlLoop:
         """Its job went back to the scheduler's queue: it starts over as pending, unless it was
         draining (then it is stopped). Returns whether it waits to run again."""
         inst.back_to_queue()
-        self.obs.failure(inst.model, now)
+        if inst.cancel_sent_at is None:
+            self.obs.failure(inst.model, now)
         if inst.drain_requested_at is not None:
             self.stop(inst, now, "requeued while draining")
         return inst.cancel_sent_at is None

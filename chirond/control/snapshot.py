@@ -11,6 +11,9 @@ from chirond.dispatch import Dispatcher
 from chirond.model import BacklogGroup, InstanceView, ModelView, Slo, Snapshot
 from chirond.profiles import Profile
 
+# (model, now) -> queued batch work by deadline, and its request count
+Backlog = Callable[[str, float], tuple[tuple[BacklogGroup, ...], int]]
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
@@ -32,15 +35,18 @@ def build_snapshot(
     instances: Iterable[Instance],
     dispatcher: Dispatcher,
     obs: Observations,
-    backlog: Callable[[str, float], tuple[tuple[BacklogGroup, ...], int]],
+    backlog: Backlog,
     free_gpus: int,
     stale_after_s: float,
 ) -> Snapshot:
     """Pure but for one thing: each instance's request observations are taken (they cover the
     time since the previous snapshot). `backlog(model, now)` gives the queued batch work by
-    deadline and its request count."""
+    deadline and its request count. Instances being stopped are left out: in the simulator they
+    are gone at once, in the daemon a poll or two later."""
     by_model: dict[str, list[InstanceView]] = {name: [] for name in specs}
     for x in sorted(instances, key=lambda i: i.id):
+        if x.cancel_sent_at is not None:
+            continue
         m = specs[x.model]
         slot = dispatcher.slots.get(x.id)
         ttft, tpot = x.take_observations()
@@ -77,7 +83,7 @@ def build_snapshot(
     return Snapshot(now=now, models=tuple(views), free_gpus=free_gpus)
 
 
-def dispatcher_backlog(dispatcher: Dispatcher) -> Callable[[str, float], tuple[tuple[BacklogGroup, ...], int]]:
+def dispatcher_backlog(dispatcher: Dispatcher) -> Backlog:
     """The backlog as the dispatcher alone holds it (the simulator: every batch request is queued there)."""
 
     def backlog(model: str, now: float) -> tuple[tuple[BacklogGroup, ...], int]:

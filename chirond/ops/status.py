@@ -59,3 +59,5 @@ def set_gauges(metrics: Metrics, cfg: Config, instances: Iterable[Instance], dis
                 n = sum(1 for x in insts if x.model == name and x.pool is p and x.state is s)
                 metrics.instances.labels(name, p.value, s.value).set(n)
     metrics.gpus.set(sum(x.gpus for x in insts))
+    for slot in dispatcher.slots.values():  # caps move with the policy's SetBatchCap
+        metrics.cap.labels(slot.model, str(slot.id)).set(slot.cap)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from chirond.config import DaemonConfig, LifecycleConfig
 from chirond.control.instance import Instance
 from chirond.control.loop import ControlLoop, Timeouts
 from chirond.control.snapshot import ModelSpec, dispatcher_backlog
@@ -22,6 +23,13 @@ from chirond.policy.base import Policy
 from chirond.profiles import Profile
 from chirond.sim.cluster import Job, SimCluster
 from chirond.sim.results import RunResult
+
+# The daemon's defaults ([lifecycle], daemon.stale_after_s): the simulator runs the same rules.
+DEFAULT_TIMEOUTS = Timeouts(
+    drain_s=LifecycleConfig().drain_timeout_s,
+    start_s=LifecycleConfig().health_timeout_s,
+    stale_after_s=DaemonConfig().stale_after_s,
+)
 
 # event kinds
 _ENGINE, _CLUSTER, _READY, _LIMIT, _NODE_DOWN, _NODE_UP, _TICK = range(7)
@@ -96,7 +104,7 @@ class Simulation:
             for m in models
         }
         self.control = ControlLoop(
-            policy, self.dispatcher, specs, self, dispatcher_backlog(self.dispatcher), timeouts or Timeouts()
+            policy, self.dispatcher, specs, self, dispatcher_backlog(self.dispatcher), timeouts or DEFAULT_TIMEOUTS
         )
         self.instances = self.control.instances
         self._heap: list[tuple[float, int, int, int, int]] = []
@@ -130,10 +138,8 @@ class Simulation:
 
     def new_instance(self, inst_id: int, model: str, pool: Pool, args: EngineArgs, now: float) -> SimInstance:
         setup = self.models[model]
-        lo, hi = self.cluster.queue_wait_s
         engine = Engine(setup.profile, args.max_num_seqs, args.max_num_batched_tokens, args.priority)
-        return SimInstance(inst_id, model, pool, setup.profile.gpus, args, now, (lo + hi) / 2 + setup.cold_start_s,
-                           engine=engine)
+        return SimInstance(inst_id, model, pool, setup.profile.gpus, args, now, engine=engine)
 
     def launch(self, inst: Instance) -> bool:
         assert isinstance(inst, SimInstance)

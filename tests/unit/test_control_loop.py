@@ -38,14 +38,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.launched: list[int] = []
+        self.tried = 0
         self.cancelled: list[tuple[int, str]] = []
         self.kicked: list[str] = []
         self.refuse = False
 
     def new_instance(self, inst_id: int, model: str, pool: Pool, args: EngineArgs, now: float) -> Instance:
-        return Instance(inst_id, model, pool, 1, args, now, 60.0)
+        return Instance(inst_id, model, pool, 1, args, now)
 
     def launch(self, inst: Instance) -> bool:
+        self.tried += 1
         if self.refuse:
             return False
         self.launched.append(inst.id)
@@ -72,7 +74,7 @@ class Scripted(Policy):
         return Decision(acts, "scripted")
 
 
-TIMEOUTS = Timeouts(drain_s=30.0, start_s=100.0)
+TIMEOUTS = Timeouts(drain_s=30.0, start_s=100.0, stale_after_s=15.0)
 
 
 def make(timeouts: Timeouts = TIMEOUTS, max_instances: int = 3):  # type: ignore[no-untyped-def]
@@ -105,7 +107,25 @@ def test_a_refused_launch_leaves_no_record_and_stops_the_rest() -> None:
     loop, act, _, _ = make()
     act.refuse = True
     assert loop.launch(Launch("m", Pool.MIXED, 3, args=ARGS), 0.0) == 0
-    assert loop.instances == {} and loop.next_id == 1
+    assert loop.instances == {} and loop.next_id == 1 and act.tried == 1 and loop.launches == 0
+
+
+def test_a_launch_refused_later_is_forgotten_and_not_counted() -> None:
+    loop, _, _, _ = make()
+    loop.launch(Launch("m", Pool.MIXED, 2, args=ARGS), 0.0)
+    loop.refused(loop.instances[2])  # the backend said no after the actuator took it
+    assert list(loop.instances) == [1] and loop.launches == 1
+    (first,) = loop.initial_launches({})
+    loop.launch(first, 1.0, counted=False)
+    loop.refused(loop.instances[3])
+    assert loop.launches == 1  # an initial instance was never counted
+
+
+def test_a_new_instance_expects_the_lead_time() -> None:
+    loop, _, _, _ = make()
+    loop.obs.queue_wait["m"] = 12.0
+    loop.launch(Launch("m", Pool.MIXED, 1, args=ARGS), 0.0)
+    assert loop.instances[1].expected_ready_s == 12.0 + 60.0  # measured queue wait + start-up
 
 
 def test_initial_launches_count_adopted_jobs() -> None:
@@ -156,6 +176,39 @@ def test_an_instance_that_never_becomes_healthy_is_cancelled_as_a_failure() -> N
     assert act.cancelled == [(1, "not healthy within 100 s")] and loop.obs.failures["m"] == [600.0]
 
 
+def test_a_second_drain_does_not_cut_the_first_short() -> None:
+    loop, act, policy, dispatcher = make()
+    inst = ready_instance(loop)
+    dispatcher.enqueue(Request(1, "m", ReqClass.INTERACTIVE, 0.0, 10, 10))
+    dispatcher.dispatch("m", 0.0)
+    policy.next = (Drain(inst.id),)
+    loop.tick(1.0, 8)
+    policy.next = (Drain(inst.id),)
+    loop.tick(2.0, 8)
+    assert act.cancelled == [] and inst.drain_requested_at == 1.0
+
+
+def test_an_end_nobody_asked_for_is_one_failure() -> None:
+    loop, _, _, _ = make()
+    inst = ready_instance(loop)
+    assert loop.ended(inst, 5.0) is True and loop.obs.failures["m"] == [5.0]
+    # a start timeout is one failure, and the job's end after the cancel is not another
+    loop.launch(Launch("m", Pool.MIXED, 1, args=ARGS), 10.0)
+    late = loop.instances[max(loop.instances)]
+    loop.running(late, 10.0, None)
+    loop.tick(110.0, 8)
+    assert loop.ended(late, 111.0) is False and loop.obs.failures["m"] == [5.0, 110.0]
+
+
+def test_instances_being_stopped_leave_the_snapshot() -> None:
+    loop, _, policy, _ = make()
+    inst = ready_instance(loop)
+    policy.next = (Cancel(inst.id),)
+    loop.tick(1.0, 8)
+    assert loop.snapshot(2.0, 8).model("m").instances == ()
+    assert inst.id in loop.instances  # until its job is seen to end
+
+
 def test_drain_before_ready_cancels_and_cancel_is_sent_once() -> None:
     loop, act, policy, _ = make()
     loop.launch(Launch("m", Pool.MIXED, 1, args=ARGS), 0.0)
@@ -184,6 +237,7 @@ def test_requeue_starts_over_and_a_draining_one_is_stopped() -> None:
     other = ready_instance(loop, 11.0)
     other.drain_requested_at = 12.0
     assert loop.requeued(other, 13.0) is False and act.cancelled == [(other.id, "requeued while draining")]
+    assert loop.requeued(other, 14.0) is False and loop.obs.failures["m"] == [10.0, 13.0]  # stopped: no failure
 
 
 def test_observations_reach_the_snapshot_once_and_only_interactive() -> None:
