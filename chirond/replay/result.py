@@ -21,7 +21,7 @@ import numpy as np
 from chirond.model import ReqClass, Request, Slo
 from chirond.replay.driver import Recording
 from chirond.replay.plan import ReplayPlan, percentile
-from chirond.sim.results import RunResult
+from chirond.sim.results import RunResult, request_columns
 
 Sample = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
 POOLS = ("interactive", "mixed", "batch")
@@ -138,7 +138,6 @@ def build_result(
     """The run as a RunResult (daemon seconds since the start) and its requests with their times."""
     k = plan.speedup
     names = [m.name for m in plan.models]
-    index = {n: i for i, n in enumerate(names)}
     reqs: list[Request] = []
     for r, s in zip(plan.interactive, rec.sent, strict=True):
         x = Request(r.id, r.model, ReqClass.INTERACTIVE, r.arrival, r.input_tokens, r.output_tokens)
@@ -170,22 +169,7 @@ def build_result(
     def since(base: str, **labels: str) -> float:
         return _counter(final, base, **labels) - _counter(start_sample, base, **labels)
 
-    nan = math.nan
-
-    def col(f: Any) -> np.ndarray:
-        return np.array([nan if (v := f(x)) is None else v for x in reqs], dtype=np.float64)
-
-    requests: dict[str, np.ndarray] = {
-        "model": np.array([index[x.model] for x in reqs], dtype=np.int16),
-        "cls": np.array([0 if x.cls is ReqClass.INTERACTIVE else 1 for x in reqs], dtype=np.int8),
-        "arrival": col(lambda x: x.arrival),
-        "first_token": col(lambda x: x.first_token),
-        "finish": col(lambda x: x.finish),
-        "deadline": col(lambda x: x.deadline),
-        "input_tokens": np.array([x.input_tokens for x in reqs], dtype=np.int64),
-        "output_tokens": np.array([x.output_tokens for x in reqs], dtype=np.int64),
-        "preempted": np.zeros(len(reqs), dtype=np.int32),
-    }
+    requests = request_columns(reqs, names)
     launches = policy_launches(plan, final)
     result = RunResult(
         scenario=plan.scenario.name,

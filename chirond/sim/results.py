@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from chirond.model import Slo
+from chirond.model import ReqClass, Request, Slo
 
 
 @dataclass
@@ -39,3 +41,23 @@ class RunResult:
     log: list[str] = field(default_factory=list)  # the tick line of every decision that changed something
     launches_by_model: dict[str, int] = field(default_factory=dict)
     gpu_hours_by_model: dict[str, float] = field(default_factory=dict)
+
+
+def request_columns(reqs: Sequence[Request], models: Sequence[str]) -> dict[str, np.ndarray]:
+    """`RunResult.requests` from the requests of a run (simulated or replayed); times NaN where absent."""
+    index = {n: k for k, n in enumerate(models)}
+
+    def col(f: Callable[[Request], float | None]) -> np.ndarray:
+        return np.array([math.nan if (v := f(r)) is None else v for r in reqs], dtype=np.float64)
+
+    return {
+        "model": np.array([index[r.model] for r in reqs], dtype=np.int16),
+        "cls": np.array([0 if r.cls is ReqClass.INTERACTIVE else 1 for r in reqs], dtype=np.int8),
+        "arrival": col(lambda r: r.arrival),
+        "first_token": col(lambda r: r.first_token),
+        "finish": col(lambda r: r.finish),
+        "deadline": col(lambda r: r.deadline),
+        "input_tokens": np.array([r.input_tokens for r in reqs], dtype=np.int64),
+        "output_tokens": np.array([r.output_tokens for r in reqs], dtype=np.int64),
+        "preempted": np.array([r.preempted for r in reqs], dtype=np.int32),
+    }

@@ -22,7 +22,7 @@ from chirond.model import EngineArgs, InstanceState, Pool, ReqClass, Request, Sl
 from chirond.policy.base import Policy
 from chirond.profiles import Profile
 from chirond.sim.cluster import Job, SimCluster
-from chirond.sim.results import RunResult
+from chirond.sim.results import RunResult, request_columns
 
 # The daemon's defaults ([lifecycle], daemon.stale_after_s): the simulator runs the same rules.
 DEFAULT_TIMEOUTS = Timeouts(
@@ -365,24 +365,7 @@ class Simulation:
 
     def _result(self, end: float, wall: float) -> RunResult:
         names = list(self.models)
-        index = {n: k for k, n in enumerate(names)}
-        reqs = self.requests
-        nan = math.nan
-
-        def col(f: Callable[[Request], float | None]) -> np.ndarray:
-            return np.array([nan if (v := f(r)) is None else v for r in reqs], dtype=np.float64)
-
-        requests: dict[str, np.ndarray] = {
-            "model": np.array([index[r.model] for r in reqs], dtype=np.int16),
-            "cls": np.array([0 if r.cls is ReqClass.INTERACTIVE else 1 for r in reqs], dtype=np.int8),
-            "arrival": col(lambda r: r.arrival),
-            "first_token": col(lambda r: r.first_token),
-            "finish": col(lambda r: r.finish),
-            "deadline": col(lambda r: r.deadline),
-            "input_tokens": np.array([r.input_tokens for r in reqs], dtype=np.int64),
-            "output_tokens": np.array([r.output_tokens for r in reqs], dtype=np.int64),
-            "preempted": np.array([r.preempted for r in reqs], dtype=np.int32),
-        }
+        requests = request_columns(self.requests, names)
         timeline = {k: np.asarray(v, dtype=np.float64) for k, v in self.timeline.items()}
         return RunResult(
             scenario=self.scenario,
@@ -395,7 +378,7 @@ class Simulation:
             requests=requests,
             timeline=timeline,
             gpu_hours=self.cluster.gpu_seconds(end) / 3600.0,
-            gpu_hours_lower_bound=gpu_hours_lower_bound(list(self.models.values()), reqs),
+            gpu_hours_lower_bound=gpu_hours_lower_bound(list(self.models.values()), self.requests),
             peak_gpus=int(max(self.timeline["gpus"], default=0)),
             launches=self.control.launches,
             cancellations=self.cancellations,

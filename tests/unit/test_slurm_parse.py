@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,12 +22,10 @@ from chirond.cluster.slurm import (
     SQUEUE_TEXT_FORMAT,
     STATE_TABLE,
     CommandResult,
-    LocalTransport,
     SlurmCli,
     SlurmError,
     SlurmJob,
     SlurmParseError,
-    TransportError,
     accounting_disabled,
     expand_hostlist,
     gres_count,
@@ -478,39 +475,6 @@ async def test_sacct_and_sinfo_and_read_text() -> None:
     assert await c.read_text("/run/9.addr.json") is None
     with pytest.raises(SlurmError, match="Permission denied"):
         await c.read_text("/run/9.addr.json")
-
-
-# --- LocalTransport, for real -----------------------------------------------------------------------
-
-
-async def test_local_transport_runs_commands() -> None:
-    tr = LocalTransport(env={"CHIROND_TEST_VALUE": "hello"})
-    r = await tr.run(["sh", "-c", 'echo "$CHIROND_TEST_VALUE"; echo oops >&2; exit 3'], 10)
-    assert (r.returncode, r.stdout, r.stderr) == (3, "hello\n", "oops\n")
-    assert r.argv[0] == "sh" and r.duration_s >= 0
-    r = await tr.run(["cat"], 10, input=b"on stdin")
-    assert r.stdout == "on stdin"
-    with pytest.raises(TransportError, match="cannot run"):
-        await tr.run(["/nonexistent/squeue"], 10)
-
-
-async def test_local_transport_kills_on_timeout(tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    start = time.monotonic()
-    with pytest.raises(TransportError, match=r"did not finish within 0\.3s"):
-        # A grandchild holding the pipes open: only killing the whole group ends the command.
-        await LocalTransport().run(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], 0.3)
-    assert time.monotonic() - start < 5
-    pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail(f"sleep {pid} survived the timeout")
 
 
 # --- recorded 22.05 output (tests/data/slurm/22.05/, recorded on the loopback cluster) -------------
