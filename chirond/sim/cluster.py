@@ -26,6 +26,7 @@ class Job:
     eligible_at: float  # when the scheduler would start it if GPUs were free (queue wait)
     node: int | None = None
     started: float | None = None
+    limit_from: float | None = None  # its time limit counts from here (None: from `started`)
     ended: float | None = None
     end_reason: str = ""
 
@@ -66,9 +67,10 @@ class SimCluster:
         self.pending.append(job)
         return job
 
-    def start_now(self, gpus: int, now: float) -> Job | None:
-        """A job that is already running at `now` (instances present when the run begins)."""
-        job = Job(self._next_id, gpus, now, now)
+    def start_now(self, gpus: int, now: float, since: float | None = None) -> Job | None:
+        """A job that is already running at `now` (instances present when the run begins), since
+        `since`: its time limit counts from then, its GPU time from `now`."""
+        job = Job(self._next_id, gpus, now, now, limit_from=since)
         self._next_id += 1
         if not self._place(job, now):
             return None
@@ -113,7 +115,7 @@ class SimCluster:
     def limit_at(self, job: Job) -> float:
         if self.time_limit_s <= 0 or job.started is None:
             return math.inf
-        return job.started + self.time_limit_s
+        return (job.started if job.limit_from is None else job.limit_from) + self.time_limit_s
 
     def fail_node(self, index: int) -> list[Job]:
         """The node goes down: the jobs on it are lost (the caller ends them)."""

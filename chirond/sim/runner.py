@@ -120,6 +120,7 @@ class Simulation:
         self._dirty: set[str] = set()
         self._touched: set[int] = set()
         self._warm = False  # launches start at once, warm (the instances present at t = 0)
+        self._fleet_launched_at = 0.0
         self._jobs: list[tuple[str, Job]] = []  # every job with its model, for GPU-hours per model
 
     # ---------------------------------------------------------------- events
@@ -145,7 +146,7 @@ class Simulation:
         assert isinstance(inst, SimInstance)
         now = inst.launched_at
         if self._warm:
-            inst.job = self.cluster.start_now(inst.gpus, now)
+            inst.job = self.cluster.start_now(inst.gpus, now, since=self._fleet_launched_at)
             if inst.job is None:
                 return False
             self._running(inst, now)
@@ -206,8 +207,16 @@ class Simulation:
 
     def run(self) -> RunResult:
         t_wall = time.perf_counter()
+        initial = self.control.initial_launches({})
+        # The instances present at t = 0 are ready, so they were launched earlier, as a daemon
+        # launches its initial fleet: the workload meets it once the slowest is ready (the mean
+        # queue wait and the longest cold start before t = 0; `chirond replay` starts its trace at
+        # that moment too). Their job time limits count from then.
+        lo, hi = self.cluster.queue_wait_s
+        slowest = max((self.models[a.model].cold_start_s for a in initial), default=0.0)
+        self._fleet_launched_at = -((lo + hi) / 2 + slowest)
         self._warm = True
-        for act in self.control.initial_launches({}):
+        for act in initial:
             self.control.launch(act, 0.0, counted=False)
         self._warm = False
         for at, node, down in self.failures:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chirond.profiles import load_profile
 from chirond.sim.compare import compare, run_one
 from chirond.sim.report import summarize
 from chirond.sim.results import RunResult
@@ -222,6 +223,11 @@ def test_short_time_limit_triggers_replacements(tmp_path: Path) -> None:
     # Static's instance hits its limit at 400 s and 800 s and is replaced each time.
     assert st.failures == 2
     assert st.launches == 2
+    # ... counted from when the initial instance was launched: before t = 0, by the mean queue wait
+    # and its cold start (it is ready at t = 0), as a daemon's initial fleet is
+    first = float(next(line for line in st.log if "launch" in line).split()[0][2:])
+    cold = load_profile(PROFILE_8B).cold_start_s
+    assert 400 - cold - 5 <= first <= 400 - cold + 5
     ch = res["chirond"]
     # chirond replaces instances ahead of their limit (lead time + 120 s before it) and drains the
     # old ones, which finish their work long before the limit: nothing is lost to it.
