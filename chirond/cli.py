@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -58,14 +59,54 @@ def _simulate(args: argparse.Namespace) -> int:
         return 2
     summaries = [summarize(r) for r in results]
     print_table(summaries, console, title=f"{sc.name} (seed {results[0].seed})")
+    front: dict[str, Any] | None = None
+    if args.frontier:
+        front = _frontier(sc, args, summaries, console)
     if args.out:
         out = Path(args.out)
         path = write_summary(summaries, out)
         plots = [] if args.no_plots else write_plots(results, out)
+        if front is not None and not args.no_plots:
+            from chirond.sim import frontier as fr
+
+            plots.append(fr.plot(summaries, front["frontier"], front["ceiling"], out / "frontier.png",
+                                 f"{sc.name} (seed {results[0].seed}): policies against fixed deployments"))
         write_markdown(summaries, out / "summary.md", plots)
         (out / "decisions.log").write_text("\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n")
         console.print(f"wrote {path}, {out / 'summary.md'}, decisions.log and {len(plots)} plots in {out}")
     return 0
+
+
+def _frontier(
+    sc: Any, args: argparse.Namespace, summaries: list[dict[str, Any]], console: Console
+) -> dict[str, Any]:
+    """Sweep the fixed deployments, add the frontier and each policy's place against it to
+    `summaries`, print the frontier."""
+    from rich.table import Table
+
+    from chirond.sim import frontier as fr
+
+    with console.status(f"sweeping fixed deployments of {args.frontier_policy}'s mechanisms"):
+        points = fr.sweep(sc, args.frontier_policy, seed=args.seed, jobs=args.jobs)
+    front = fr.pareto(fr.combine(points, sc.cluster.gpus))
+    top = fr.ceiling(points)
+    for s in summaries:
+        best = fr.cheapest_matching(front, s["interactive_attainment"] or 0.0, s["batch_attainment"] or 0.0)
+        s["frontier_gpu_hours"] = best
+        s["frontier_ratio"] = s["gpu_hours"] / best if best else None
+        s["frontier"], s["ceiling"] = front, top
+    t = Table(title=f"fixed deployments ({args.frontier_policy}'s caps, rules and engine flags), frontier")
+    for col in ("instances", "Inter %", "Batch %", "GPU-h"):
+        t.add_column(col, justify="left" if col == "instances" else "right")
+    for d in [*front, {**top, "instances": {k: f"{v} (ceiling)" for k, v in top["instances"].items()}}]:
+        t.add_row(" ".join(f"{k}={v}" for k, v in d["instances"].items()), f"{100 * d['interactive_attainment']:.2f}",
+                  f"{100 * d['batch_attainment']:.2f}", f"{d['gpu_hours']:.2f}")
+    console.print(t)
+    for s in summaries:
+        ratio = s["frontier_ratio"]
+        console.print(f"{s['policy']}: {s['gpu_hours']:.1f} GPU-h; the cheapest fixed deployment as good: "
+                      + (f"{s['frontier_gpu_hours']:.1f} GPU-h (ratio {ratio:.2f})" if ratio else "none"))
+    return {"frontier": front, "ceiling": top}
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -129,6 +170,10 @@ def chirond_main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per CPU)")
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    s.add_argument("--frontier", action="store_true",
+                   help="also sweep fixed deployments (no scaling) and place each policy against them")
+    s.add_argument("--frontier-policy", default="chirond", metavar="POLICY",
+                   help="whose per-instance mechanisms the fixed deployments use (default chirond)")
     s.set_defaults(func=_simulate)
 
     from chirond.replay import run as replay

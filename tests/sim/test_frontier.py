@@ -1,0 +1,104 @@
+"""The fixed-deployment frontier: combination, Pareto set and matching worked out by hand, the
+fixed policy's filter, and a sweep of a tiny scenario."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chirond.control.observations import Observations
+from chirond.control.snapshot import ModelSpec, build_snapshot, dispatcher_backlog
+from chirond.dispatch import Dispatcher
+from chirond.model import Cancel, Decision, Drain, EngineArgs, Launch, Pool, SetBatchCap, SetPool, Slo, Snapshot
+from chirond.policy.base import Policy
+from chirond.profiles import load_profile
+from chirond.sim.frontier import FixedPolicy, Point, ceiling, cheapest_matching, combine, pareto, sweep
+from chirond.sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
+
+# Two models; a: 1 GPU per instance, b: 4. Attainment counts: (met, total).
+A = [Point("a", 1, 1, 60, 100, 10, 10, 1.0), Point("a", 2, 2, 90, 100, 10, 10, 2.0),
+     Point("a", 3, 3, 100, 100, 10, 10, 3.0)]
+B = [Point("b", 1, 4, 20, 100, 0, 10, 4.0), Point("b", 2, 8, 80, 100, 10, 10, 8.0)]
+
+
+def test_combine_keeps_what_fits_and_counts_every_request() -> None:
+    deps = combine({"a": A, "b": B}, gpus=10)
+    assert sorted(tuple(d["instances"].values()) for d in deps) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)]
+    d = next(d for d in deps if d["instances"] == {"a": 2, "b": 2})
+    assert d["interactive_attainment"] == pytest.approx(170 / 200)  # (90 + 80) / 200
+    assert d["batch_attainment"] == 1.0 and d["gpu_hours"] == 10.0
+
+
+def test_pareto_and_cheapest_matching_by_hand() -> None:
+    front = pareto(combine({"a": A, "b": B}, gpus=10))
+    # by GPU-hours: (1,1) 5.0 h 40 %/50 %; (2,1) 6.0 h 55 %/50 %; (3,1) 7.0 h 60 %/50 %;
+    # (1,2) 9.0 h 70 %/100 %; (2,2) 10.0 h 85 %/100 %: each beats the cheaper ones on something
+    assert [tuple(d["instances"].values()) for d in front] == [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2)]
+    assert cheapest_matching(front, 0.55, 0.5) == 6.0
+    assert cheapest_matching(front, 0.55, 1.0) == 9.0
+    assert cheapest_matching(front, 0.9, 1.0) is None
+    dominated = [{"instances": {"a": 9}, "interactive_attainment": 0.5, "batch_attainment": 0.5, "gpu_hours": 8.0}]
+    assert pareto([*front, *dominated]) == front
+
+
+def test_ceiling_takes_each_models_best_count() -> None:
+    top = ceiling({"a": A, "b": B})
+    assert top["instances"] == {"a": 3, "b": 2}
+    assert top["interactive_attainment"] == pytest.approx(180 / 200) and top["gpu_hours"] == 11.0
+
+
+class Busy(Policy):
+    name = "busy"
+
+    def plan(self, snap: Snapshot, state: object) -> Decision:
+        args = EngineArgs(8, 512)
+        return Decision((Launch("m", Pool.MIXED, 3, args=args), Drain(1), Cancel(2), SetBatchCap(1, 4),
+                         SetPool(2, Pool.BATCH)), "busy")
+
+
+def test_fixed_policy_filters_scaling_and_replaces_lost_instances() -> None:
+    prof = load_profile(PROFILE_8B)
+    inner = Busy({"m": prof})
+    fixed = FixedPolicy(inner, {"m": 2})
+    assert fixed.initial_instances("m", 5, 7) == 2 and fixed.rules == inner.rules
+    # a snapshot of model m with no instance left: both are replaced, and the inner policy's
+    # launch, drain and cancel are dropped; its caps and pools stay
+    d = Dispatcher(inner.rules, {"m": 1.0})
+    spec = ModelSpec("m", Slo(1.0, 0.1), prof, 0, 8, 60.0)
+    snap = build_snapshot(0.0, {"m": spec}, [], d, Observations(["m"]), dispatcher_backlog(d), 8, 15.0)
+    acts = fixed.plan(snap, None).actions
+    assert acts[:2] == (SetBatchCap(1, 4), SetPool(2, Pool.BATCH))
+    assert acts[2:] == (Launch("m", inner.initial_pool, 2),) and acts[2].args is not None
+
+
+def test_sweep_of_a_tiny_scenario(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+name = "tiny"
+seed = 5
+horizon_s = 900
+[cluster]
+gpus = 3
+[models.m]
+profile = "{PROFILE_8B}"
+slo = {{ ttft_s = 1.0, tpot_s = 0.1 }}
+[[models.m.workload]]
+kind = "poisson"
+rate_per_s = 6.0
+duration_s = 300
+lengths = {{ input_tokens = 2000, output_tokens = 200 }}
+""")
+    sc = load_scenario(path)
+    points = sweep(sc, "chirond", jobs=1)
+    ps = points["m"]
+    assert [p.n for p in ps] == list(range(1, len(ps) + 1)) and len(ps) <= 3
+    assert all(p.gpus == p.n for p in ps) and all(p.inter_total == ps[0].inter_total > 0 for p in ps)
+    assert ps[-1].inter_met >= ps[0].inter_met  # more instances serve at least as well
+    assert ps[-1].gpu_hours > ps[0].gpu_hours
+    front = pareto(combine(points, sc.cluster.gpus))
+    assert front and front[0]["instances"] == {"m": 1}
+    assert all(d["interactive_attainment"] <= ceiling(points)["interactive_attainment"] for d in front)
