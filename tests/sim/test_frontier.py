@@ -3,10 +3,12 @@ fixed policy's filter, and a sweep of a tiny scenario."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from chirond.cli import chirond_main
 from chirond.control.observations import Observations
 from chirond.control.snapshot import ModelSpec, build_snapshot, dispatcher_backlog
 from chirond.dispatch import Dispatcher
@@ -75,7 +77,7 @@ def test_fixed_policy_filters_scaling_and_replaces_lost_instances() -> None:
     assert acts[2:] == (Launch("m", inner.initial_pool, 2),) and acts[2].args is not None
 
 
-def test_sweep_of_a_tiny_scenario(tmp_path: Path) -> None:
+def tiny(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(f"""
 name = "tiny"
@@ -92,7 +94,11 @@ rate_per_s = 6.0
 duration_s = 300
 lengths = {{ input_tokens = 2000, output_tokens = 200 }}
 """)
-    sc = load_scenario(path)
+    return path
+
+
+def test_sweep_of_a_tiny_scenario(tmp_path: Path) -> None:
+    sc = load_scenario(tiny(tmp_path))
     points = sweep(sc, "chirond", jobs=1)
     ps = points["m"]
     assert [p.n for p in ps] == list(range(1, len(ps) + 1)) and len(ps) <= 3
@@ -102,3 +108,16 @@ lengths = {{ input_tokens = 2000, output_tokens = 200 }}
     front = pareto(combine(points, sc.cluster.gpus))
     assert front and front[0]["instances"] == {"m": 1}
     assert all(d["interactive_attainment"] <= ceiling(points)["interactive_attainment"] for d in front)
+
+
+def test_simulate_frontier_writes_it_into_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert chirond_main(["simulate", str(tiny(tmp_path)), "--policies", "chirond,static", "--frontier",
+                         "--jobs", "1", "--out", str(out)]) == 0
+    summaries = json.loads((out / "summary.json").read_text())
+    for s in summaries:
+        assert s["frontier"] and s["ceiling"]["instances"]
+        best = cheapest_matching(s["frontier"], s["interactive_attainment"], s["batch_attainment"])
+        assert s["frontier_gpu_hours"] == best
+        assert s["frontier_ratio"] == (None if best is None else pytest.approx(s["gpu_hours"] / best))
+    assert (out / "frontier.png").stat().st_size > 0
