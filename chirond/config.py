@@ -23,6 +23,7 @@ from typing import Any
 
 import chirond
 from chirond.batch.store import BatchLimits, window_seconds
+from chirond.log_output import LOG_FORMATS
 from chirond.model import Slo
 from chirond.policy import REGISTRY, make_policy
 from chirond.profiles import Profile, ProfileError, load_profile
@@ -50,6 +51,7 @@ class DaemonConfig:
     policy_params: dict[str, float] = field(default_factory=dict)  # overrides of the policy's defaults
     backend: str = "local"  # "local" (child processes) or "slurm" (one Slurm job per instance)
     log_level: str = "info"  # debug | info | warning | error
+    log_format: str = "text"  # "text" (journald-aware) or "json" (one object per line)
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
     # `chiron token|usage|status|admin` talk to the daemon here; peer credentials say who calls.
     control_socket: Path | None = None  # None: <state_dir>/control.sock
@@ -267,6 +269,7 @@ def _daemon(t: Table) -> DaemonConfig:
         policy_params=values,
         backend=t.string("backend", _D.backend, BACKENDS),
         log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
+        log_format=t.string("log_format", _D.log_format, LOG_FORMATS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
         control_socket=_socket_path(t),
         clock_speedup=t.number("clock_speedup", _D.clock_speedup),

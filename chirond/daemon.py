@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from chirond import log_output
 from chirond.accounting import Accounting
 from chirond.batch.service import BatchService
 from chirond.clock import Clock
@@ -148,7 +149,8 @@ class Daemon:
         t0 = time.perf_counter()
         line = await self.fleet.tick()
         self.ticks += 1
-        log.info("tick %d %s", self.ticks, line)
+        # A quiet tick is noise in the journal: INFO only when an action or an instance state changed.
+        log.log(logging.INFO if self.fleet.tick_changed else logging.DEBUG, "tick %d %s", self.ticks, line)
         state = "serving" if self.api.accepting else f"draining, {len(self.gateway.jobs)} request(s) in flight"
         self.notifier.status(f"{state}; tick {self.ticks}: {line.split(' | ')[0]}")
         set_gauges(self.metrics, self.cfg, self.instances.values(), self.dispatcher)
@@ -253,9 +255,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.daemon.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    log_output.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     try:
         import uvloop
 
