@@ -31,6 +31,7 @@ from chirond.model import ReqClass
 from chirond.serve import openai_api as oa
 from chirond.serve import request_id
 from chirond.serve.gateway import Gateway, Job
+from chirond.serve.http_errors import error_middleware
 from chirond.serve.unavailable import Unavailable
 
 CHAT, COMPLETIONS = "chat", "completions"
@@ -130,28 +131,6 @@ class _ClientSide:
             await resp.write(b": " + text.replace("\n", " ").encode() + b"\n\n")
         except ConnectionError as e:
             raise _ClientGone from e
-
-
-def error_middleware(max_body_bytes: int) -> Any:
-    """Every error in OpenAI's shape: ApiError as raised, and aiohttp's own 404, 405 and 413."""
-
-    @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except oa.ApiError as e:
-            return web.json_response(e.body(), status=e.status, headers=e.headers)
-        except web.HTTPRequestEntityTooLarge:
-            e2 = oa.ApiError.too_large(max_body_bytes)
-            return web.json_response(e2.body(), status=e2.status)
-        except web.HTTPNotFound:
-            e3 = oa.ApiError(404, f"no route {request.method} {request.path}", "invalid_request_error")
-            return web.json_response(e3.body(), status=404)
-        except web.HTTPMethodNotAllowed:
-            e4 = oa.ApiError(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
-            return web.json_response(e4.body(), status=405)
-
-    return errors
 
 
 class ProxyApi:
