@@ -251,6 +251,10 @@ class ProxyApi:
     async def execute(self, parsed: oa.ParsedRequest, user: str, deadline: float) -> tuple[int, bytes]:
         """Run one batch line (not streamed; `deadline` on the daemon's clock) through the same
         queues, preemption, resume and retries as a client's request: (HTTP status, JSON body)."""
+        try:
+            self.hooks.admit(user, parsed, ReqClass.BATCH)  # the same quotas as an HTTP request: 429 line
+        except oa.ApiError as e:
+            return e.status, json.dumps(e.body()).encode()
         req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.max_tokens or 0, None)
         req.deadline = deadline
         try:
