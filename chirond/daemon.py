@@ -42,6 +42,7 @@ from chirond.policy import make_policy
 from chirond.sdnotify import Notifier, watchdog_loop
 from chirond.serve.api import ProxyApi
 from chirond.serve.gateway import Gateway
+from chirond.serve.http_server import GuardedRunner, HttpLimits
 from chirond.users import UsageCollector, UserStore
 
 log = logging.getLogger("chirond")
@@ -92,7 +93,9 @@ class Daemon:
         self.batch.open()  # before the HTTP site listens: the Files and Batches routes use the store
         await self.backend.start()
         await self.api.start(key)
-        self._runner = web.AppRunner(self.api.app(self.batch.http.add_routes), handler_cancellation=True,
+        a = self.cfg.api
+        limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client)
+        self._runner = GuardedRunner(self.api.app(self.batch.http.add_routes), limits, handler_cancellation=True,
                                      access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, d.listen_host, d.listen_port, backlog=1024).start()
@@ -178,7 +181,10 @@ class Daemon:
         return self.users.verify(key)
 
     def _check_batch_lines(self, user: str, adding: int) -> str | None:
-        return self.users.check_batch_lines(user, self.batch.store.queued_lines(user), adding)
+        """Quotas at batch creation: today's tokens, and the lines queued (validating batches too)."""
+        return self.users.check_tokens(user, self.accounting.reserved.get(user, 0)) or self.users.check_batch_lines(
+            user, self.batch.store.queued_lines(user), adding
+        )
 
     def _on_preempt(self, r: Request) -> None:
         self.metrics.preemptions.labels(r.model, "evicted").inc()

@@ -4,6 +4,7 @@ SQLite failures (503 storage_error with Retry-After), an unexpected exception in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -55,6 +56,16 @@ async def test_hostile_bodies_get_shaped_errors_and_serving_goes_on(daemon_facto
             assert_shaped(st, ct, body, 400)
         st, ct, body, _ = await post(s, f"{base}/files", b"x", "multipart/form-data")  # no boundary at all
         assert_shaped(st, ct, body, 400)
+    # aiohttp's own protocol errors, on the daemon's port (chirond/serve/http_server.py)
+    for raw in (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
+        writer.write(raw)
+        resp = await asyncio.wait_for(reader.read(65536), 10)
+        writer.close()
+        head, _, body = resp.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400" and b"application/json" in head, resp
+        assert json.loads(body)["error"]["code"] == "bad_http_request"
     r = await client(d).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                                  max_tokens=2)
     assert r.choices[0].message.content
