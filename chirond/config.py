@@ -21,12 +21,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import chirond
 from chirond.batch.store import BatchLimits, window_seconds
 from chirond.log_output import LOG_FORMATS
 from chirond.model import Slo
 from chirond.policy import REGISTRY, make_policy
-from chirond.profiles import Profile, ProfileError, load_profile
+from chirond.profiles import PROFILES_DIR, Profile, ProfileError, available_profiles, load_profile, resolve_profile
 from chirond.tomltable import Table, TableError, key_path, read_toml, show
 from chirond.users import UsersConfig, parse_users
 
@@ -208,7 +207,6 @@ class Config:
 
 # ---------------------------------------------------------------- the vocabulary
 
-PROFILES_DIR = Path(chirond.__file__).resolve().parent / "data" / "profiles"  # shipped as package data
 BACKENDS = ("local", "slurm")
 GPUS_FLAGS = ("gres", "gpus")
 AUTH_MODES = ("keys", "open")
@@ -518,24 +516,6 @@ def _ssh(t: Table) -> SshConfig:
 
 
 # ---------------------------------------------------------------- models
-
-
-def available_profiles() -> list[str]:
-    """Names of the repository's profiles (profiles/*.toml, without the suffix)."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-
-
-def resolve_profile(raw: str, base: Path) -> Path | None:
-    """The profile file `raw` names: absolute, or relative to `base` (the config's directory) and
-    then to the repository's profiles/; `.toml` may be left out. None when there is none."""
-    p = Path(raw).expanduser()
-    names = [p] if raw.endswith(".toml") else [p, p.with_name(p.name + ".toml")]
-    dirs = [Path("/")] if p.is_absolute() else [base, PROFILES_DIR]
-    for d in dirs:
-        for name in names:
-            if (d / name).is_file():
-                return (d / name).resolve()
-    return None
 
 
 def _profile(t: Table, local: LocalBackendConfig | None) -> tuple[Path, Profile]:
