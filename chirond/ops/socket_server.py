@@ -101,7 +101,9 @@ class ControlServer:
     # ---------------------------------------------------------------- lifetime
 
     async def start(self) -> None:
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True)
+            os.chmod(self.path.parent, 0o755)  # whatever the umask (077 in the daemon): users must reach it
         await self._remove_stale()
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE_BYTES)
         # Anyone on this machine may connect: the peer credentials, not the file mode, say who it is.
