@@ -54,6 +54,8 @@ class DaemonConfig:
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
     # `chiron token|usage|status|admin` talk to the daemon here; peer credentials say who calls.
     control_socket: Path | None = None  # None: <state_dir>/control.sock
+    control_idle_timeout_s: float = 5.0  # a control connection silent this long is closed
+    control_max_connections_per_uid: int = 8  # open control connections per local account
     # Dry runs only (`chirond replay`): the daemon's clock runs this many times faster than real
     # time, against simulated engines sped up as much. 1 everywhere else.
     clock_speedup: float = 1.0
@@ -297,6 +299,9 @@ def _daemon(t: Table) -> DaemonConfig:
         log_format=t.string("log_format", _D.log_format, LOG_FORMATS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
         control_socket=_socket_path(t),
+        control_idle_timeout_s=t.number("control_idle_timeout_s", _D.control_idle_timeout_s),
+        control_max_connections_per_uid=t.integer("control_max_connections_per_uid",
+                                                  _D.control_max_connections_per_uid, 1),
         clock_speedup=t.number("clock_speedup", _D.clock_speedup),
     )
 

@@ -75,7 +75,9 @@ class Daemon:
         self.api = ProxyApi(cfg, self.gateway, self.fleet, self.accounting, self, self.metrics, self.clock,
                             verify_key=self._verify_key)
         self.batch = BatchService(cfg, self.api, self.dispatcher, self._check_batch_lines, self.database)
-        self.control_server = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users)
+        self.control_server = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users,
+                                            cfg.daemon.control_idle_timeout_s,
+                                            cfg.daemon.control_max_connections_per_uid)
         self._runner: web.AppRunner | None = None
         self._umask: int | None = None  # the process's umask before start() set 077
         self._loop_task: asyncio.Task[None] | None = None
