@@ -15,6 +15,22 @@ from dataclasses import dataclass, field
 
 from chirond.model import BacklogGroup, DispatchRules, Ordering, Pool, ReqClass, Request, Routing
 
+BATCH_PRIORITY = 1 << 53  # batch work goes after every interactive request inside the engine
+
+
+def engine_priority(req: Request, ttft_slo_s: float, short_first_tokens: int) -> int:
+    """vLLM's per-request priority for `req` (lower runs first; vLLM breaks ties by arrival).
+    Interactive requests are ordered by a virtual arrival in ms: their arrival, plus up to one
+    TTFT SLO for long prompts (`short_first_tokens` or more), so short prompts overtake long ones
+    queued inside the engine, but a long one is never passed by a request arriving more than one
+    SLO after it."""
+    if req.cls is not ReqClass.INTERACTIVE:
+        return BATCH_PRIORITY
+    if short_first_tokens <= 0:
+        return 0
+    delay = ttft_slo_s * min(1.0, req.input_tokens / short_first_tokens)
+    return max(0, round((req.arrival + delay) * 1000.0))
+
 
 class Slot:
     """One instance as the dispatcher sees it."""
@@ -64,6 +80,7 @@ class Dispatcher:
 
     def enqueue(self, req: Request) -> None:
         q = self.queues[req.model]
+        req.priority = engine_priority(req, self.ttft_slo_s[req.model], self.rules.short_first_tokens)
         if req.cls is ReqClass.INTERACTIVE:
             q.inter_tokens += req.input_tokens
             if self.rules.ordering is Ordering.SLO:

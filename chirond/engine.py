@@ -1,11 +1,13 @@
 """An iteration-level model of one vLLM (V1) engine, advanced analytically between events.
 
 What it models, as vLLM's scheduler does:
-- continuous batching: up to `max_num_seqs` running sequences; new ones are admitted at step
-  boundaries, first come first served, while the KV cache has room for their prompt;
+- continuous batching: up to `max_num_seqs` running sequences;
 - chunked prefill: each step has a budget of `max_num_batched_tokens`; decoding sequences take one
-  token each, the rest goes to prompts in admission order (a prompt may span several steps); the
-  step that finishes a prompt also samples its first token;
+  token each, then the prompts already running in admission order (a prompt may span several
+  steps); only what budget is left admits waiting requests, first come first served, or by
+  (priority, arrival) under `--scheduling-policy priority`, while the KV cache has room for their
+  prompt (vLLM V1's `schedule()`: running requests first, then waiting ones while budget lasts);
+  the step that finishes a prompt also samples its first token;
 - KV cache of 16-token blocks (half a block lost per sequence on average); when decoding would
   overflow it, the newest running sequence is preempted by recompute: it goes back to the head of
   the waiting queue and later re-prefills its prompt plus the tokens it had generated;
@@ -26,7 +28,7 @@ import heapq
 import math
 from collections import deque
 
-from chirond.model import ReqClass, Request
+from chirond.model import Request
 from chirond.profiles import Profile
 
 
@@ -52,9 +54,9 @@ class Engine:
         max_num_batched_tokens: int | None = None,
         priority: bool = False,
     ) -> None:
-        """`priority` models `--scheduling-policy priority` with interactive requests at the higher
-        priority: they are admitted first, their prompts get the step's token budget first, and
-        KV preemption picks batch requests first."""
+        """`priority` models `--scheduling-policy priority`: waiting requests are admitted by
+        (`Request.priority`, arrival), and KV preemption picks the running request with the largest
+        (priority, arrival)."""
         p = profile
         self.profile = p
         self.max_num_seqs = max_num_seqs or p.max_num_seqs
@@ -73,10 +75,11 @@ class Engine:
         self._ctx_dec = 0  # total context tokens of the decoders
         self._prefilling: list[Seq] = []
         self._kv_pf = 0  # KV tokens reserved by prompts being prefilled
-        self._waiting: deque[Seq] = deque()
-        self._waiting_hi: deque[Seq] = deque()  # interactive, under priority scheduling
+        self._waiting: deque[Seq] = deque()  # FCFS
+        self._waiting_heap: list[tuple[int, float, int, Seq]] = []  # under priority scheduling
         self._seqs: dict[int, Seq] = {}  # request id -> seq, for aborts
         self._admitted = 0
+        self._pushed = 0
         self._dirty = False  # submits or aborts since the segment was planned
 
         # The segment in flight.
@@ -102,7 +105,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + len(self._waiting_hi)
+        return len(self._waiting) + len(self._waiting_heap)
 
     @property
     def kv_used_tokens(self) -> float:
@@ -160,13 +163,30 @@ class Engine:
     def submit(self, req: Request) -> None:
         s = Seq(req)
         self._seqs[req.id] = s
-        self._queue_of(s).append(s)
+        self._wait(s, front=False)
         self._dirty = True
 
-    def _queue_of(self, s: Seq) -> deque[Seq]:
-        if self.priority and s.req.cls is ReqClass.INTERACTIVE:
-            return self._waiting_hi
-        return self._waiting
+    def _wait(self, s: Seq, front: bool) -> None:
+        """Into the waiting queue: by (priority, arrival) under priority scheduling, else at the
+        back (a new request) or the front (a preempted one), as vLLM's FCFS queue does."""
+        if self.priority:
+            self._pushed += 1  # unique tie-break: a request may come back after an abort
+            heapq.heappush(self._waiting_heap, (s.req.priority, s.req.arrival, self._pushed, s))
+        elif front:
+            self._waiting.appendleft(s)
+        else:
+            self._waiting.append(s)
+
+    def _next_waiting(self) -> Seq | None:
+        if self.priority:
+            return self._waiting_heap[0][3] if self._waiting_heap else None
+        return self._waiting[0] if self._waiting else None
+
+    def _pop_waiting(self) -> None:
+        if self.priority:
+            heapq.heappop(self._waiting_heap)
+        else:
+            self._waiting.popleft()
 
     def abort(self, req: Request) -> bool:
         """Drop a request; its work is lost. Returns False if it is not here."""
@@ -258,8 +278,9 @@ class Engine:
             self._prefilling = [s for s in self._prefilling if s.alive]
         if any(not s.alive for s in self._waiting):
             self._waiting = deque(s for s in self._waiting if s.alive)
-        if any(not s.alive for s in self._waiting_hi):
-            self._waiting_hi = deque(s for s in self._waiting_hi if s.alive)
+        if any(not e[3].alive for e in self._waiting_heap):
+            self._waiting_heap = [e for e in self._waiting_heap if e[3].alive]
+            heapq.heapify(self._waiting_heap)
         # Dead decoders leave the counts now; their heap entries are skipped lazily.
         dead = [e for e in self._decoders if not e[2].alive]
         if dead:
@@ -273,37 +294,35 @@ class Engine:
         if self._dirty:
             self._drop_aborted()
             self._dirty = False
-        # Admission, FCFS (interactive first under priority), while there is a running slot and
-        # KV room for the whole prompt.
-        while self.running < self.max_num_seqs:
-            waiting = self._waiting_hi or self._waiting
-            if not waiting:
+        n = self._n_dec
+        budget = max(1, self._budget - n)
+        chunks: list[tuple[Seq, int]] = []
+        tokens = 0
+        for s in self._prefilling:  # running prompts first, in admission order
+            c = min(s.prefill_len - s.computed, budget - tokens)
+            if c <= 0:
                 break
-            s = waiting[0]
+            chunks.append((s, c))
+            tokens += c
+        # Then waiting requests, in queue order, into what is left of the budget, while there is
+        # a running slot and KV room for the whole prompt.
+        while tokens < budget and self.running < self.max_num_seqs:
+            w = self._next_waiting()
+            if w is None:
+                break
+            s = w
             if self.kv_used_tokens + s.prefill_len + self._half_block > self._kv_cap and self.running:
                 break
-            waiting.popleft()
+            self._pop_waiting()
             self._admitted += 1
             s.admit_no = self._admitted
             s.computed = 0
             self._prefilling.append(s)
             self._kv_pf += s.prefill_len
-
-        n = self._n_dec
-        if self._prefilling:
-            budget = max(1, self._budget - n)
-            chunks: list[tuple[Seq, int]] = []
-            tokens = 0
-            order = self._prefilling
-            if self.priority:
-                hi = ReqClass.INTERACTIVE
-                order = [s for s in order if s.req.cls is hi] + [s for s in order if s.req.cls is not hi]
-            for s in order:
-                c = min(s.prefill_len - s.computed, budget - tokens)
-                if c <= 0:
-                    break
-                chunks.append((s, c))
-                tokens += c
+            c = min(s.prefill_len, budget - tokens)
+            chunks.append((s, c))
+            tokens += c
+        if chunks:
             self._seg_chunks = chunks
             self._seg_k = 1
             dur = self._a + self._b * (n + len(chunks)) + self._c * self._ctx_dec + self._p * tokens
@@ -327,10 +346,10 @@ class Engine:
         return True
 
     def _preempt_newest(self) -> None:
-        """vLLM V1 under FCFS preempts the last request it scheduled (under priority, the last
-        batch one first); it restarts by recompute."""
+        """vLLM V1 under FCFS preempts the last request it scheduled (under priority, the one with
+        the largest (priority, arrival)); it restarts by recompute."""
         if self.priority:
-            entry = max(self._decoders, key=lambda e: (e[2].req.cls is not ReqClass.INTERACTIVE, e[1]))
+            entry = max(self._decoders, key=lambda e: (e[2].req.priority, e[2].req.arrival, e[1]))
         else:
             entry = max(self._decoders, key=lambda e: e[1])
         s = entry[2]
@@ -340,7 +359,7 @@ class Engine:
         s.generated += self.step - s.join_step  # tokens decoded since it joined are kept
         s.prefill_len = s.req.input_tokens + s.generated
         s.computed = 0
-        self._queue_of(s).appendleft(s)
+        self._wait(s, front=True)
         self.num_preemptions += 1
 
     def _dur(self, k: int) -> float:

@@ -27,7 +27,7 @@ from chirond.control.snapshot import Backlog, ModelSpec
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_command, startup_s
 from chirond.metrics import Metrics
-from chirond.model import EngineArgs, Launch, Pool, ReqClass, Snapshot
+from chirond.model import EngineArgs, Launch, Pool, Request, Snapshot
 from chirond.policy.base import Policy
 from chirond.serve.gateway import Gateway
 
@@ -346,10 +346,11 @@ class Fleet:
         if inst_id in self.dispatcher.slots:
             self.dispatcher.set_routable(inst_id, False)
 
-    def upstream_priority(self, inst_id: int, cls: ReqClass) -> int | None:
-        """vLLM's per-request priority, where the instance's engine runs priority scheduling."""
+    def upstream_priority(self, inst_id: int, req: Request) -> int | None:
+        """vLLM's per-request priority (the dispatcher's), where the instance's engine runs
+        priority scheduling."""
         inst = self.instances.get(inst_id)
         if inst is None or not inst.args.priority:
             return None
-        return 0 if cls is ReqClass.INTERACTIVE else 1
+        return req.priority
 

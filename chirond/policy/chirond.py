@@ -21,6 +21,7 @@ request needs the slot. Each tick, per model:
    as the queue fills at current caps, none while one is starting), as the estimates lag a ramp;
    that level holds for
    `scale_down_hold_s` after the queueing was last seen.
+   A model with `min_instances = 0` and nothing queued goes to zero by rent or buy (`keep_warm`).
 4. Scale down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`), one instance a
    tick, never on stale data. Instances whose job time limit is closer than the lead time are
    replaced ahead of time and then drained.
@@ -29,7 +30,8 @@ request needs the slot. Each tick, per model:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from chirond.model import (
@@ -73,7 +75,12 @@ class ChirondPolicy(Policy):
         "reserve_slots": 4.0,
         "idle_rate_per_s": 0.01,
         "queue_wait_share": 0.5,
+        "short_first_tokens": 4096.0,
     }
+
+    def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
+        super().__init__(profiles, params)
+        self.rules = replace(self.rules, short_first_tokens=int(self.params["short_first_tokens"]))
 
     def engine_args(self, model: str, slo: Slo) -> EngineArgs:
         """Priority scheduling (interactive prompts first inside the engine), and a prefill chunk
@@ -203,6 +210,11 @@ class ChirondPolicy(Policy):
                 n_batch = max(n_batch, total)
             why += f", batch plan {n_batch:.1f}"
         need = math.ceil(max(n_inter, n_batch) - 1e-6)
+        if m.min_instances == 0 and not m.backlog and not m.interactive_queue:
+            if keep_warm(m):
+                need = max(need, 1)
+            else:
+                need, why = 0, why + f", idle {m.load.idle_s:.0f} s > lead {m.lead_time_s:.0f} s"
         return max(m.min_instances, min(m.max_instances, need)), why
 
     def _scale(self, m: ModelView, need: int, now: float, low_since: dict[str, float]) -> tuple[list[Action], str]:
@@ -230,6 +242,16 @@ class ChirondPolicy(Policy):
             return out, ""
         low_since.pop(m.name, None)
         return out, ""
+
+
+def keep_warm(m: ModelView) -> bool:
+    """Scale to zero by rent or buy: an idle instance is kept about as long as a cold start would
+    cost (the model's lead time, queue wait included), the break-even of ski rental, or longer
+    only while the arrival rate says the next request comes sooner than that."""
+    if m.load.idle_s <= m.lead_time_s:
+        return True
+    rate = m.load.rate_10m
+    return rate > 0 and 1.0 / rate < m.lead_time_s
 
 
 def _mean_batch_input(m: ModelView) -> float:

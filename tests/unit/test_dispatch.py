@@ -400,3 +400,28 @@ def test_withdraw_takes_requests_back_from_queues_and_instances() -> None:
         assert assigned == [a] and len(d.slots[7].inter) == 1
         assert d.withdraw(a)
         assert len(d.slots[7].inter) == 0
+
+
+# ---------------------------------------------------------------- engine-side priority
+
+
+def test_engine_priority_short_first_aged_by_one_ttft_slo() -> None:
+    d = Dispatcher(DispatchRules(short_first_tokens=4096), {M: TTFT})
+    long_ = inter(arrival=10.0, tokens=8192)  # yields a whole TTFT SLO (2 s)
+    short_later = inter(arrival=11.0, tokens=100)  # arrived 1 s later: goes first
+    short_too_late = inter(arrival=12.5, tokens=100)  # arrived 2.5 s later: after the long one
+    half = inter(arrival=10.0, tokens=2048)  # yields half an SLO
+    b = batch(deadline=5.0, arrival=0.0)
+    for r in (long_, short_later, short_too_late, half, b):
+        d.enqueue(r)
+    order = sorted((long_, short_later, short_too_late, half, b), key=lambda r: (r.priority, r.arrival))
+    assert order == [half, short_later, long_, short_too_late, b]
+    assert half.priority == 11_000 and long_.priority == 12_000
+
+
+def test_engine_priority_by_class_only_without_short_first() -> None:
+    d = make()
+    r, b = inter(arrival=50.0, tokens=9000), batch(deadline=1.0)
+    d.enqueue(r)
+    d.enqueue(b)
+    assert r.priority == 0 < b.priority

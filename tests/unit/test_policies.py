@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -389,6 +390,33 @@ def test_chirond_scales_down_only_after_hold() -> None:
         if drains(d):
             drained_at.append(t)
     assert drained_at[:2] == [60, 120]  # scale_down_hold_s = 60, one instance at a time
+
+
+def _idle_model(idle_s: float, rate_10m: float = 0.0, min_instances: int = 0) -> ModelView:
+    stats = dataclasses.replace(load(), rate_10m=rate_10m, idle_s=idle_s)
+    return model([inst(1)], min_instances=min_instances, lead_time_s=240.0, stats=stats)
+
+
+def _drained_by(pol: Policy, m: ModelView, seconds: int) -> bool:
+    state: object = None
+    for t in range(0, seconds + 1, 5):
+        d = pol.plan(snap(m, now=float(t)), state)
+        state = d.state
+        if drains(d):
+            return True
+    return False
+
+
+def test_chirond_scales_an_idle_model_to_zero_after_its_lead_time() -> None:
+    # Rent or buy: with min_instances = 0, an instance idle for longer than a cold start (the lead
+    # time, 240 s here) goes; one idle for less stays, and so does one whose arrival rate says
+    # the next request comes sooner than a cold start.
+    pol = policy("chirond")
+    assert _drained_by(pol, _idle_model(idle_s=300.0), 120)
+    assert not _drained_by(pol, _idle_model(idle_s=100.0), 120)
+    assert not _drained_by(pol, _idle_model(idle_s=300.0, rate_10m=0.01), 120)  # next in ~100 s
+    assert _drained_by(pol, _idle_model(idle_s=300.0, rate_10m=0.002), 120)  # next in ~500 s
+    assert not _drained_by(pol, _idle_model(idle_s=1e9, min_instances=1), 120)
 
 
 def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
