@@ -257,3 +257,7 @@ class DispatchRules:
     # more yields to others arriving up to one TTFT SLO after it, shorter ones proportionally less
     # (shortest first, aged so a long prompt waits at most one TTFT SLO). 0: by arrival.
     short_first_tokens: int = 0
+    # Interactive requests go to the instance with the least prompt work outstanding (prompts not
+    # yet answered with a first token) rather than the fewest requests in flight: one 32k-token
+    # prompt ahead delays a new request more than ten short chats do.
+    route_by_prefill: bool = False

@@ -76,11 +76,13 @@ class ChirondPolicy(Policy):
         "idle_rate_per_s": 0.01,
         "queue_wait_share": 0.5,
         "short_first_tokens": 4096.0,
+        "route_by_prefill": 1.0,
     }
 
     def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
         super().__init__(profiles, params)
-        self.rules = replace(self.rules, short_first_tokens=int(self.params["short_first_tokens"]))
+        self.rules = replace(self.rules, short_first_tokens=int(self.params["short_first_tokens"]),
+                             route_by_prefill=self.params["route_by_prefill"] > 0)
 
     def engine_args(self, model: str, slo: Slo) -> EngineArgs:
         """Priority scheduling (interactive prompts first inside the engine), and a prefill chunk
