@@ -77,6 +77,7 @@ class ChirondPolicy(Policy):
         "queue_wait_share": 0.5,
         "short_first_tokens": 4096.0,
         "route_by_prefill": 1.0,
+        "long_prompt_share": 0.25,
     }
 
     def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
@@ -84,15 +85,19 @@ class ChirondPolicy(Policy):
         self.rules = replace(self.rules, short_first_tokens=int(self.params["short_first_tokens"]),
                              route_by_prefill=self.params["route_by_prefill"] > 0)
 
-    def engine_args(self, model: str, slo: Slo) -> EngineArgs:
-        """Priority scheduling (interactive prompts first inside the engine), and a prefill chunk
-        small enough that a step carrying a full chunk beside a typical batch still meets the
-        TPOT SLO: short interactive answers otherwise eat whole 2048-token chunks of others'
-        prompts between their tokens. Decoding shares each step's fixed cost, so mixed instances
-        lose almost no throughput to smaller chunks."""
+    def engine_args(self, model: str, slo: Slo, mean_input: float = 0.0) -> EngineArgs:
+        """Priority scheduling (short interactive prompts first inside the engine), and a prefill
+        chunk (--max-num-batched-tokens) small enough that a step carrying a full chunk beside a
+        typical batch still meets the TPOT SLO: short answers otherwise eat whole 2048-token
+        chunks of others' prompts between their tokens (decoding shares each step's fixed cost,
+        so little throughput is lost). Except with long prompts, when prefilling the observed
+        mean prompt takes over `long_prompt_share` of the TTFT SLO: then TTFT binds, and a small
+        chunk would add a step overhead per chunk to every prompt, so the chunk stays vLLM's."""
         prof = self.profiles[model]
         typical = prof.step_s(64, 64 * 1024)
         chunk = int((slo.tpot_s - typical) / prof.prefill_s(1)) // 256 * 256
+        if mean_input > 0 and prof.prefill_s(mean_input) > self.params["long_prompt_share"] * slo.ttft_s:
+            chunk = prof.max_num_batched_tokens
         return EngineArgs(prof.max_num_seqs, max(256, min(prof.max_num_batched_tokens, chunk)), priority=True)
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
@@ -158,7 +163,10 @@ class ChirondPolicy(Policy):
         lam = max(m.load.rate_1m, m.load.rate_10m)
         ctx = self._ctx(m)
         kv_max = prof.max_batch_for_kv(ctx)
-        b_in = _mean_batch_input(m)
+        # Batch requests finishing make room for fresh batch prompts, but only while batch work
+        # waits: with none queued, slots free up for interactive requests, already counted.
+        churn = bool(m.backlog) or any(i.inflight_batch for i in m.instances)
+        b_in = _mean_batch_input(m) if churn else 0.0
         b_out = m.batch_mean_output or 256.0
         if lam < self.params["idle_rate_per_s"]:
             tps = prof.decode_tokens_per_s(kv_max, ctx)
@@ -230,7 +238,7 @@ class ChirondPolicy(Policy):
             out.extend(Drain(i.id) for i in ready_expiring)
         if have < need:
             low_since.pop(m.name, None)
-            args = self.engine_args(m.name, m.slo)
+            args = self.engine_args(m.name, m.slo, m.load.mean_input)
             out.append(Launch(m.name, Pool.MIXED, need - have, replaces=len(expiring), args=args))
             return out, ""
         if have > need and not any_stale(m):

@@ -411,7 +411,8 @@ class Simulation:
 def gpu_hours_lower_bound(models: list[ModelSetup], reqs: list[Request]) -> float:
     """Each model's prefill and decode work at the instance's best throughput (the largest batch
     the KV cache holds at the mean context), plus a cold start for each instance beyond the ones
-    present at the start that the work needs to fit in the run's span."""
+    present at the start that the work needs to fit in the run's span; and never less than the
+    model's `min_instances` running for that whole span, which every policy must pay."""
     total = 0.0
     span = max((r.deadline or r.arrival for r in reqs), default=1.0) or 1.0
     by_model: Mapping[str, list[Request]] = {m.name: [r for r in reqs if r.model == m.name] for m in models}
@@ -427,5 +428,5 @@ def gpu_hours_lower_bound(models: list[ModelSetup], reqs: list[Request]) -> floa
         work = p.prefill_s(tin) + tout * p.step_s(b, b * ctx) / b
         needed = math.ceil(work / span)
         extra = max(0, needed - m.initial_instances)
-        total += p.gpus * (work + extra * m.cold_start_s)
+        total += p.gpus * max(work + extra * m.cold_start_s, m.min_instances * span)
     return total / 3600.0

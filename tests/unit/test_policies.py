@@ -378,6 +378,23 @@ def test_chirond_sizes_interactive_capacity_from_load() -> None:
     assert la.count >= 5
 
 
+def _cap_of(d: Decision) -> int:
+    (c,) = [a.cap for a in d.actions if isinstance(a, SetBatchCap)]
+    return c
+
+
+def test_chirond_caps_count_batch_churn_only_while_batch_work_waits() -> None:
+    # Long interactive prompts (16k), no batch work anywhere: finishing requests are not replaced
+    # by batch prompts, so the cap is set by the interactive load alone, not pinned at 8.
+    stats = load(rate=0.2, mean_input=16_000, mean_output=200)
+    alone = policy("chirond").plan(snap(model([inst(1, inter=2)], stats=stats)), None)
+    backlog = (BacklogGroup(deadline=36_000.0, requests=500, input_tokens=500 * 16_000),)
+    with_batch = policy("chirond").plan(
+        snap(model([inst(1, inter=2)], stats=stats, backlog=backlog, batch_mean_output=200)), None)
+    assert _cap_of(with_batch) == 8
+    assert _cap_of(alone) >= 3 * _cap_of(with_batch)  # 24: set by the interactive prompts alone
+
+
 def test_chirond_scales_down_only_after_hold() -> None:
     pol = policy("chirond")
     insts = [inst(1, inter=1), inst(2), inst(3)]
@@ -573,3 +590,17 @@ def test_chirond_adds_an_instance_when_interactive_requests_wait_and_holds_it() 
         if drains(later):
             drained_at.append(t)
     assert drained_at == [240.0]  # held until 160, then the usual 60 s of hysteresis
+
+
+def test_chirond_prefill_chunk_grows_with_long_prompts() -> None:
+    # The TPOT bound gives the 70B a 512-token chunk; a mean prompt of 20k tokens (3.8 s of
+    # prefill, over a quarter of the 10-s TTFT SLO) would pay 40 step overheads: it gets vLLM's
+    # chunk. Short prompts keep the TPOT chunk.
+    pol = policy("chirond")
+    slo = Slo(ttft_s=10.0, tpot_s=0.15)
+    tpot_only = pol.engine_args("m70", slo).max_num_batched_tokens
+    assert tpot_only == 512
+    assert pol.engine_args("m70", slo, mean_input=2000).max_num_batched_tokens == tpot_only
+    assert pol.engine_args("m70", slo, mean_input=20_000).max_num_batched_tokens == P70.max_num_batched_tokens
+    never = policy("chirond", long_prompt_share=1e9)
+    assert never.engine_args("m70", slo, mean_input=20_000).max_num_batched_tokens == 512
