@@ -25,6 +25,7 @@ from chirond.cluster.slurm_check import PreflightError, preflight, slurm_cli
 from chirond.cluster.slurm_parse import NodeInfo
 from chirond.cluster.transport import SlurmError, TransportError
 from chirond.config import Config, ConfigError, ModelConfig, SlurmBackendConfig, load_config, load_keys
+from chirond.engines import is_vllm_server
 from chirond.tomltable import key_path
 
 
@@ -54,6 +55,12 @@ def config_warnings(cfg: Config) -> list[str]:
             out.append(
                 f"{key_path('models', m.name, 'command')} sets --api-key: vLLM then ignores the engine key chirond "
                 "gives it (VLLM_API_KEY) and refuses chirond's requests; leave it out"
+            )
+        if m.command and not is_vllm_server(m.command):
+            out.append(
+                f"{key_path('models', m.name, 'command')} does not look like `vllm serve`: chirond cannot add its "
+                "engine guard (--middleware), so the engine's routes outside /v1 (/invocations, /tokenize, ...) "
+                "answer anyone who reaches its port"
             )
         floor = m.profile.step_s(1, 0)
         if m.slo.tpot_s < floor:

@@ -23,6 +23,7 @@ from typing import Any
 
 import chirond
 from chirond.batch.store import BatchLimits, window_seconds
+from chirond.log_output import LOG_FORMATS
 from chirond.model import Slo
 from chirond.policy import REGISTRY, make_policy
 from chirond.profiles import Profile, ProfileError, load_profile
@@ -50,6 +51,7 @@ class DaemonConfig:
     policy_params: dict[str, float] = field(default_factory=dict)  # overrides of the policy's defaults
     backend: str = "local"  # "local" (child processes) or "slurm" (one Slurm job per instance)
     log_level: str = "info"  # debug | info | warning | error
+    log_format: str = "text"  # "text" (journald-aware) or "json" (one object per line)
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
     # `chiron token|usage|status|admin` talk to the daemon here; peer credentials say who calls.
     control_socket: Path | None = None  # None: <state_dir>/control.sock
@@ -74,6 +76,12 @@ class ApiConfig:
     max_retries: int = 2  # retries on another instance when one fails before the first byte
     batch_header: str = "X-Chirond-Class"  # header value "batch" marks a request batch-class
     batch_deadline_s: float = 3600.0  # deadline of a batch-class request, from its arrival
+    # The port's guards (chirond/serve/http_server.py, docs/admin.md "Limits"):
+    idle_timeout_s: float = 15.0  # a connection without a whole request head this long after it opened
+    # (or after its last answer) is closed: silent and slowloris connections
+    body_timeout_s: float = 30.0  # a request body that stops arriving this long is cut off
+    max_connections: int = 1000  # open at once; over it an idle one is closed, else 503
+    max_connections_per_client: int = 200  # per client address, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +275,7 @@ def _daemon(t: Table) -> DaemonConfig:
         policy_params=values,
         backend=t.string("backend", _D.backend, BACKENDS),
         log_level=t.string("log_level", _D.log_level, LOG_LEVELS),
+        log_format=t.string("log_format", _D.log_format, LOG_FORMATS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
         control_socket=_socket_path(t),
         clock_speedup=t.number("clock_speedup", _D.clock_speedup),
@@ -328,6 +337,10 @@ def _api(t: Table) -> ApiConfig:
         max_retries=t.integer("max_retries", _A.max_retries),
         batch_header=header,
         batch_deadline_s=t.number("batch_deadline_s", _A.batch_deadline_s),
+        idle_timeout_s=t.number("idle_timeout_s", _A.idle_timeout_s),
+        body_timeout_s=t.number("body_timeout_s", _A.body_timeout_s),
+        max_connections=t.integer("max_connections", _A.max_connections, 1),
+        max_connections_per_client=t.integer("max_connections_per_client", _A.max_connections_per_client, 1),
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from chirond import log_output
 from chirond.accounting import Accounting
 from chirond.batch.service import BatchService
 from chirond.clock import Clock
@@ -41,6 +42,7 @@ from chirond.policy import make_policy
 from chirond.sdnotify import Notifier, watchdog_loop
 from chirond.serve.api import ProxyApi
 from chirond.serve.gateway import Gateway
+from chirond.serve.http_server import GuardedRunner, HttpLimits
 from chirond.users import UsageCollector, UserStore
 
 log = logging.getLogger("chirond")
@@ -91,7 +93,9 @@ class Daemon:
         self.batch.open()  # before the HTTP site listens: the Files and Batches routes use the store
         await self.backend.start()
         await self.api.start(key)
-        self._runner = web.AppRunner(self.api.app(self.batch.http.add_routes), handler_cancellation=True,
+        a = self.cfg.api
+        limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client)
+        self._runner = GuardedRunner(self.api.app(self.batch.http.add_routes), limits, handler_cancellation=True,
                                      access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, d.listen_host, d.listen_port, backlog=1024).start()
@@ -148,7 +152,8 @@ class Daemon:
         t0 = time.perf_counter()
         line = await self.fleet.tick()
         self.ticks += 1
-        log.info("tick %d %s", self.ticks, line)
+        # A quiet tick is noise in the journal: INFO only when an action or an instance state changed.
+        log.log(logging.INFO if self.fleet.tick_changed else logging.DEBUG, "tick %d %s", self.ticks, line)
         state = "serving" if self.api.accepting else f"draining, {len(self.gateway.jobs)} request(s) in flight"
         self.notifier.status(f"{state}; tick {self.ticks}: {line.split(' | ')[0]}")
         set_gauges(self.metrics, self.cfg, self.instances.values(), self.dispatcher)
@@ -253,9 +258,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.daemon.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    log_output.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     try:
         import uvloop
 

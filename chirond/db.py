@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -111,6 +113,21 @@ def connect(
         db.close()
         raise
     return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. SQLite itself rolls the transaction
+    back on some errors (SQLITE_FULL, SQLITE_IOERR, even from COMMIT): a ROLLBACK then would raise
+    "no transaction is active" and hide the real error, so it is only sent while one is open."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def user_version(db: sqlite3.Connection) -> int:

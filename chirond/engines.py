@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 from chirond.config import ModelConfig
+from chirond.engine_guard import MIDDLEWARE, MODULE_NAME, source
 from chirond.model import EngineArgs
+
+_VLLM_MODULES = ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.cli.main")
 
 
 def engine_command(m: ModelConfig, args: EngineArgs, host: str = "127.0.0.1") -> tuple[str, ...]:
@@ -31,7 +34,7 @@ def engine_command(m: ModelConfig, args: EngineArgs, host: str = "127.0.0.1") ->
             for k, v in values.items():
                 arg = arg.replace("{" + k + "}", v)
             out.append(arg)
-        return tuple(out)
+        return guarded(tuple(out))
     return (
         sys.executable, "-m", "chirond", "fake-vllm",
         "--profile", values["profile"], "--model", m.name, "--host", host, "--port", "{port}",
@@ -39,6 +42,37 @@ def engine_command(m: ModelConfig, args: EngineArgs, host: str = "127.0.0.1") ->
         "--scheduling-policy", values["scheduling_policy"],
         "--speedup", repr(m.sim_speedup), "--startup-s", repr(startup_s(m)),
     )  # fmt: skip
+
+
+def is_vllm_server(argv: tuple[str, ...] | list[str]) -> bool:
+    """Whether `argv` starts vLLM's OpenAI server: `vllm serve` (also inside a wrapper such as
+    `apptainer exec IMAGE vllm serve`) or `python -m vllm.entrypoints.openai.api_server`."""
+    for i, arg in enumerate(argv):
+        if os.path.basename(arg) == "vllm" and i + 1 < len(argv) and argv[i + 1] == "serve":
+            return True
+        if arg in _VLLM_MODULES and i > 0 and argv[i - 1] == "-m":
+            return True
+    return False
+
+
+def guarded(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """A vLLM server command with chirond's engine guard added (`--middleware`), so that no route
+    but /health and /metrics answers without the engine key; other commands unchanged."""
+    if not is_vllm_server(argv) or MIDDLEWARE in argv:
+        return argv
+    return (*argv, "--middleware", MIDDLEWARE)
+
+
+def write_guard(folder: Path) -> Path:
+    """Write the guard module into `folder` (made if missing) for PYTHONPATH; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{MODULE_NAME}.py"
+    text = source()
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return folder
 
 
 def startup_s(m: ModelConfig) -> float:

@@ -82,6 +82,8 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.last_reason = ""
+        self.tick_changed = True  # the last tick acted or saw an instance change state (logged at INFO)
+        self._last_states: tuple[tuple[int, object], ...] = ()
 
     # ---------------------------------------------------------------- lifetime
 
@@ -137,6 +139,9 @@ class Fleet:
             if not isinstance(act, Launch) and (inst := self.instances.get(act.instance)) is not None:
                 self.metrics.scaling.labels(inst.model, type(act).__name__.lower()).inc()
         self.last_reason = decision.reason
+        states = tuple((i.id, i.state) for m in snap.models for i in m.instances)
+        self.tick_changed = bool(decision.actions) or states != self._last_states
+        self._last_states = states
         return self.control.describe(snap, decision)
 
     def snapshot(self, now: float) -> Snapshot:

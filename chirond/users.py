@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sqlite3
@@ -24,8 +25,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from chirond.db import Database
+from chirond.db import Database, transaction
 from chirond.tomltable import Fail, Table, key_path, show
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "chd-"  # every minted key starts with it (so a leaked key is recognisable in a scan)
 SHOWN_CHARS = 12  # "chd-" + 8 characters: enough to tell keys apart, far too little to guess one
@@ -189,9 +192,15 @@ class UserStore:
 
     def close(self) -> None:
         if self._db is not None:
-            self.flush()
-            self._db.close()
-            self._db = None
+            try:
+                self.flush()
+            except sqlite3.Error as e:  # disk full or read-only at shutdown: say what is lost, exit cleanly
+                lost = [f"{u} {d} {m}: {x.requests} req, {x.tokens_in}+{x.tokens_out} tok, {x.gpu_s:.1f} GPU-s"
+                        for (u, d, m), x in self._pending.items()]
+                log.error("usage could not be written at shutdown (%s); not recorded: %s", e, "; ".join(lost))
+            finally:
+                self._db.close()
+                self._db = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -278,20 +287,17 @@ class UserStore:
             return
         pending, self._pending = self._pending, {}
         used, self._last_used = self._last_used, {}
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO usage_daily (user, day, model, requests, tokens_in, tokens_out, gpu_s) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user, day, model) DO UPDATE SET "
-                "requests = requests + excluded.requests, tokens_in = tokens_in + excluded.tokens_in, "
-                "tokens_out = tokens_out + excluded.tokens_out, gpu_s = gpu_s + excluded.gpu_s",
-                [(u, d, m, x.requests, x.tokens_in, x.tokens_out, x.gpu_s) for (u, d, m), x in pending.items()],
-            )
-            db.executemany("UPDATE users_keys SET last_used = ? WHERE hash = ?", [(t, h) for h, t in used.items()])
-            db.execute("COMMIT")
+            with transaction(self.db) as db:
+                db.executemany(
+                    "INSERT INTO usage_daily (user, day, model, requests, tokens_in, tokens_out, gpu_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user, day, model) DO UPDATE SET "
+                    "requests = requests + excluded.requests, tokens_in = tokens_in + excluded.tokens_in, "
+                    "tokens_out = tokens_out + excluded.tokens_out, gpu_s = gpu_s + excluded.gpu_s",
+                    [(u, d, m, x.requests, x.tokens_in, x.tokens_out, x.gpu_s) for (u, d, m), x in pending.items()],
+                )
+                db.executemany("UPDATE users_keys SET last_used = ? WHERE hash = ?", [(t, h) for h, t in used.items()])
         except BaseException:
-            db.execute("ROLLBACK")
             for k, x in pending.items():  # nothing lost: back into the buffer for the next flush
                 self._pending.setdefault(k, Usage()).add(x.requests, x.tokens_in, x.tokens_out, x.gpu_s)
             self._last_used = {**used, **self._last_used}

@@ -3,9 +3,9 @@ OpenAI's Batch API checks it, with a clear message naming the line and the field
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 
+from chirond import jsonbounds
 from chirond.tokens import count_messages, count_prompt
 
 MAX_CUSTOM_ID = 512
@@ -23,8 +23,8 @@ def check_line(raw: bytes, lineno: int, endpoint: str, models: Collection[str]) 
     """(custom_id, model, input token estimate) of a good line; LineError otherwise."""
     where = f"line {lineno}"
     try:
-        obj = json.loads(raw.decode())
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        obj = jsonbounds.loads(raw)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, too deep, lone surrogates
         raise LineError("invalid_json_line", f"{where}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise LineError("invalid_json_line", f"{where}: must be a JSON object")

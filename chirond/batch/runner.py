@@ -44,7 +44,10 @@ class BatchRunner:
         self.period_s = period_s
         self.housekeeping_s = housekeeping_s
         self.inflight: dict[str, dict[tuple[str, int], asyncio.Task[None]]] = {m: {} for m in self.models}
-        self._results: list[LineResult] = []
+        self._results: list[LineResult] = []  # finished, not recorded yet (kept until a record succeeds)
+        self._unrecorded: dict[str, int] = {m: 0 for m in self.models}  # model -> lines in _results
+        self._record_failing = False  # logged once per failure streak, not every round
+        self._validations: set[str] = set()  # batches handed to the worker and not done
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="chirond-batch")
         self._background: set[asyncio.Future[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -70,14 +73,24 @@ class BatchRunner:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._flush()
+        if self._results:  # the store still refuses them: the lines stay queued and run after a restart
+            log.error("batch runner stopping with %d results not recorded; they run again after a restart",
+                      len(self._results))
+            self.store.release(self._results)
+            self._results = []
         await asyncio.gather(*self._background, return_exceptions=True)
         self._worker.shutdown(wait=True)
 
     def created(self, batch_id: str) -> None:
-        """A batch was accepted: validate its input file on the worker thread."""
+        """A batch was accepted: validate its input file on the worker thread. A validation that
+        fails (disk full) leaves the batch "validating"; housekeeping hands it over again."""
+        if batch_id in self._validations:
+            return
+        self._validations.add(batch_id)
         fut = asyncio.get_running_loop().run_in_executor(self._worker, self.store.validate, batch_id)
         self._background.add(fut)
         fut.add_done_callback(self._background.discard)
+        fut.add_done_callback(lambda f: self._validations.discard(batch_id))
         fut.add_done_callback(lambda f: _log_failure(f, f"validating {batch_id}"))
 
     @property
@@ -102,6 +115,8 @@ class BatchRunner:
                 if now - self._last_housekeeping >= self.housekeeping_s and self._housekeeping is None:
                     self._last_housekeeping = now
                     self._abort_ended()
+                    for batch_id in self.store.pending_validation():  # one whose validation failed
+                        self.created(batch_id)
                     self._start_housekeeping()
             except Exception:  # one bad round must not stop batch work; logged with its traceback
                 log.exception("batch runner round failed")
@@ -110,7 +125,8 @@ class BatchRunner:
     def _feed(self) -> None:
         for model in self.models:
             running = self.inflight[model]
-            room = self.window(model) - len(running)
+            # Unrecorded results hold their place: while the store refuses writes, nothing new runs.
+            room = self.window(model) - len(running) - self._unrecorded[model]
             if room <= 0:
                 continue
             for line in self.store.next_lines(model, room):
@@ -129,12 +145,27 @@ class BatchRunner:
         finally:
             self.inflight[line.model].pop((line.batch_id, line.idx), None)
         self._results.append(result)
+        self._unrecorded[line.model] += 1
 
     def _flush(self) -> None:
-        """Group commit: one transaction for what finished since the last round."""
-        if self._results:
-            results, self._results = self._results, []
-            self.recorded += self.store.record(results)
+        """Group commit: one transaction for what finished since the last round. When the store
+        refuses (disk full, read-only), the results and their leases stay for the next round:
+        recording is idempotent, so a retry can never record a line twice."""
+        if not self._results:
+            return
+        try:
+            self.recorded += self.store.record(self._results)
+        except Exception as e:
+            if not self._record_failing:
+                log.error("batch results not recorded (%s); %d kept, retrying each round", e, len(self._results))
+            self._record_failing = True
+            return
+        if self._record_failing:
+            log.info("batch results recorded again after a storage failure")
+        self._record_failing = False
+        self._results = []
+        for model in self._unrecorded:
+            self._unrecorded[model] = 0
 
     def _abort_ended(self) -> None:
         """Lines of batches that were cancelled or expired meanwhile stop running."""

@@ -31,8 +31,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,6 +39,7 @@ from typing import Any, BinaryIO
 from chirond.batch.fair import DeficitRoundRobin
 from chirond.batch.jsonl import LineError, check_line
 from chirond.db import Database
+from chirond.db import transaction as _tx
 
 log = logging.getLogger(__name__)
 
@@ -244,17 +244,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def _tx(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 def _result_line(custom_id: str | None, response: dict | None, error: dict | None) -> str:
     return json.dumps(
         {"id": _new_id("batch_req_"), "custom_id": custom_id, "response": response, "error": error},
@@ -344,9 +333,14 @@ class Upload:
         self._f.close()
         self._f = None
         file_id = _new_id("file-")
-        os.replace(self.tmp, self._store.files_dir / file_id)
-        _fsync_dir(self._store.files_dir)
-        return self._store._add_file(file_id, user, filename or "upload.jsonl", purpose, self.bytes, self.lines)
+        path = self._store.files_dir / file_id
+        os.replace(self.tmp, path)
+        try:
+            _fsync_dir(self._store.files_dir)
+            return self._store._add_file(file_id, user, filename or "upload.jsonl", purpose, self.bytes, self.lines)
+        except BaseException:  # not recorded (database full): its bytes must not hold space
+            path.unlink(missing_ok=True)
+            raise
 
     def abort(self) -> None:
         if self._f is not None:
@@ -886,8 +880,9 @@ class BatchStore:
         body = json.loads(row[3])["body"]
         return Line(b.id, row[0] & IDX_MASK, row[1], b.user, q.model, b.endpoint, body, b.deadline, row[2])
 
-    def release(self, lines: Iterable[Line]) -> None:
-        """Leased but not run: back to the queue, ahead of later lines of the same batch."""
+    def release(self, lines: Iterable[Line | LineResult]) -> None:
+        """Leased but not run (or its result could not be recorded): back to the queue, ahead of
+        later lines of the same batch."""
         with self._lock:
             for line in lines:
                 b = self._batches.get(line.batch_id)
@@ -1032,11 +1027,23 @@ class BatchStore:
                         b.target = target  # in memory only until _begin_final records it
                         due.append((b, target))
             for b, target in due:
-                self._begin_final(b, target, now)  # in chunks: the lock is free between them
+                try:
+                    self._begin_final(b, target, now)  # in chunks: the lock is free between them
+                except (sqlite3.Error, OSError) as e:
+                    # Disk full, read-only: the target was not recorded. Forget it in memory too, so
+                    # the next tick chooses it again (its queues stay dropped: nothing is leased).
+                    with self._lock:
+                        if b.status not in FINISHING:
+                            b.target = None
+                    log.error("batch %s: could not mark it %s (%s); retrying", b.id, target, e)
             with self._lock:
                 todo = [b for b in self._batches.values() if b.target is not None and b.status in FINISHING]
             for b in todo:
-                self._finish(b)  # writes files outside the lock: the lines of b no longer change
+                try:
+                    self._finish(b)  # writes files outside the lock: the lines of b no longer change
+                except (sqlite3.Error, OSError) as e:  # retried next tick; other batches go on
+                    log.error("batch %s: could not write its result files (%s); retrying", b.id, e)
+                    continue
                 changed.append(b.id)
             if now >= self._next_file_expiry:
                 self._expire_files(now)
@@ -1122,6 +1129,7 @@ class BatchStore:
         paths = [(self.files_dir / f".{i}.tmp", self.files_dir / i) if i else None for i in (out_id, err_id)]
         fs = [open(p[0], "wb") if p else None for p in paths]  # noqa: SIM115
         sizes = [[0, 0], [0, 0]]
+        ok = False
         try:
             cur = db.execute(
                 "SELECT state, result FROM batch_lines WHERE rowid >= ? AND rowid < ? ORDER BY rowid", (lo, hi)
@@ -1140,10 +1148,14 @@ class BatchStore:
                 if f is not None:
                     f.flush()
                     os.fsync(f.fileno())
+            ok = True
         finally:
             for f in fs:
                 if f is not None:
                     f.close()
+            for p in paths:
+                if p is not None and not ok:  # a partial temp file would hold space until a restart
+                    p[0].unlink(missing_ok=True)
         for p in paths:
             if p is not None:
                 os.replace(p[0], p[1])

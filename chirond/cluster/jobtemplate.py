@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chirond.engine_guard import MODULE_NAME, source
+
 JOB_NAME_PREFIX = "chirond-"
 PORT_PLACEHOLDER = "{port}"
 # Package data, so an installed chirond has it; slurm/chirond-instance.sbatch links here.
@@ -308,4 +310,27 @@ def _script_values(spec: JobSpec) -> dict[str, str]:
         "ENV": "\n".join(env_lines) or "# (none)",
         "SITE_HOOKS": "\n".join(hooks) or "# (none)",
         "ENGINE_ARGV": engine,
+        "ENGINE_GUARD": _guard_lines(),
     }
+
+
+_GUARD_EOF = "CHIROND_ENGINE_GUARD_PY"
+
+
+def _guard_lines() -> str:
+    """Shell lines that write chirond's engine guard into `<run_dir>/.guard-<job id>/` and put that
+    folder first on PYTHONPATH (after the site hooks, which may set PYTHONPATH themselves)."""
+    text = source()
+    if _GUARD_EOF in text:  # cannot happen unless someone edits the module carelessly
+        raise JobTemplateError(f"engine guard: its source contains the here-document end {_GUARD_EOF}")
+    return "\n".join([
+        'chirond_guard=$CHIROND_RUN_DIR/.guard-$chirond_job_id',
+        f'if ! mkdir -p -- "$chirond_guard" || ! cat >"$chirond_guard/{MODULE_NAME}.py" <<\'{_GUARD_EOF}\'',
+        text.rstrip("\n"),
+        _GUARD_EOF,
+        'then',
+        '  chirond_log "cannot write the engine guard into $chirond_guard"',
+        f'  exit {EXIT_NO_ADDR_FILE}',
+        'fi',
+        'export PYTHONPATH="$chirond_guard${PYTHONPATH:+:$PYTHONPATH}"',
+    ])

@@ -40,6 +40,8 @@ import numpy as np
 
 from chirond.cluster.backend import AdoptedJob, BackendError, JobFacts, JobState, LaunchSpec
 from chirond.config import LifecycleConfig, LocalBackendConfig
+from chirond.engine_guard import MIDDLEWARE
+from chirond.engines import write_guard
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,9 @@ class LocalBackend:
         argv = [a.replace("{port}", str(port)) for a in spec.argv]
         devices = _visible_devices(gpus, self._cfg.gpus)
         env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": devices}
+        if MIDDLEWARE in argv:  # vLLM imports chirond's engine guard from PYTHONPATH
+            guard = str(write_guard(self._log_dir.parent / "engine-guard"))
+            env["PYTHONPATH"] = guard + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
 
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"{spec.instance_id}.log"

@@ -38,6 +38,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from chirond.engine import Engine
+from chirond.engine_guard import authorized
 from chirond.fakevllm.driver import Driver, Live
 from chirond.fakevllm.lengths import natural_length
 from chirond.fakevllm.metrics import ServerMetrics
@@ -60,7 +61,6 @@ DEFAULT_MAX_MODEL_LEN = 131072
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STOP_GRACE_S = 0.05  # how long stop() lets a handler finish what it is writing before cancelling it
 STATS_LOG_INTERVAL_S = 10.0  # vLLM's VLLM_LOG_STATS_INTERVAL
-_AUTH_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,7 +97,7 @@ class FakeVllm:
                                      lambda: self.driver.sample())  # the driver is made next
         self.driver = Driver(self.engine, speedup, self.metrics, min_emit_interval)
         self.registry = self.metrics.registry()
-        self._bearer = frozenset(f"Bearer {k}" for k in api_keys)
+        self._keys = tuple(api_keys)
         self.draining = False
         self.host = "127.0.0.1"
         self.port: int | None = None
@@ -143,9 +143,9 @@ class FakeVllm:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        # vLLM checks the bearer token on these prefixes only; /health, /metrics, /load stay open.
-        if (self._bearer and request.method != "OPTIONS" and request.path.startswith(_AUTH_PREFIXES)
-                and request.headers.get("Authorization") not in self._bearer):
+        # The rule chirond's engine guard adds to vLLM (chirond/engine_guard.py): with a key, every
+        # path but /health and /metrics needs it (vLLM alone checks only /v1, /v2, ...).
+        if self._keys and not authorized(request.path, request.headers.get("Authorization"), self._keys):
             return web.json_response({"error": "Unauthorized"}, status=401)
         return await handler(request)
 
@@ -374,7 +374,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="on SIGTERM: 0 aborts in-flight requests at once (default); S > 0 refuses new ones with 503 and "
       "lets running ones finish for up to S seconds")
     a("--api-key", action="append", default=[], metavar="KEY",
-      help="require 'Authorization: Bearer KEY' on /v1 paths (repeatable; default: $VLLM_API_KEY, as vLLM)")
+      help="require 'Authorization: Bearer KEY' on every path but /health and /metrics, as chirond's engine "
+      "guard makes vLLM do (repeatable; default: $VLLM_API_KEY)")
     a("--seed", type=int, default=0, help="seed of the simulated answer lengths (default 0)")
 
 

@@ -29,7 +29,9 @@ from chirond.config import Config
 from chirond.metrics import Metrics
 from chirond.model import ReqClass, Request
 from chirond.serve import openai_api as oa
+from chirond.serve import request_id
 from chirond.serve.gateway import Gateway, Job
+from chirond.serve.http_errors import error_middleware
 
 CHAT, COMPLETIONS = "chat", "completions"
 _PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"}
@@ -106,28 +108,6 @@ class _ClientSide:
             raise _ClientGone from e
 
 
-def error_middleware(max_body_bytes: int) -> Any:
-    """Every error in OpenAI's shape: ApiError as raised, and aiohttp's own 404, 405 and 413."""
-
-    @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except oa.ApiError as e:
-            return web.json_response(e.body(), status=e.status, headers=e.headers)
-        except web.HTTPRequestEntityTooLarge:
-            e2 = oa.ApiError.too_large(max_body_bytes)
-            return web.json_response(e2.body(), status=e2.status)
-        except web.HTTPNotFound:
-            e3 = oa.ApiError(404, f"no route {request.method} {request.path}", "invalid_request_error")
-            return web.json_response(e3.body(), status=404)
-        except web.HTTPMethodNotAllowed:
-            e4 = oa.ApiError(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
-            return web.json_response(e4.body(), status=405)
-
-    return errors
-
-
 class ProxyApi:
     def __init__(
         self,
@@ -168,6 +148,7 @@ class ProxyApi:
         """The aiohttp application; `more_routes` add their routes (the Files and Batches API)."""
         limit = self.api.max_body_bytes
         app = web.Application(client_max_size=limit, middlewares=[error_middleware(limit)])
+        request_id.install(app)  # outermost: ids and the access line for every answer, errors too
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -218,9 +199,11 @@ class ProxyApi:
             raise oa.ApiError.unavailable("chirond is shutting down", self.api.retry_after_s)
         raw = await request.read()
         parsed = oa.parse_request(endpoint, raw, request.headers.get("Content-Type"), self.api.max_body_bytes)
+        request.get("access", {}).update({"user": user, "model": parsed.model})
         if parsed.model not in self.cfg.models:
             raise oa.ApiError.unknown_model(parsed.model, sorted(self.cfg.models))
         cls = oa.request_class(parsed, request.headers.get(self.api.batch_header))
+        request.get("access", {})["class"] = cls.value
         inter, batch = self.gateway.dispatcher.queued(parsed.model)
         limit = self.api.max_queue_interactive if cls is ReqClass.INTERACTIVE else self.api.max_queue_batch
         if (inter if cls is ReqClass.INTERACTIVE else batch) >= limit:
@@ -266,6 +249,17 @@ class ProxyApi:
                 job.task.cancel()  # the client left: abort upstream
             self.gateway.finish(job)
             self.hooks.on_finished(job, outcome)
+            if client.request is not None:
+                client.request.get("access", {}).update(self._access_fields(job, user, outcome))
+
+    def _access_fields(self, job: Job, user: str, outcome: str) -> dict[str, Any]:
+        """What the access line says about a generation request (times in seconds on the daemon's clock)."""
+        r, now = job.req, self.clock()
+        return {"user": user, "model": r.model, "class": r.cls.value, "outcome": outcome,
+                "tokens_in": r.input_tokens, "tokens_out": r.output_tokens if r.finish is not None else 0,
+                "queue_s": None if r.dispatched is None else r.dispatched - r.arrival,
+                "ttft_s": r.ttft, "e2e_s": (r.finish or now) - r.arrival, "instance": r.instance,
+                "attempts": job.attempts}
 
     async def _serve(self, job: Job, client: _ClientSide) -> web.StreamResponse:
         parsed = client.parsed

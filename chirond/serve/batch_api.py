@@ -9,14 +9,16 @@ it); another user's file or batch is a 404, as if it did not exist. This module 
 from __future__ import annotations
 
 import asyncio
-import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
+from chirond import jsonbounds
 from chirond.batch.store import BatchStore, StoreError
+from chirond.serve.http_errors import storage_error
 from chirond.serve.openai_api import ApiError
 
 Json = dict[str, Any]
@@ -156,8 +158,8 @@ class BatchApi:
             return web.json_response(obj)
         except ValueError as e:  # aiohttp's multipart parser on a malformed body
             raise ApiError.invalid("file", f"Malformed multipart body: {e}") from e
-        except OSError as e:  # disk full, files directory gone: the server's fault, and nothing was kept
-            raise ApiError(500, f"The server could not store the file: {e.strerror or e}", code="storage_error") from e
+        except (OSError, sqlite3.Error) as e:  # disk full, read-only: the server's fault, and nothing was kept
+            raise storage_error(e) from e
         finally:
             if upload is not None:
                 upload.abort()
@@ -287,8 +289,8 @@ class BatchApi:
             parts.append(chunk)
         raw = b"".join(parts)
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            body = jsonbounds.loads(raw)
+        except ValueError as e:  # UnicodeDecodeError, too deep, lone surrogates: all ValueErrors
             raise ApiError.bad_json(str(e)) from e
         if not isinstance(body, dict):
             raise ApiError.bad_json(f"expected a JSON object, got {type(body).__name__}")

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import TypeGuard
 
+from chirond import jsonbounds
 from chirond.model import ReqClass
 from chirond.serve.openai_errors import ApiError, Json
 from chirond.tokens import count_messages, count_prompt
@@ -57,11 +58,9 @@ def _load_object(raw: bytes) -> Json:
         raise ApiError.bad_json(f"the body is not valid UTF-8 (byte {e.start}).") from None
     try:
         # NaN/Infinity are Python extensions, not JSON; they would also slip through the range checks.
-        body = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as e:
+        body = jsonbounds.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:  # jsonbounds.JsonBoundsError too: too deep, lone surrogates
         raise ApiError.bad_json(f"{e}.") from None
-    except RecursionError:
-        raise ApiError.bad_json("nested too deeply.") from None
     if not isinstance(body, dict):
         raise ApiError.bad_json(f"expected a JSON object, got {type(body).__name__}.")
     return body

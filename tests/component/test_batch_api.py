@@ -18,8 +18,8 @@ from aiohttp import web
 
 from chirond import batch_cli
 from chirond.batch.store import BatchLimits, BatchStore, LineResult
-from chirond.serve.api import error_middleware
 from chirond.serve.batch_api import BatchApi
+from chirond.serve.http_errors import error_middleware
 from chirond.serve.openai_api import ApiError
 
 MODEL = "llama-8b"

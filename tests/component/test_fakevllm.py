@@ -244,9 +244,16 @@ async def test_api_key() -> None:
         for path in ("/v1/models", "/v1/completions"):
             async with h.get(f"{s.url}{path}", headers={"Authorization": "Bearer wrong"}) as r:
                 assert r.status == 401 and await r.json() == {"error": "Unauthorized"}
-        for path in ("/health", "/metrics", "/load", "/version"):
+        for path in ("/health", "/metrics"):
             async with h.get(f"{s.url}{path}") as r:
                 assert r.status == 200, path
+        # As chirond's engine guard makes vLLM do: every other path needs the key, known or not.
+        for method, path in (("GET", "/load"), ("GET", "/version"), ("GET", "/ping"), ("POST", "/invocations"),
+                             ("POST", "/tokenize"), ("GET", "/no/such/route"), ("GET", "/health/../v1/models")):
+            async with h.request(method, f"{s.url}{path}", json={"prompt": "hi"}) as r:
+                assert r.status == 401 and await r.json() == {"error": "Unauthorized"}, path
+            async with h.request(method, f"{s.url}{path}", headers={"Authorization": "Bearer k1"}) as r:
+                assert r.status != 401, path
         with pytest.raises(openai.AuthenticationError):
             await client(s, "wrong").models.list()
         ok = await client(s, "k2").completions.create(model=MODEL, prompt="hi", max_tokens=2)

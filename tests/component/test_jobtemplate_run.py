@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from chirond import engine_guard
 from chirond.cluster.jobtemplate import (
     EXIT_BAD_HOST,
     EXIT_NO_PORT,
@@ -166,6 +167,9 @@ def test_hostile_values_reach_the_engine_verbatim(tmp_path: Path, jobs: list[Job
     assert got["env"]["CHIROND_MODEL"] == model
     assert got["env"]["CHIROND_PORT"] == str(port)
     assert got["env"]["CHIROND_INSTANCE_ID"] == "3"
+    # chirond's engine guard lies first on PYTHONPATH, as the module vLLM's --middleware imports.
+    guard = Path(got["env"]["PYTHONPATH"].split(":")[0]) / f"{engine_guard.MODULE_NAME}.py"
+    assert guard.read_text() == engine_guard.source()
     assert not sentinel.exists()
 
 
@@ -180,7 +184,7 @@ def test_address_file_then_engine_status(tmp_path: Path, jobs: list[Job]) -> Non
     assert a.host == "127.0.0.1" and a.node == "gpu07" and a.instance_id == 3
     assert a.port == lo + 1001 % (hi - lo + 1)  # the job id picks the first port to try
     assert abs(a.started_at - time.time()) < 60
-    assert not list(Path(spec.run_dir).glob(".*"))  # the temporary file was renamed, not left behind
+    assert not list(Path(spec.run_dir).glob(".*.addr.json*"))  # the temporary file was renamed, not left behind
     assert "engine exited with status 5" in job.stderr
 
 

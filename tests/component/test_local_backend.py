@@ -14,10 +14,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chirond import engine_guard
 from chirond.cluster.backend import BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.local import LocalBackend
 from chirond.cluster.probe import scrape
 from chirond.config import LocalBackendConfig
+from chirond.engine_guard import MIDDLEWARE
+from chirond.engines import guarded
 
 PY = sys.executable
 METRICS = Path(__file__).resolve().parents[1] / "data" / "vllm_metrics" / "vllm-0.10.2.txt"
@@ -344,3 +347,22 @@ async def test_unrunnable_command_is_refused_cleanly(backend: LocalBackend, tmp_
 def test_constructor_does_nothing(tmp_path: Path) -> None:
     LocalBackend(LocalBackendConfig(), tmp_path / "state")
     assert not (tmp_path / "state").exists()
+
+
+async def test_a_vllm_command_gets_the_engine_guard(make_backend: Callable[..., LocalBackend], tmp_path: Path) -> None:
+    """A `vllm serve` command runs with `--middleware chirond_engine_guard.EngineGuard` and the guard
+    importable from PYTHONPATH, as vLLM imports it (a stand-in `vllm` records both)."""
+    record = tmp_path / "record.txt"
+    vllm = tmp_path / "bin" / "vllm"
+    vllm.parent.mkdir()
+    vllm.write_text(f"#!{PY}\nimport sys, chirond_engine_guard\n"
+                    f"open({str(record)!r}, 'w').write(repr((sys.argv[1:], chirond_engine_guard.__file__)))\n")
+    vllm.chmod(0o755)
+    b = make_backend()
+    await b.start()
+    job = await b.submit(spec(0, list(guarded((str(vllm), "serve", "m", "--port", "{port}"))), gpus=0))
+    facts = await until_ended(b, job)
+    assert record.exists(), facts.detail
+    argv, guard = eval(record.read_text())  # our own repr, written just above
+    assert argv[:2] == ["serve", "m"] and argv[-2:] == ["--middleware", MIDDLEWARE]
+    assert Path(guard).read_text() == engine_guard.source()

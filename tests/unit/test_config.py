@@ -552,6 +552,15 @@ def test_check_config_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "warning: daemon.listen_port 20001 lies inside backend.local.port_range" in err
     assert "warning: models.m.slo.tpot_s = 0.005 s is below one decode step" in err
     assert "warning: models.m.command sets --api-key" in err
+    assert "does not look like `vllm serve`" not in err
+
+
+def test_check_config_warns_when_the_engine_guard_cannot_be_added(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    over = {"models": {"m": {"command": ["./serve-engine.sh", "--port={port}"]}}}
+    assert check_config_main(argparse.Namespace(config=str(write(tmp_path, merged(BASE, over))))) == 0
+    assert "warning: models.m.command does not look like `vllm serve`: chirond cannot add its engine guard" \
+        in capsys.readouterr().err
 
 
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,59 @@
+"""Bounded JSON (chirond.jsonbounds) and what it protects: a batch line nested 5,000 deep goes to
+the error file and the good lines run (issue 13, item 7); the bounds themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chirond import jsonbounds
+from chirond.batch.store import BatchLimits, BatchStore, LineResult
+
+
+def test_depth_and_surrogates_are_value_errors() -> None:
+    assert jsonbounds.loads(b'{"a": [[1, {"b": "\\u00e9\\ud83d\\ude00"}]]}') == {"a": [[1, {"b": "é😀"}]]}
+    ok = "[" * jsonbounds.MAX_DEPTH + "]" * jsonbounds.MAX_DEPTH
+    assert jsonbounds.loads(ok) is not None
+    for bad, what in (
+        ("[" * (jsonbounds.MAX_DEPTH + 1) + "]" * (jsonbounds.MAX_DEPTH + 1), "levels deep"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "levels deep"),  # past Python's recursion limit
+        ('{"x": "\\ud800"}', "surrogate"),
+        ('{"\\udfff": 1}', "surrogate"),
+        ('["ok", ["\\ud800x"]]', "surrogate"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            jsonbounds.loads(bad)
+    with pytest.raises(ValueError):
+        jsonbounds.loads(b"\xff")
+
+
+def test_a_deeply_nested_line_is_an_error_line_and_the_rest_runs(tmp_path: Path) -> None:
+    store = BatchStore(tmp_path / "chirond.db", tmp_path / "files", BatchLimits(), ["m1"])
+    store.open()
+
+    def line(cid: str, content: object) -> str:
+        return json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                           "body": {"model": "m1", "messages": [{"role": "user", "content": content}]}})
+
+    deep = line("deep", "PLACEHOLDER").replace('"PLACEHOLDER"', "[" * 5000 + "]" * 5000)
+    surrogate = line("sur", "PLACEHOLDER").replace("PLACEHOLDER", "\\ud800")
+    data = "\n".join([line("a", "hi"), deep, surrogate, line("b", "there")]).encode() + b"\n"
+    up = store.new_upload()
+    up.write(data)
+    fid = up.commit("alice", "in.jsonl", "batch")["id"]
+    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
+    b = store.validate(bid)  # raised RecursionError before: the batch stayed "validating" forever
+    assert b["status"] == "in_progress"
+    assert b["request_counts"] == {"total": 4, "completed": 0, "failed": 2}
+    lines = store.next_lines("m1", 10)
+    assert sorted(x.custom_id for x in lines) == ["a", "b"]
+    store.record(LineResult(x.batch_id, x.idx, 200, {"id": "c", "choices": []}) for x in lines)
+    store.tick()
+    b = store.get_batch("alice", bid)
+    assert b["status"] == "completed"
+    errors = [json.loads(x) for x in store.file_path("alice", b["error_file_id"]).read_text().splitlines()]
+    assert [e["error"]["code"] for e in errors] == ["invalid_json_line", "invalid_json_line"]
+    assert "levels deep" in errors[0]["error"]["message"] and "surrogate" in errors[1]["error"]["message"]
+    store.close()
