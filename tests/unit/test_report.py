@@ -267,7 +267,7 @@ def test_gpu_hours_lower_bound_counts_min_instances() -> None:
     # 100 tiny requests over an hour: their work is seconds of GPU time, but a model that must
     # keep 2 instances running pays 2 x its GPUs x the hour.
     prof = load_profile(Path(__file__).resolve().parents[2] / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
-    reqs = [Request(i, "m", ReqClass.INTERACTIVE, 36.0 * i, 100, 10) for i in range(101)]
+    reqs = [Request(i, "m", ReqClass.INTERACTIVE, 36.0 * i, 100, 10) for i in range(101)]  # the last at 1 h
 
     def bound(min_instances: int) -> float:
         setup = ModelSetup("m", prof, Slo(2.0, 0.1), 60.0, 8, min_instances, min_instances, min_instances)
