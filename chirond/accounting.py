@@ -34,6 +34,9 @@ class Accounting:
         self.dispatcher = dispatcher
         self.clock = clock
         self.user_inflight = InFlight()  # interactive requests per user, for the quota
+        # Tokens each user's admitted, unfinished requests may still spend (input + output cap), so
+        # that many requests admitted at once cannot overrun tokens_per_day before any finishes.
+        self.reserved: dict[str, int] = {}
 
     @property
     def instances(self) -> Mapping[int, Instance]:
@@ -41,7 +44,7 @@ class Accounting:
 
     def admit(self, user: str, parsed: oa.ParsedRequest, cls: ReqClass) -> None:
         """Per-user quotas, before a request is queued: 429 with the reason."""
-        refusal = self.users.check_tokens(user)
+        refusal = self.users.check_tokens(user, self.reserved.get(user, 0))
         retry = self.users.seconds_to_reset() if refusal else self.cfg.api.retry_after_s
         if refusal is None and cls is ReqClass.INTERACTIVE:
             refusal = self.users.check_interactive(user, self.user_inflight[user])
@@ -52,8 +55,12 @@ class Accounting:
     def on_arrival(self, job: Job) -> None:
         r = job.req
         self.control.obs.arrival(r)
+        user = str(job.extra["user"])
         if r.cls is ReqClass.INTERACTIVE:
-            self.user_inflight.inc(str(job.extra["user"]))
+            self.user_inflight.inc(user)
+        hold = r.input_tokens + r.output_tokens  # output_tokens: the cap until it ends
+        job.extra["reserved"] = hold
+        self.reserved[user] = self.reserved.get(user, 0) + hold
 
     def on_first_token(self, job: Job) -> None:
         r = job.req
@@ -66,6 +73,12 @@ class Accounting:
         now = self.clock()
         if r.cls is ReqClass.INTERACTIVE:
             self.user_inflight.dec(user)
+        hold = job.extra.pop("reserved", 0)
+        left = self.reserved.get(user, 0) - (hold if isinstance(hold, int) else 0)
+        if left > 0:
+            self.reserved[user] = left
+        else:
+            self.reserved.pop(user, None)
         self.metrics.requests.labels(r.model, r.cls.value, outcome).inc()
         if r.dispatched is not None:  # it reached an instance: its tokens and GPU time count
             slot = self.dispatcher.slots.get(r.instance) if r.instance is not None else None

@@ -73,6 +73,9 @@ class ApiConfig:
     max_queue_batch: int = 65536  # per model; beyond it: 429 with Retry-After
     max_wait_s: float = 600.0  # a queued request waits at most this long, then 503 with Retry-After
     retry_after_s: int = 5
+    # A request waiting for a slot looks this often whether its model can still start; a stream
+    # waiting for an instance start gets an SSE comment with the state and ETA this often.
+    keepalive_s: float = 5.0
     max_retries: int = 2  # retries on another instance when one fails before the first byte
     batch_header: str = "X-Chirond-Class"  # header value "batch" marks a request batch-class
     batch_deadline_s: float = 3600.0  # deadline of a batch-class request, from its arrival
@@ -187,6 +190,7 @@ class ModelConfig:
     # For the simulated server only (ignored by a real command): real-time speedup and start-up time.
     sim_speedup: float = 1.0
     sim_startup_s: float | None = None  # None: the profile's cold start divided by sim_speedup
+    max_wait_s: float | None = None  # a queued request's longest wait for a slot; None: api.max_wait_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +338,7 @@ def _api(t: Table) -> ApiConfig:
         max_queue_batch=t.integer("max_queue_batch", _A.max_queue_batch),
         max_wait_s=t.number("max_wait_s", _A.max_wait_s),
         retry_after_s=t.integer("retry_after_s", _A.retry_after_s, 1),
+        keepalive_s=t.number("keepalive_s", _A.keepalive_s),
         max_retries=t.integer("max_retries", _A.max_retries),
         batch_header=header,
         batch_deadline_s=t.number("batch_deadline_s", _A.batch_deadline_s),
@@ -545,7 +550,7 @@ def _slo(t: Table) -> Slo:
 def _instances(t: Table) -> tuple[int, int, int]:
     """(min, initial, max); initial defaults to min."""
     lo = t.integer("min_instances", _M["min_instances"])
-    hi = t.integer("max_instances", _M["max_instances"], 1)
+    hi = t.integer("max_instances", _M["max_instances"])  # 0: disabled, requests get 503 at once
     initial = t.integer("initial_instances", lo)
     if lo > hi:
         t.fail("min_instances", f"must be <= max_instances ({hi}), got {lo}")
@@ -607,6 +612,7 @@ def _model(name: str, t: Table, local: LocalBackendConfig | None) -> ModelConfig
         env=_env(t),
         sim_speedup=t.number("sim_speedup", _M["sim_speedup"]),
         sim_startup_s=t.number("sim_startup_s", 0.0, "non-negative") if "sim_startup_s" in t.data else None,
+        max_wait_s=t.number("max_wait_s") if "max_wait_s" in t.data else None,
     )
 
 

@@ -181,7 +181,10 @@ class Daemon:
         return self.users.verify(key)
 
     def _check_batch_lines(self, user: str, adding: int) -> str | None:
-        return self.users.check_batch_lines(user, self.batch.store.queued_lines(user), adding)
+        """Quotas at batch creation: today's tokens, and the lines queued (validating batches too)."""
+        return self.users.check_tokens(user, self.accounting.reserved.get(user, 0)) or self.users.check_batch_lines(
+            user, self.batch.store.queued_lines(user), adding
+        )
 
     def _on_preempt(self, r: Request) -> None:
         self.metrics.preemptions.labels(r.model, "evicted").inc()

@@ -23,6 +23,7 @@ from chirond.cluster.transport import TransportError
 from chirond.config import Config
 from chirond.control.instance import Instance
 from chirond.control.loop import ControlLoop, Timeouts
+from chirond.control.observations import FAILURE_WINDOW_S
 from chirond.control.snapshot import Backlog, ModelSpec
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_command, startup_s
@@ -30,6 +31,7 @@ from chirond.metrics import Metrics
 from chirond.model import EngineArgs, Launch, Pool, Request, Snapshot
 from chirond.policy.base import Policy
 from chirond.serve.gateway import Gateway
+from chirond.serve.unavailable import Unavailable, why_unavailable
 
 log = logging.getLogger("chirond")
 
@@ -84,6 +86,7 @@ class Fleet:
         self.last_reason = ""
         self.tick_changed = True  # the last tick acted or saw an instance change state (logged at INFO)
         self._last_states: tuple[tuple[int, object], ...] = ()
+        self.refusals: dict[str, str] = {}  # model -> why the backend refused its last launch
 
     # ---------------------------------------------------------------- lifetime
 
@@ -177,12 +180,14 @@ class Fleet:
             inst.job_id = await self.backend.submit(spec)
         except BackendError as e:
             self.control.refused(inst)
+            self.refusals[inst.model] = str(e)
             log.warning("launch of a %s instance refused: %s", inst.model, e)
             return
         except Exception:  # no record may stay without a job: it would count against max_instances
             self.control.refused(inst)
             log.exception("launch of a %s instance failed", inst.model)
             return
+        self.refusals.pop(inst.model, None)
         self.metrics.scaling.labels(inst.model, "launch").inc()
         log.info("instance %d (%s, %s pool) launched as job %s", inst.id, inst.model, inst.pool.value, inst.job_id)
         if inst.cancel_sent_at is not None:  # stopped while it was being submitted
@@ -350,6 +355,14 @@ class Fleet:
         inst.routable = False
         if inst_id in self.dispatcher.slots:
             self.dispatcher.set_routable(inst_id, False)
+
+    def unavailable(self, model: str) -> Unavailable | None:
+        """Why `model` cannot serve a request soon (disabled, launches refused, starts failing), or None."""
+        ready = sum(1 for i in self.instances.values() if i.model == model and i.ready_at is not None and i.routable)
+        failures = self.control.obs.failures.get(model, [])
+        now = self.clock()
+        recent = sum(1 for f in failures if f > now - FAILURE_WINDOW_S)
+        return why_unavailable(model, self.control.specs[model].max_instances, ready, self.refusals.get(model), recent)
 
     def upstream_priority(self, inst_id: int, req: Request) -> int | None:
         """vLLM's per-request priority (the dispatcher's), where the instance's engine runs

@@ -358,14 +358,16 @@ class UserStore:
             )
         return None
 
-    def check_tokens(self, user: str) -> str | None:
-        """Before admitting a request: refused once today's tokens reach the daily quota."""
+    def check_tokens(self, user: str, reserved: int = 0) -> str | None:
+        """Before admitting a request: refused once today's tokens, plus `reserved` (what the
+        user's requests in flight may still spend), reach the daily quota."""
         limit, key = self.cfg.limit(user, "tokens_per_day")
         if limit:
             used = self.tokens_today(user)
-            if used >= limit:
+            if used + reserved >= limit:
+                held = f" and up to {reserved} held by requests in flight" if reserved else ""
                 return (
-                    f"user {user}: {limit} tokens per day is the quota ({key}); {used} used today, "
+                    f"user {user}: {limit} tokens per day is the quota ({key}); {used} used today{held}, "
                     f"it resets at 00:00 UTC"
                 )
         return None

@@ -155,6 +155,7 @@ class _Batch:
     done: int  # completed + failed
     leased: int = 0
     input_file_id: str = ""  # its lines are read from this file (off, len) when leased
+    file_lines: int = 0  # lines of its input file: what it will queue, counted while it validates
 
 
 _Row = tuple[int, str, int, bytes]  # rowid, custom_id, tokens, the line's bytes
@@ -432,9 +433,11 @@ class BatchStore:
             f"FROM batch_batches WHERE status IN ({marks}) ORDER BY bkey",
             ACTIVE,
         ).fetchall()
+        sizes = dict(self._db.execute("SELECT id, lines FROM batch_files").fetchall())
         for bkey, bid, user, endpoint, deadline, status, target, total, done, fid in rows:
             self._batches[bid] = _Batch(
-                bkey, bid, user, endpoint, deadline, status, target, total, done, input_file_id=fid
+                bkey, bid, user, endpoint, deadline, status, target, total, done, input_file_id=fid,
+                file_lines=int(sizes.get(fid, 0)),
             )
         by_key = {b.bkey: b for b in self._batches.values() if b.status == "in_progress" and b.target is None}
         for bkey, model, n, tokens, first in self._db.execute(
@@ -612,7 +615,17 @@ class BatchStore:
             )
             assert cur.lastrowid is not None
             self._batches[bid] = _Batch(
-                cur.lastrowid, bid, user, endpoint, deadline, "validating", None, 0, 0, input_file_id=input_file_id
+                cur.lastrowid,
+                bid,
+                user,
+                endpoint,
+                deadline,
+                "validating",
+                None,
+                0,
+                0,
+                input_file_id=input_file_id,
+                file_lines=int(frow[5]),
             )
             return self._batch_dict(self._batch_row(bid))
 
@@ -988,9 +1001,12 @@ class BatchStore:
             return [(d, a[0], a[1]) for d, a in sorted(acc.items())]
 
     def queued_lines(self, user: str) -> int:
-        """The user's lines of running batches that have no result yet (queued or leased)."""
+        """The user's lines that have no result yet: queued or leased lines of running batches, and
+        every line of the batches still validating (they will be queued in a moment)."""
         with self._lock:
-            return max(0, self._unfinished.get(user, 0))
+            batches = self._batches.values()
+            validating = sum(b.file_lines for b in batches if b.user == user and b.status == "validating")
+            return max(0, self._unfinished.get(user, 0)) + validating
 
     def leased_batches(self) -> set[str]:
         with self._lock:

@@ -32,10 +32,15 @@ from chirond.serve import openai_api as oa
 from chirond.serve import request_id
 from chirond.serve.gateway import Gateway, Job
 from chirond.serve.http_errors import error_middleware
+from chirond.serve.unavailable import Unavailable
 
 CHAT, COMPLETIONS = "chat", "completions"
 _PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"}
 _JSON = {"Content-Type": "application/json"}
+# Response headers of an answered request (docs/serving.md): seconds from arrival at chirond to an
+# instance slot, and the part of it spent while no instance of the model was ready (a cold start).
+QUEUE_HEADER = "X-Chirond-Queue-Seconds"
+START_HEADER = "X-Chirond-Start-Wait-Seconds"
 
 
 class Upstream(Protocol):
@@ -46,6 +51,8 @@ class Upstream(Protocol):
     def instance_failed(self, inst_id: int, reason: str) -> None: ...
 
     def upstream_priority(self, inst_id: int, req: Request) -> int | None: ...
+
+    def unavailable(self, model: str) -> Unavailable | None: ...
 
 
 class RequestHooks(Protocol):
@@ -87,24 +94,42 @@ class _ClientSide:
         self.resp: web.StreamResponse | None = None
         self.acc = oa.StreamAccumulator()  # what the client has seen, over every attempt
         self.resume: oa.Resume | None = None  # set when an attempt continues a cut one
+        self.headers: dict[str, str] = {}  # added to the response (queue time) once known
+        self.data_sent = False
 
     @property
     def started(self) -> bool:
-        return self.resp is not None
+        """The client has seen data (keep-alive comments do not count): a retry would show."""
+        return self.data_sent
+
+    async def _open(self) -> web.StreamResponse:
+        if self.resp is None:
+            assert self.request is not None
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self.headers}
+            )
+            await resp.prepare(self.request)
+            self.resp = resp
+        return self.resp
 
     async def send(self, frames: list[bytes], eof: bool = False) -> None:
         try:
-            if self.resp is None:
-                assert self.request is not None
-                self.resp = web.StreamResponse(
-                    headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-                )
-                await self.resp.prepare(self.request)
+            resp = await self._open()
+            if frames:
+                self.data_sent = True
             if eof:
-                await self.resp.write_eof(b"".join(frames))
+                await resp.write_eof(b"".join(frames))
             elif frames:
-                await self.resp.write(b"".join(frames))
+                await resp.write(b"".join(frames))
         except ConnectionError as e:  # aiohttp's ClientConnectionResetError is one too
+            raise _ClientGone from e
+
+    async def comment(self, text: str) -> None:
+        """An SSE comment (clients skip it): opens the stream, so the headers go out at once."""
+        try:
+            resp = await self._open()
+            await resp.write(b": " + text.replace("\n", " ").encode() + b"\n\n")
+        except ConnectionError as e:
             raise _ClientGone from e
 
 
@@ -204,6 +229,10 @@ class ProxyApi:
             raise oa.ApiError.unknown_model(parsed.model, sorted(self.cfg.models))
         cls = oa.request_class(parsed, request.headers.get(self.api.batch_header))
         request.get("access", {})["class"] = cls.value
+        why = self.upstream.unavailable(parsed.model)
+        if why is not None:  # at once: no point queueing for an instance that cannot come
+            self.metrics.requests.labels(parsed.model, cls.value, "unavailable").inc()
+            raise oa.ApiError.unavailable(why.message, why.retry_after_s, code=why.code)
         inter, batch = self.gateway.dispatcher.queued(parsed.model)
         limit = self.api.max_queue_interactive if cls is ReqClass.INTERACTIVE else self.api.max_queue_batch
         if (inter if cls is ReqClass.INTERACTIVE else batch) >= limit:
@@ -222,6 +251,10 @@ class ProxyApi:
     async def execute(self, parsed: oa.ParsedRequest, user: str, deadline: float) -> tuple[int, bytes]:
         """Run one batch line (not streamed; `deadline` on the daemon's clock) through the same
         queues, preemption, resume and retries as a client's request: (HTTP status, JSON body)."""
+        try:
+            self.hooks.admit(user, parsed, ReqClass.BATCH)  # the same quotas as an HTTP request: 429 line
+        except oa.ApiError as e:
+            return e.status, json.dumps(e.body()).encode()
         req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.max_tokens or 0, None)
         req.deadline = deadline
         try:
@@ -263,14 +296,14 @@ class ProxyApi:
 
     async def _serve(self, job: Job, client: _ClientSide) -> web.StreamResponse:
         parsed = client.parsed
+        job.extra["cold"] = self._cold(job.req.model)
         while True:
             try:
-                inst_id = await self.gateway.wait_turn(job, max(0.0, self._wait_until(job) - self.clock()))
-            except TimeoutError:
-                err = oa.ApiError.unavailable(
-                    f"no capacity for model {parsed.model!r} within {self.api.max_wait_s:.0f} s", self.api.retry_after_s
-                )
+                inst_id = await self._wait_for_turn(job, client)
+            except oa.ApiError as err:
                 return await self._fail(client, err)
+            if job.attempts == 0:
+                self._queue_headers(job, client)
             url = self.upstream.instance_url(inst_id)
             if url is None:  # gone between dispatch and now
                 self.gateway.requeue(job)
@@ -293,9 +326,10 @@ class ProxyApi:
             if out.kind == "done":
                 return await self._done(job, client)
             if out.kind == "error":  # the engine refused the request (e.g. too long): that is the answer
-                return web.Response(
-                    body=out.upstream_body, status=out.upstream_status, headers={"Content-Type": "application/json"}
-                )
+                if client.resp is not None:  # a stream opened while it waited: the answer as an error event
+                    return await self._fail(client, _upstream_error(out.upstream_status, out.upstream_body))
+                return web.Response(body=out.upstream_body, status=out.upstream_status,
+                                    headers={"Content-Type": "application/json", **client.headers})
             self.upstream.instance_failed(inst_id, out.error.message if out.error else out.kind)
             if out.kind == "retry" and not client.started and job.attempts <= self.api.max_retries:
                 self.metrics.retries.labels(parsed.model).inc()
@@ -305,12 +339,62 @@ class ProxyApi:
             return await self._fail(client, out.error or oa.ApiError.upstream(f"instance {inst_id} failed"))
 
     def _wait_until(self, job: Job) -> float:
-        """How long a job may wait for a slot: an interactive one `api.max_wait_s` from its arrival
-        (then afresh after a retry or a lost instance); a batch one until its deadline, at least."""
+        """How long a job may wait for a slot: an interactive one its model's `max_wait_s` from its
+        arrival (then afresh after a retry or a lost instance); a batch one until its deadline, at least."""
         now = self.clock()
+        wait = self._max_wait(job.req.model)
         if job.req.cls is ReqClass.BATCH and job.req.deadline is not None:
-            return max(job.req.deadline, now + self.api.max_wait_s)
-        return job.req.arrival + self.api.max_wait_s if job.attempts == 0 else now + self.api.max_wait_s
+            return max(job.req.deadline, now + wait)
+        return job.req.arrival + wait if job.attempts == 0 else now + wait
+
+    def _max_wait(self, model: str) -> float:
+        m = self.cfg.models.get(model)
+        return m.max_wait_s if m is not None and m.max_wait_s is not None else self.api.max_wait_s
+
+    def _cold(self, model: str) -> bool:
+        """No instance of `model` takes requests now: whoever asks waits for a start."""
+        return not any(s.model == model and s.routable for s in self.gateway.dispatcher.slots.values())
+
+    async def _wait_for_turn(self, job: Job, client: _ClientSide) -> int:
+        """The instance slot the job gets, waited for in steps of `api.keepalive_s`: between steps, a
+        model that can no longer start fails the request at once, and a stream still waiting for a
+        start gets a comment with the model's state and ETA (the first one before any wait, so its
+        headers go out at once). Raises ApiError (503) on either limit."""
+        model = job.req.model
+        live = client.request is not None  # batch lines wait for their deadline, whatever happens
+        stream = live and client.parsed.stream and not client.started
+        if stream and self._cold(model):
+            await client.comment(self._waiting_line(model))
+        while True:
+            left = self._wait_until(job) - self.clock()
+            if left <= 0:
+                raise oa.ApiError.unavailable(
+                    f"no capacity for model {model!r} within {self._max_wait(model):.0f} s", self.api.retry_after_s
+                )
+            try:
+                # A stream sees bytes at least this often: proxies' 60-s idle timeouts do not cut it.
+                return await self.gateway.wait_turn(job, min(left, self.api.keepalive_s))
+            except TimeoutError:
+                pass
+            why = self.upstream.unavailable(model) if live else None
+            if why is not None:
+                raise oa.ApiError.unavailable(why.message, why.retry_after_s, code=why.code)
+            if stream:
+                await client.comment(self._waiting_line(model))
+
+    def _waiting_line(self, model: str) -> str:
+        st = next((m for m in self.status.model_status() if m.get("id") == model), {})
+        eta = st.get("eta_s")
+        q = st.get("queue") or {}
+        return (f"chirond: waiting for an instance of {model}; state={st.get('state', '?')} "
+                f"eta_s={'-' if eta is None else eta} queued={q.get('interactive', 0)}/{q.get('batch', 0)}")
+
+    def _queue_headers(self, job: Job, client: _ClientSide) -> None:
+        """The documented timing headers, once the job has its first slot."""
+        r = job.req
+        queued = max(0.0, (r.dispatched if r.dispatched is not None else self.clock()) - r.arrival)
+        client.headers[QUEUE_HEADER] = f"{queued:.3f}"
+        client.headers[START_HEADER] = f"{queued if job.extra.get('cold') else 0.0:.3f}"
 
     async def _run_attempt(self, job: Job, url: str, body: bytes, client: _ClientSide) -> _Outcome | None:
         """One attempt as a task of its own, so the gateway can interrupt it (cancel `job.task`:
@@ -379,10 +463,23 @@ class ProxyApi:
             await client.send([oa.SSE_DONE], eof=True)
             assert client.resp is not None
             return client.resp
-        return web.json_response(oa.assemble_response(client.parsed, client.acc, job.req.model))
+        return web.json_response(oa.assemble_response(client.parsed, client.acc, job.req.model), headers=client.headers)
 
     async def _fail(self, client: _ClientSide, err: oa.ApiError) -> web.StreamResponse:
         if client.resp is None:
             raise err
         await client.send([oa.error_event(err)], eof=True)
         return client.resp
+
+
+def _upstream_error(status: int, body: bytes) -> oa.ApiError:
+    """An engine's error answer (vLLM: `{"object": "error", "message", "type", "code"}`, or OpenAI's
+    `{"error": {...}}`) as an ApiError, for a client whose stream is already open."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return oa.ApiError.upstream(body.decode(errors="replace")[:200] or f"instance answered {status}", status)
+    err = obj.get("error", obj) if isinstance(obj, dict) else obj
+    if isinstance(err, dict) and not isinstance(err.get("code"), int):
+        err = {**err, "code": status}
+    return oa.ApiError.from_error_object(err, status)

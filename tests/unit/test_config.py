@@ -406,7 +406,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
      "models.m.profile", "needs 8 GPUs per instance; backend.local.gpus is 4"),
     ("min-over-max", {"models": {"m": {"min_instances": 5}}}, "models.m.min_instances", "<= max_instances (4)"),
     ("min-negative", {"models": {"m": {"min_instances": -1}}}, "models.m.min_instances", "integer >= 0"),
-    ("max-zero", {"models": {"m": {"max_instances": 0}}}, "models.m.max_instances", "integer >= 1"),
+    ("max-negative", {"models": {"m": {"max_instances": -1}}}, "models.m.max_instances", "integer >= 0"),
     ("initial-over-max", {"models": {"m": {"initial_instances": 5}}}, "models.m.initial_instances", "between"),
     ("initial-under-min", {"models": {"m": {"min_instances": 2, "initial_instances": 1}}},
      "models.m.initial_instances", "between min_instances (2)"),

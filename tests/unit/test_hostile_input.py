@@ -57,3 +57,27 @@ def test_a_deeply_nested_line_is_an_error_line_and_the_rest_runs(tmp_path: Path)
     assert [e["error"]["code"] for e in errors] == ["invalid_json_line", "invalid_json_line"]
     assert "levels deep" in errors[0]["error"]["message"] and "surrogate" in errors[1]["error"]["message"]
     store.close()
+
+
+def test_queued_lines_count_batches_still_validating(tmp_path: Path) -> None:
+    # The queued_batch_lines quota reads queued_lines: a batch not validated yet must count, or
+    # ten 80-line batches created at once all pass a quota of 100.
+    store = BatchStore(tmp_path / "chirond.db", tmp_path / "files", BatchLimits(), ["m1"])
+    store.open()
+    data = "".join(
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "m1", "messages": [{"role": "user", "content": "q"}]}}) + "\n"
+        for i in range(80)
+    ).encode()
+    up = store.new_upload()
+    up.write(data)
+    fid = up.commit("alice", "in.jsonl", "batch")["id"]
+    bids = [store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"] for _ in range(2)]
+    assert store.queued_lines("alice") == 160 and store.queued_lines("bob") == 0
+    store.validate(bids[0])
+    assert store.queued_lines("alice") == 160
+    store.close()
+    again = BatchStore(tmp_path / "chirond.db", tmp_path / "files", BatchLimits(), ["m1"])
+    again.open()  # after a restart, a batch left validating still counts
+    assert again.queued_lines("alice") == 160
+    again.close()
