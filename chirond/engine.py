@@ -18,7 +18,11 @@ What it models, as vLLM's scheduler does:
   prompt of n tokens that is p*n + q*n^2/2 however it is chunked, as `Profile.prefill_s(n)` says; a
   recompute after preemption re-prefills prompt plus generated tokens at the same cost;
 - the engine's CPU time per step (scheduling, input preparation, sampling, output processing) as
-  `[cpu]` ms_per_step + ms_per_seq*B, serial with the GPU work (vLLM V1 without async scheduling).
+  `[cpu]` ms_per_step + ms_per_seq*B, serial with the GPU work (vLLM V1 without async scheduling;
+  the shipped profiles charge only the per-sequence part, profiles/README.md says why).
+
+Not modelled: time outside the engine (HTTP, tokenising, detokenising), which client-measured TTFT
+includes; weight reads overlapping compute (a step with prompt work pays `a` on top of its chunks).
 
 How it runs fast: time moves in *segments*. A step with prompt work is one segment. Steps with only
 decoding form one segment that ends at the next completion (or when the KV cache would overflow);
