@@ -11,8 +11,18 @@ What it models, as vLLM's scheduler does:
 - KV cache of 16-token blocks (half a block lost per sequence on average); when decoding would
   overflow it, the newest running sequence is preempted by recompute: it goes back to the head of
   the waiting queue and later re-prefills its prompt plus the tokens it had generated;
-- step time from the profile: a + b*B + c*C/1000 ms, plus the prompt tokens of the step at the
-  per-token prefill rate.
+- step time from the profile: a + b*B + c*C/1000 ms of GPU time (B sequences in the step, C the
+  decoders' context tokens), plus each prompt chunk's work: p*c + q*c*(k + c/2) for a chunk of c
+  tokens starting at offset k (`s.computed`), the linear layers at p per token and attention to the
+  k + 1 ... k + c tokens before each, q per (token, context token) pair. Summed over the chunks of a
+  prompt of n tokens that is p*n + q*n^2/2 however it is chunked, as `Profile.prefill_s(n)` says; a
+  recompute after preemption re-prefills prompt plus generated tokens at the same cost;
+- the engine's CPU time per step (scheduling, input preparation, sampling, output processing) as
+  `[cpu]` ms_per_step + ms_per_seq*B, serial with the GPU work (vLLM V1 without async scheduling;
+  the shipped profiles charge only the per-sequence part, profiles/README.md says why).
+
+Not modelled: time outside the engine (HTTP, tokenising, detokenising), which client-measured TTFT
+includes; weight reads overlapping compute (a step with prompt work pays `a` on top of its chunks).
 
 How it runs fast: time moves in *segments*. A step with prompt work is one segment. Steps with only
 decoding form one segment that ends at the next completion (or when the KV cache would overflow);
@@ -61,10 +71,12 @@ class Engine:
         self.profile = p
         self.max_num_seqs = max_num_seqs or p.max_num_seqs
         self.priority = priority
-        self._a = p.a_ms / 1000.0
-        self._b = p.b_ms_per_seq / 1000.0
+        # The CPU overhead is charged with the GPU terms it scales with (see the module docstring).
+        self._a = (p.a_ms + p.cpu_ms_per_step) / 1000.0
+        self._b = (p.b_ms_per_seq + p.cpu_ms_per_seq) / 1000.0
         self._c = p.c_ms_per_1k_ctx / 1e6  # per context token
         self._p = p.prefill_ms_per_token / 1000.0
+        self._q = p.attn_ms_per_1m_pairs / 1e9  # per (prompt token, context token) pair
         self._budget = max_num_batched_tokens or p.max_num_batched_tokens
         self._kv_cap = float(p.kv_capacity_tokens)
         self._half_block = p.block_tokens / 2.0
@@ -298,12 +310,14 @@ class Engine:
         budget = max(1, self._budget - n)
         chunks: list[tuple[Seq, int]] = []
         tokens = 0
+        pairs = 0.0  # attention work of the chunks: c * (offset + c / 2) each
         for s in self._prefilling:  # running prompts first, in admission order
             c = min(s.prefill_len - s.computed, budget - tokens)
             if c <= 0:
                 break
             chunks.append((s, c))
             tokens += c
+            pairs += c * (s.computed + c / 2.0)
         # Then waiting requests, in queue order, into what is left of the budget, while there is
         # a running slot and KV room for the whole prompt.
         while tokens < budget and self.running < self.max_num_seqs:
@@ -322,10 +336,11 @@ class Engine:
             c = min(s.prefill_len, budget - tokens)
             chunks.append((s, c))
             tokens += c
+            pairs += c * c / 2.0
         if chunks:
             self._seg_chunks = chunks
             self._seg_k = 1
-            dur = self._a + self._b * (n + len(chunks)) + self._c * self._ctx_dec + self._p * tokens
+            dur = self._a + self._b * (n + len(chunks)) + self._c * self._ctx_dec + self._p * tokens + self._q * pairs
             self._seg_base, self._seg_inc = dur, 0.0
         elif n:
             k = self._decoders[0][0] - self.step

@@ -199,7 +199,8 @@ class ChirondPolicy(Policy):
         per_tok = prof.step_s(32, 32 * self._ctx(m)) / 32
         work = lam * (prof.prefill_s(ld.mean_input) + out_i * per_tok)
         n_load = work / p["interactive_util"]
-        n_burst = prof.prefill_s(ld.burst_prompt_tokens) / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
+        burst_work = prof.prefill_s(ld.burst_prompt_tokens, ld.burst_prompt_tokens / max(ld.burst_requests, 1))
+        n_burst = burst_work / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
         n_inter = max(n_load, n_burst)
         why = f"interactive {n_load:.1f} load, {n_burst:.1f} burst"
 
@@ -211,7 +212,7 @@ class ChirondPolicy(Policy):
             # in-flight batch requests are about half done
             cum = sum(i.inflight_batch for i in m.instances) * per_req * 0.5
             for g in m.backlog:
-                cum += g.requests * per_req + prof.prefill_s(g.input_tokens)
+                cum += g.requests * per_req + prof.prefill_s(g.input_tokens, g.input_tokens / max(g.requests, 1))
                 span = g.deadline - now - m.lead_time_s - p["deadline_margin_s"]
                 if span <= 0:
                     n_batch = max(n_batch, float(m.max_instances))

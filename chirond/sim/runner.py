@@ -426,7 +426,7 @@ def gpu_hours_lower_bound(models: list[ModelSetup], reqs: list[Request]) -> floa
         tout = float(sum(r.output_tokens for r in rs))
         ctx = (tin + tout / 2) / len(rs)
         b = p.max_batch_for_kv(ctx)
-        work = p.prefill_s(tin) + tout * p.step_s(b, b * ctx) / b
+        work = p.prefill_s(tin, tin / len(rs)) + tout * p.step_s(b, b * ctx) / b
         needed = math.ceil(work / span)
         extra = max(0, needed - m.initial_instances)
         total += p.gpus * max(work + extra * m.cold_start_s, m.min_instances * last_arrival)
