@@ -1,30 +1,41 @@
 """`chirond`: ours. Model-based where Chiron searches, planned where Chiron reacts.
 
-Every instance is in the mixed pool: interactive requests first (shortest prompt first among
-those that can still meet their TTFT), batch work in the headroom, preempted when an interactive
-request needs the slot. Each tick, per model:
+Every instance is in the mixed pool: interactive requests first, batch work in the headroom,
+preempted when an interactive request needs the slot. The rules, each named where it lives and
+each with a unit test on a canonical snapshot (tests/unit/test_policies.py, test_dispatch.py):
 
-1. Local batch cap, computed, not searched: the largest batch whose predicted TPOT (the profile's
-   step time, stretched by the prompt work the instance also does) stays under `tpot_margin` x
-   SLO; it holds from the first tick. With no interactive traffic the cap is the
-   throughput-optimal one (KV-bound). A few slots per instance stay reserved for interactive
-   arrivals, so batch work is rarely preempted. Engine flags come from the profile too: priority
-   scheduling and a prefill chunk sized to the TPOT SLO (see `engine_args`).
-2. Interactive capacity: the work (prefill + decode seconds per second) of the recent arrival rate,
-   at `interactive_util`, and enough to clear the largest prompt burst seen in the last 15 minutes
-   within its window plus half the TTFT. Sizing from observed burstiness, not a fixed 0.6.
-3. Batch plan (EDF over the backlog): for each deadline, the work due by then (prompts + outputs
-   at the measured mean length, at the mixed instances' throughput), plus the interactive work over
-   the same span, must fit in instances x (time left - lead time) x `batch_efficiency`. The fewest
-   instances meeting every deadline; more as soon as the plan needs them, in one step.
-   Backpressure on top: interactive requests waiting past half the TTFT SLO add instances (as many
-   as the queue fills at current caps, none while one is starting), as the estimates lag a ramp;
-   that level holds for
-   `scale_down_hold_s` after the queueing was last seen.
-   A model with `min_instances = 0` and nothing queued goes to zero by rent or buy (`keep_warm`).
-4. Scale down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`), one instance a
-   tick, never on stale data. Instances whose job time limit is closer than the lead time are
-   replaced ahead of time and then drained.
+Per request (dispatch rules and engine flags):
+- SLO order: in chirond's queue, among interactive requests that can still meet their TTFT, the
+  shortest prompt first (`Ordering.SLO`).
+- Short first inside the engine: vLLM priority scheduling, with each interactive request's
+  priority its arrival plus up to one TTFT SLO for long prompts (`short_first_tokens`,
+  `dispatch.engine_priority`); batch work after all of them.
+- Routing by prefill work: to the instance with the least prompt work outstanding
+  (`route_by_prefill`).
+- The prefill chunk (`engine_args`): sized to the TPOT SLO, or vLLM's own when the mean prompt's
+  prefill takes over `long_prompt_share` of the TTFT SLO.
+
+Each tick, per model (`plan`):
+1. Caps (`_cap`), computed, not searched: the largest batch whose predicted TPOT (the profile's
+   step time, stretched by the prompt work the instance also does, and by fresh batch prompts
+   only while batch work waits) stays under `tpot_margin` x SLO; it holds from the first tick.
+   With no interactive traffic the cap is the throughput-optimal one (KV-bound). A few slots per
+   instance stay reserved for interactive arrivals, so batch work is rarely preempted.
+2. Interactive capacity (`_needed`): the work (prefill + decode seconds per second) of the recent
+   arrival rate, at `interactive_util`, and enough to clear the largest prompt burst seen in the
+   last 15 minutes within its window plus half the TTFT.
+3. Batch plan (`_needed`, EDF over the backlog): for each deadline, the work due by then (prompts
+   + outputs at the measured mean length, at the mixed instances' throughput), plus the
+   interactive work over the same span, must fit in instances x (time left - lead time) x
+   `batch_efficiency`. The fewest instances meeting every deadline, in one step.
+4. Backpressure (`_backpressure`): interactive requests waiting past half the TTFT SLO add
+   instances (as many as the queue fills at current caps, none while one is starting), as the
+   estimates lag a ramp; that level holds for `scale_down_hold_s` after the queueing was last seen.
+5. Scale to zero by rent or buy (`keep_warm`): a model with `min_instances = 0` and nothing queued
+   keeps an idle instance about as long as a cold start costs.
+6. Scale (`_scale`): down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`),
+   one instance a tick, never on stale data; instances whose job time limit is closer than the
+   lead time are replaced ahead of time and then drained.
 """
 
 from __future__ import annotations
