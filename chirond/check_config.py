@@ -26,6 +26,7 @@ from chirond.cluster.slurm_parse import NodeInfo
 from chirond.cluster.transport import SlurmError, TransportError
 from chirond.config import Config, ConfigError, ModelConfig, SlurmBackendConfig, load_config, load_keys
 from chirond.engines import is_vllm_server
+from chirond.startup_checks import check_startup
 from chirond.tomltable import key_path
 
 
@@ -181,6 +182,7 @@ def check_config_main(args: argparse.Namespace) -> int:
     deprecated: list[str] = []
     try:
         cfg = load_config(args.config, warn=deprecated.append)
+        check_startup(cfg)
         warnings = [*deprecated, *config_warnings(cfg)]
         probed = probe_slurm(cfg) if cfg.daemon.backend == "slurm" else None
     except ConfigError as e:

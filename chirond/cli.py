@@ -112,10 +112,10 @@ def _frontier(
 def _profile(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from chirond.profiles import ProfileError, load_profile
+    from chirond.profiles import ProfileError, find_profile, load_profile
 
     try:
-        prof = load_profile(args.profile)
+        prof = load_profile(find_profile(args.profile))
     except ProfileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,7 +159,7 @@ def chirond_main(argv: list[str] | None = None) -> int:
             "Prints a table; with --out, writes summary.json, summary.md, decisions.log and PNG plots."
         ),
     )
-    s.add_argument("scenario", help="scenario TOML file")
+    s.add_argument("scenario", help="a scenario TOML file, or a shipped scenario's name (paper-small)")
     s.add_argument("--policies", help="comma-separated, default: the scenario's [policies] run list")
     s.add_argument("--seed", type=int, help="override the scenario's seed (same seed, same numbers)")
     s.add_argument("--out", help="directory for summary.json and plots")
@@ -217,6 +217,9 @@ def chirond_main(argv: list[str] | None = None) -> int:
     )
     fakevllm.add_arguments(s)
     s.set_defaults(func=fakevllm.main)
+    from chirond import install_cli
+
+    install_cli.add_parser(sub)
     args = ap.parse_args(argv)
     return int(args.func(args))
 
@@ -229,7 +232,7 @@ def chiron_main(argv: list[str] | None = None) -> int:
         "profile",
         help="show what a performance profile predicts (step time, throughput, SLO fit per batch size)",
     )
-    p.add_argument("profile", help="profile TOML file (profiles/*.toml)")
+    p.add_argument("profile", help="a profile file, or a shipped profile's name (llama-3.1-8b_a100-80gb_tp1)")
     p.add_argument("--input-tokens", type=float, default=1024, help="mean prompt length (default 1024)")
     p.add_argument("--output-tokens", type=float, default=256, help="mean output length (default 256)")
     p.add_argument("--tpot-slo-s", type=float, default=None, help="mark the batch sizes that meet this TPOT")

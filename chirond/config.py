@@ -21,12 +21,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import chirond
 from chirond.batch.store import BatchLimits, window_seconds
 from chirond.log_output import LOG_FORMATS
 from chirond.model import Slo
 from chirond.policy import REGISTRY, make_policy
-from chirond.profiles import Profile, ProfileError, load_profile
+from chirond.profiles import PROFILES_DIR, Profile, ProfileError, available_profiles, load_profile, resolve_profile
 from chirond.tomltable import Table, TableError, key_path, read_toml, show
 from chirond.users import UsersConfig, parse_users
 
@@ -55,6 +54,8 @@ class DaemonConfig:
     shutdown_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
     # `chiron token|usage|status|admin` talk to the daemon here; peer credentials say who calls.
     control_socket: Path | None = None  # None: <state_dir>/control.sock
+    control_idle_timeout_s: float = 5.0  # a control connection silent this long is closed
+    control_max_connections_per_uid: int = 8  # open control connections per local account
     # Dry runs only (`chirond replay`): the daemon's clock runs this many times faster than real
     # time, against simulated engines sped up as much. 1 everywhere else.
     clock_speedup: float = 1.0
@@ -208,7 +209,6 @@ class Config:
 
 # ---------------------------------------------------------------- the vocabulary
 
-PROFILES_DIR = Path(chirond.__file__).resolve().parent / "data" / "profiles"  # shipped as package data
 BACKENDS = ("local", "slurm")
 GPUS_FLAGS = ("gres", "gpus")
 AUTH_MODES = ("keys", "open")
@@ -231,6 +231,13 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")  # used with full
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_RESERVED_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "host", "content-type", "content-length",
+    "transfer-encoding", "connection", "upgrade", "te", "trailer", "expect", "keep-alive", "accept",
+    "accept-encoding", "user-agent", "x-request-id", "forwarded", "x-forwarded-for",
+})
+MIN_TICK_S = 0.05
+_NON_NEGATIVE_SUFFIXES = ("_s", "_tokens", "_gb", "_bytes", "_lines", "_requests")
 _KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what a client can send in "Authorization: Bearer"
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # partition, account, qos, reservation, GPU type (as jobtemplate)
 _HOST = re.compile(r"[A-Za-z0-9_.:-]+")  # bind/advertise host as the job script accepts it
@@ -265,15 +272,25 @@ def _daemon(t: Table) -> DaemonConfig:
     policy = t.string("policy", _D.policy, tuple(REGISTRY))
     params = t.sub("policy_params", tuple(REGISTRY[policy].defaults))  # the range is the policy's to check
     values = {key: params.number(key, 0.0, "any") for key in params.data}
+    for key in params.data:  # units in key names: seconds, tokens, counts are never negative
+        if key.endswith(_NON_NEGATIVE_SUFFIXES) and values[key] < 0:
+            params.fail(key, f"must be >= 0, got {show(params.data[key])}")
     host = t.string("listen_host", _D.listen_host)
     if any(c.isspace() for c in host):
         t.fail("listen_host", f"must be a host name or address, got {show(host)}")
+    tick_s = t.number("tick_s", _D.tick_s)
+    if tick_s < MIN_TICK_S:
+        t.fail("tick_s", f"must be at least {MIN_TICK_S} s (each tick scrapes every instance), got {show(tick_s)}")
+    # A scrape that may outlast the tick makes every tick late; unset, the default shrinks to fit.
+    scrape_timeout_s = t.number("scrape_timeout_s", min(_D.scrape_timeout_s, tick_s))
+    if scrape_timeout_s > tick_s:
+        t.fail("scrape_timeout_s", f"must be at most daemon.tick_s ({tick_s:g} s), got {show(scrape_timeout_s)}")
     return DaemonConfig(
         listen_host=host,
         listen_port=t.integer("listen_port", _D.listen_port, 1, 65535),
         state_dir=t.resolved_path("state_dir", _D.state_dir),
-        tick_s=t.number("tick_s", _D.tick_s),
-        scrape_timeout_s=t.number("scrape_timeout_s", _D.scrape_timeout_s),
+        tick_s=tick_s,
+        scrape_timeout_s=scrape_timeout_s,
         stale_after_s=t.number("stale_after_s", _D.stale_after_s),
         policy=policy,
         policy_params=values,
@@ -282,6 +299,9 @@ def _daemon(t: Table) -> DaemonConfig:
         log_format=t.string("log_format", _D.log_format, LOG_FORMATS),
         shutdown_timeout_s=t.number("shutdown_timeout_s", _D.shutdown_timeout_s),
         control_socket=_socket_path(t),
+        control_idle_timeout_s=t.number("control_idle_timeout_s", _D.control_idle_timeout_s),
+        control_max_connections_per_uid=t.integer("control_max_connections_per_uid",
+                                                  _D.control_max_connections_per_uid, 1),
         clock_speedup=t.number("clock_speedup", _D.clock_speedup),
     )
 
@@ -330,6 +350,8 @@ def _api(t: Table) -> ApiConfig:
     header = t.string("batch_header", _A.batch_header)
     if not _HEADER_NAME.fullmatch(header):
         t.fail("batch_header", f"must be an HTTP header name, got {show(header)}")
+    if header.lower() in _RESERVED_HEADERS:
+        t.fail("batch_header", f"{show(header)} already means something in HTTP or to chirond; pick another name")
     return ApiConfig(
         auth=auth,
         keys_file=keys_file,
@@ -499,24 +521,6 @@ def _ssh(t: Table) -> SshConfig:
 
 
 # ---------------------------------------------------------------- models
-
-
-def available_profiles() -> list[str]:
-    """Names of the repository's profiles (profiles/*.toml, without the suffix)."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-
-
-def resolve_profile(raw: str, base: Path) -> Path | None:
-    """The profile file `raw` names: absolute, or relative to `base` (the config's directory) and
-    then to the repository's profiles/; `.toml` may be left out. None when there is none."""
-    p = Path(raw).expanduser()
-    names = [p] if raw.endswith(".toml") else [p, p.with_name(p.name + ".toml")]
-    dirs = [Path("/")] if p.is_absolute() else [base, PROFILES_DIR]
-    for d in dirs:
-        for name in names:
-            if (d / name).is_file():
-                return (d / name).resolve()
-    return None
 
 
 def _profile(t: Table, local: LocalBackendConfig | None) -> tuple[Path, Profile]:

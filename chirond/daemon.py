@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import hmac
 import logging
+import os
 import signal
 import sys
 import time
@@ -43,6 +44,7 @@ from chirond.sdnotify import Notifier, watchdog_loop
 from chirond.serve.api import ProxyApi
 from chirond.serve.gateway import Gateway
 from chirond.serve.http_server import GuardedRunner, HttpLimits
+from chirond.startup_checks import check_startup, prepare_state_dir, raise_open_files_limit
 from chirond.users import UsageCollector, UserStore
 
 log = logging.getLogger("chirond")
@@ -73,8 +75,11 @@ class Daemon:
         self.api = ProxyApi(cfg, self.gateway, self.fleet, self.accounting, self, self.metrics, self.clock,
                             verify_key=self._verify_key)
         self.batch = BatchService(cfg, self.api, self.dispatcher, self._check_batch_lines, self.database)
-        self.control_server = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users)
+        self.control_server = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users,
+                                            cfg.daemon.control_idle_timeout_s,
+                                            cfg.daemon.control_max_connections_per_uid)
         self._runner: web.AppRunner | None = None
+        self._umask: int | None = None  # the process's umask before start() set 077
         self._loop_task: asyncio.Task[None] | None = None
         self.ticks = 0
         self.notifier = Notifier({})  # systemd notifications: disabled here; serve() sets the real one
@@ -84,7 +89,8 @@ class Daemon:
 
     async def start(self) -> None:
         d = self.cfg.daemon
-        d.state_dir.mkdir(parents=True, exist_ok=True)
+        self._umask = prepare_state_dir(self.cfg)  # umask 077: prompts, answers and keys are the service's alone
+        raise_open_files_limit(self.cfg)
         if self.cfg.api.auth == "keys" and self.cfg.api.keys_file:
             self._keys = load_keys(self.cfg.api.keys_file)
         key = engine_key(d.state_dir)
@@ -125,6 +131,8 @@ class Daemon:
         await self.backend.stop()
         await self.api.stop()
         self.users.close()
+        if self._umask is not None:
+            os.umask(self._umask)
         log.info("chirond stopped")
 
     @property
@@ -262,6 +270,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log_output.configure(cfg.daemon.log_level, cfg.daemon.log_format)
+    try:
+        check_startup(cfg)  # what check-config checks of the machine: state_dir, listen_host, open files
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         import uvloop
 

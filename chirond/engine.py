@@ -107,6 +107,7 @@ class Engine:
         self.generation_tokens = 0
         self.prompt_tokens = 0
         self.num_preemptions = 0
+        self.preempted: dict[int, int] = {}  # request id -> its preemptions (popped by whoever reports it)
         self.busy_time = 0.0
 
     # ---------------------------------------------------------------- observation
@@ -376,6 +377,7 @@ class Engine:
         s.computed = 0
         self._wait(s, front=True)
         self.num_preemptions += 1
+        self.preempted[s.req.id] = self.preempted.get(s.req.id, 0) + 1
 
     def _dur(self, k: int) -> float:
         return k * self._seg_base + self._seg_inc * k * (k - 1) / 2.0

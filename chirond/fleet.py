@@ -87,6 +87,10 @@ class Fleet:
         self.tick_changed = True  # the last tick acted or saw an instance change state (logged at INFO)
         self._last_states: tuple[tuple[int, object], ...] = ()
         self.refusals: dict[str, str] = {}  # model -> why the backend refused its last launch
+        # model -> when its instances failed to start (ended or timed out before their first
+        # health check); unlike the control loop's failures, an instance that served and then
+        # hit its time limit is not one.
+        self.start_failures: dict[str, list[float]] = {m: [] for m in cfg.models}
 
     # ---------------------------------------------------------------- lifetime
 
@@ -163,6 +167,8 @@ class Fleet:
 
     def cancel(self, inst: Instance, reason: str) -> None:
         assert isinstance(inst, DaemonInstance)
+        if inst.ready_at is None and inst.running_since is not None and reason.startswith("not healthy"):
+            self.start_failures[inst.model].append(self.clock())  # the lifecycle's health timeout
         self.gateway.instance_lost(inst.id)  # whatever still runs there goes back to the queues
         log.info("instance %d (%s) stopping: %s", inst.id, inst.model, reason)
         if inst.job_id is not None:  # else the submission cancels it once the backend took it
@@ -237,6 +243,8 @@ class Fleet:
         return len(lost)
 
     def _end(self, inst: DaemonInstance, now: float, reason: str) -> None:
+        if inst.ready_at is None and inst.cancel_sent_at is None:
+            self.start_failures[inst.model].append(now)  # died before it ever served
         failed = self.control.ended(inst, now)
         lost = self._release(inst)
         if failed:
@@ -359,9 +367,9 @@ class Fleet:
     def unavailable(self, model: str) -> Unavailable | None:
         """Why `model` cannot serve a request soon (disabled, launches refused, starts failing), or None."""
         ready = sum(1 for i in self.instances.values() if i.model == model and i.ready_at is not None and i.routable)
-        failures = self.control.obs.failures.get(model, [])
         now = self.clock()
-        recent = sum(1 for f in failures if f > now - FAILURE_WINDOW_S)
+        failures = self.start_failures[model] = [f for f in self.start_failures[model] if f > now - FAILURE_WINDOW_S]
+        recent = len(failures)
         return why_unavailable(model, self.control.specs[model].max_instances, ready, self.refusals.get(model), recent)
 
     def upstream_priority(self, inst_id: int, req: Request) -> int | None:

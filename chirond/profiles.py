@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from chirond.bundled import PROFILES_DIR
+
 
 class ProfileError(ValueError):
     pass
@@ -167,3 +169,29 @@ def load_profile(path: str | Path) -> Profile:
         cpu_ms_per_step=num("cpu.ms_per_step", 0.0),
         cpu_ms_per_seq=num("cpu.ms_per_seq", 0.0),
     )
+
+
+def available_profiles() -> list[str]:
+    """Names of the shipped profiles (chirond/data/profiles/*.toml, without the suffix)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def resolve_profile(raw: str, base: Path) -> Path | None:
+    """The profile file `raw` names: absolute, or relative to `base` (the config's directory) and
+    then a shipped profile's name; `.toml` may be left out. None when there is none."""
+    p = Path(raw).expanduser()
+    names = [p] if raw.endswith(".toml") else [p, p.with_name(p.name + ".toml")]
+    dirs = [Path("/")] if p.is_absolute() else [base, PROFILES_DIR]
+    for d in dirs:
+        for name in names:
+            if (d / name).is_file():
+                return (d / name).resolve()
+    return None
+
+
+def find_profile(raw: str) -> Path:
+    """What a command line names: a file, or a shipped profile's bare name; ProfileError if neither."""
+    path = resolve_profile(raw, Path.cwd())
+    if path is None:
+        raise ProfileError(f"no such profile: {raw!r} (not a file; shipped: {', '.join(available_profiles())})")
+    return path

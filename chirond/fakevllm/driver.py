@@ -185,6 +185,7 @@ class Driver:
     def _finished(self, live: Live, wall: float) -> None:
         r, m = live.req, self.metrics
         n = r.output_tokens
+        preemptions = self.engine.preempted.pop(r.id, 0)
         self._itl(live, n, wall)
         live.avail = n
         live.done = True
@@ -199,6 +200,8 @@ class Driver:
         m.inference.observe(max(0.0, wall - sched))
         m.tpot.observe((wall - first) / (n - 1) if n > 1 else 0.0)
         m.req_prompt.observe(r.input_tokens)
+        m.prefill_kv_computed.observe(r.input_tokens)  # no prefix cache: every prompt token is computed
+        m.req_preemptions.observe(preemptions)
         m.req_generation.observe(n)
         live.wake()
 
@@ -212,6 +215,7 @@ class Driver:
     def _forget(self, live: Live) -> None:
         self.lives.pop(live.req.id, None)
         self._streaming.pop(live.req.id, None)
+        self.engine.preempted.pop(live.req.id, None)
 
     # ---------------------------------------------------------------- the emitter
 

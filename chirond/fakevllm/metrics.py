@@ -27,6 +27,55 @@ REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
                            240.0, 480.0, 960.0, 1920.0, 7680.0)
 ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
+PREEMPTIONS_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+BLOCK_SIZE = 16  # vLLM's default KV block size, and the profiles' block_tokens
+# vllm:cache_config_info as vLLM 0.33 resolves CacheConfig for chirond's engine flags (which set
+# none of these): every field a label, its value str()'d. The KV-dependent ones are filled in
+# `cache_config_info`. tests/conformance/test_fakevllm_metrics.py compares the whole set with vLLM's.
+CACHE_CONFIG_DEFAULTS = {
+    "_block_size_resolved": "True", "block_size": str(BLOCK_SIZE), "cache_dtype": "auto",
+    "cache_hit_alignment_tokens": "None", "effective_attention_block_size": "None",
+    "enable_mamba_shared_prefix_checkpoint": "False", "enable_prefix_caching": "True",
+    "gpu_memory_utilization": "0.92", "hash_block_size": "None", "is_attention_free": "False",
+    "kv_cache_dtype_skip_layers": "[]", "kv_cache_layout": "None", "kv_cache_max_concurrency": "None",
+    "kv_cache_memory_bytes": "None", "kv_cache_size_tokens": "None", "kv_offloading_backend": "native",
+    "kv_offloading_size": "None", "kv_sharing_fast_prefill": "False", "mamba_block_size": "None",
+    "mamba_cache_dtype": "auto", "mamba_cache_mode": "none", "mamba_page_size_padded": "None",
+    "mamba_ssm_cache_dtype": "float32", "num_cpu_blocks": "None", "num_gpu_blocks": "None",
+    "num_gpu_blocks_override": "None", "prefix_cache_retention_interval": "0", "prefix_caching_hash_algo": "sha256",
+    "prefix_match_unit": "None", "replayssm_buffer_len": "16", "simple_cpu_offload_num_blocks": "None",
+    "skip_page_size_padded": "None", "sliding_window": "None", "swa_bounded_replay": "True",
+    "use_kda_recoverssm": "False", "use_replayssm": "False", "user_specified_block_size": "False",
+}
+PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
+CACHED_SOURCES = ("device", "host", "p2p", "disk", "external_unspecified")
+# Counters vLLM always registers that the simulation never moves (no MFU estimate, KV connector,
+# multi-modal cache or prefix-cache hit).
+ZERO_COUNTERS = (
+    ("vllm:estimated_flops_per_gpu", "Estimated number of floating point operations per GPU (for Model Flops "
+     "Utilization calculations)."),
+    ("vllm:estimated_read_bytes_per_gpu", "Estimated number of bytes read from memory per GPU (for Model Flops "
+     "Utilization calculations)."),
+    ("vllm:estimated_write_bytes_per_gpu", "Estimated number of bytes written to memory per GPU (for Model Flops "
+     "Utilization calculations)."),
+    ("vllm:external_prefix_cache_queries", "External prefix cache queries from KV connector cross-instance cache "
+     "sharing, in terms of number of queried tokens."),
+    ("vllm:external_prefix_cache_hits", "External prefix cache hits from KV connector cross-instance cache "
+     "sharing, in terms of number of cached tokens."),
+    ("vllm:mm_cache_queries", "Multi-modal cache queries, in terms of number of queried items."),
+    ("vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items."),
+    ("vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."),
+)
+
+
+def cache_config_info(num_gpu_blocks: int, max_model_len: int) -> dict[str, str]:
+    """The labels of vllm:cache_config_info once the engine has sized its KV cache (a full-attention
+    model: capacity is blocks x block size, concurrency that over the context length)."""
+    per_request = -(-max_model_len // BLOCK_SIZE)
+    concurrency = num_gpu_blocks / per_request
+    return {**CACHE_CONFIG_DEFAULTS, "num_gpu_blocks": str(num_gpu_blocks),
+            "kv_cache_size_tokens": str(int(concurrency * max_model_len)),
+            "kv_cache_max_concurrency": str(concurrency), "effective_attention_block_size": str(BLOCK_SIZE)}
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
@@ -90,9 +139,9 @@ class ServerMetrics(Collector):
         self._labels = ["model_name", "engine"]
         self._values = [model, "0"]
         self._sample = sample
-        self._cache_info = {"block_size": str(block_size), "num_gpu_blocks": str(num_gpu_blocks),
-                            "cache_dtype": "auto", "gpu_memory_utilization": "0.9", "enable_prefix_caching": "False",
-                            "engine": "0"}
+        if block_size != BLOCK_SIZE:
+            raise ValueError(f"block size {block_size}: vLLM's is {BLOCK_SIZE}")
+        self._cache_info = {**cache_config_info(num_gpu_blocks, max_model_len), "engine": "0"}
         self.created = time.time()
         self.prompt_tokens = 0
         self.success = dict.fromkeys(FINISHED_REASONS, 0)
@@ -109,6 +158,8 @@ class ServerMetrics(Collector):
         self.req_generation = Hist(tokens)
         self.max_tokens = Hist(tokens)  # also vllm:request_max_num_generation_tokens (n = 1: the same)
         self.params_n = Hist(PARAMS_N_BUCKETS)
+        self.prefill_kv_computed = Hist(tokens)
+        self.req_preemptions = Hist(PREEMPTIONS_BUCKETS)
         self.iteration = Hist(ITERATION_TOKENS_BUCKETS)
         self._hists: tuple[tuple[str, str, Hist], ...] = (
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft),
@@ -129,6 +180,10 @@ class ServerMetrics(Collector):
              self.max_tokens),
             ("vllm:request_params_n", "Histogram of the n request parameter.", self.params_n),
             ("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", self.iteration),
+            ("vllm:request_num_preemptions", "Histogram of the number of times a request was preempted.",
+             self.req_preemptions),
+            ("vllm:request_prefill_kv_computed_tokens",
+             "Histogram of new KV tokens computed during prefill (excluding cached tokens).", self.prefill_kv_computed),
         )
 
     def registry(self) -> CollectorRegistry:
@@ -173,6 +228,22 @@ class ServerMetrics(Collector):
         yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
                       self.prompt_tokens)
         yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", 0)
+        for name, doc in ZERO_COUNTERS:
+            yield counter(name, doc, 0)
+        by_source = CounterMetricFamily("vllm:prompt_tokens_by_source", "Number of prompt tokens by source.",
+                                        labels=[*labels, "source"])
+        for source in PROMPT_SOURCES:
+            by_source.add_metric([*values, source], self.prompt_tokens if source == "local_compute" else 0,
+                                 created=self.created)
+        yield by_source
+        cached = CounterMetricFamily(
+            "vllm:prompt_tokens_cached_by_source",
+            "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), host (offloaded to "
+            "DRAM), disk, p2p (transferred from another vLLM instance) or external_unspecified. Counted at "
+            "admission; sums to vllm:prefix_cache_hits + vllm:external_prefix_cache_hits.", labels=[*labels, "source"])
+        for source in CACHED_SOURCES:
+            cached.add_metric([*values, source], 0, created=self.created)
+        yield cached
         rejected = CounterMetricFamily("vllm:admission_rejections", "Requests rejected at admission.",
                                        labels=["model_name", "reason"])  # no engine label, as in vLLM
         for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):

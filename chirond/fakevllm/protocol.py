@@ -203,7 +203,11 @@ class Render:
             choice = {"index": 0, "text": text(0, completion), "logprobs": None, "finish_reason": finish,
                       "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}
         u: dict[str, object] = {**usage(self.p.prompt_tokens, completion), "prompt_tokens_details": None}
-        return {"id": self.id, "object": "chat.completion" if self.p.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [choice], "service_tier": None,
-                "system_fingerprint": None, "usage": u, "prompt_logprobs": None, "prompt_token_ids": None,
-                "kv_transfer_params": None}
+        out: dict[str, object] = {
+            "id": self.id, "object": "chat.completion" if self.p.chat else "text_completion",
+            "created": self.created, "model": self.model, "choices": [choice], "service_tier": None,
+            "system_fingerprint": None, "usage": u}
+        if self.p.chat:  # vLLM's CompletionResponse has these per choice only
+            out.update(prompt_logprobs=None, prompt_token_ids=None)
+        out["kv_transfer_params"] = None
+        return out

@@ -44,7 +44,7 @@ from chirond.fakevllm.lengths import natural_length
 from chirond.fakevllm.metrics import ServerMetrics
 from chirond.fakevllm.protocol import VLLM_VERSION, ApiError, GenParams, Render, context_error, parse_generate
 from chirond.model import ReqClass, Request
-from chirond.profiles import Profile, ProfileError, load_profile
+from chirond.profiles import Profile, ProfileError, find_profile, load_profile
 
 log = logging.getLogger("chirond.fakevllm")
 uvicorn_log = logging.getLogger("chirond.fakevllm.uvicorn")  # the lines uvicorn prints under vLLM
@@ -355,7 +355,8 @@ class FakeVllm:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--profile", required=True, metavar="FILE", help="performance profile TOML (profiles/*.toml)")
+    a("--profile", required=True, metavar="PROFILE",
+      help="performance profile: a TOML file or a shipped profile's name")
     a("--model", required=True, metavar="NAME", help="served model name (what clients put in 'model')")
     a("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     a("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
@@ -393,7 +394,7 @@ def setup_logging() -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        profile = load_profile(args.profile)
+        profile = load_profile(find_profile(args.profile))
     except ProfileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

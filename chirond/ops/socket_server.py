@@ -33,8 +33,9 @@ from chirond.users import USER_NAME, UserError, UsersConfig, UserStore
 log = logging.getLogger("chirond.ops")
 
 MAX_LINE_BYTES = 64 * 1024  # one request; longer lines are refused and the connection closed
-IDLE_TIMEOUT_S = 60.0  # a connection silent this long is closed
-MAX_CONNECTIONS = 64  # beyond this a new connection is told to retry, and closed
+IDLE_TIMEOUT_S = 5.0  # a connection silent this long is closed (`chiron` asks at once)
+MAX_CONNECTIONS = 256  # in all; beyond this a new connection is told to retry, and closed
+MAX_CONNECTIONS_PER_UID = 8  # per caller: one account holding connections locks no one else out
 MAX_USAGE_DAYS = 3660
 
 
@@ -87,9 +88,18 @@ class ControlServer:
     at `path`. The constructor does no I/O; `start()` binds, `stop()` closes and removes it."""
 
     def __init__(
-        self, path: Path, ops: Mapping[str, Operation], users_cfg: UsersConfig, store: UserStore | None = None
+        self,
+        path: Path,
+        ops: Mapping[str, Operation],
+        users_cfg: UsersConfig,
+        store: UserStore | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_per_uid: int = MAX_CONNECTIONS_PER_UID,
     ) -> None:
         self.path = Path(path)
+        self.idle_timeout_s = idle_timeout_s
+        self.max_per_uid = max_per_uid
+        self._per_uid: dict[int, int] = {}
         self.cfg = users_cfg
         self.store = store
         self.ops: dict[str, Operation] = dict(self._builtin() if store is not None else {})
@@ -101,7 +111,9 @@ class ControlServer:
     # ---------------------------------------------------------------- lifetime
 
     async def start(self) -> None:
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True)
+            os.chmod(self.path.parent, 0o755)  # whatever the umask (077 in the daemon): users must reach it
         await self._remove_stale()
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE_BYTES)
         # Anyone on this machine may connect: the peer credentials, not the file mode, say who it is.
@@ -144,16 +156,23 @@ class ControlServer:
             writer.close()
             return
         self._conns.add(writer)
+        uid: int | None = None
         try:
             sock = writer.get_extra_info("socket")
+            uid = peer_uid(sock)[1]
+            self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+            if self._per_uid[uid] > self.max_per_uid:
+                await _send(writer, {"ok": False, "error": f"you have {self.max_per_uid} control connections open "
+                                     "already (the most per user); close one and retry"})
+                return
             try:
-                caller = caller_for_uid(peer_uid(sock)[1], self.cfg)
+                caller = caller_for_uid(uid, self.cfg)
             except OpError as e:
                 await _send(writer, {"ok": False, "error": str(e)})
                 return
             for _ in range(10_000):  # bounded: a client that wants more reconnects
                 try:
-                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
+                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout_s)
                 except TimeoutError:
                     return
                 except (ValueError, asyncio.LimitOverrunError):  # the line is longer than the limit
@@ -167,6 +186,12 @@ class ControlServer:
             pass  # the client left
         finally:
             self._conns.discard(writer)
+            if uid is not None:
+                left = self._per_uid.get(uid, 1) - 1
+                if left > 0:
+                    self._per_uid[uid] = left
+                else:
+                    self._per_uid.pop(uid, None)
             writer.close()
 
     async def handle(self, caller: Caller, line: bytes) -> dict[str, Any]:

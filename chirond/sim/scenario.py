@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from chirond import bundled
 from chirond.model import ReqClass, Request
+from chirond.profiles import resolve_profile
 from chirond.sim import workload as wl
 from chirond.sim.errors import ScenarioError
 from chirond.tomltable import REQUIRED, Table, read_toml, show
@@ -109,7 +111,8 @@ class Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    path = Path(path)
+    """A scenario file, or a shipped scenario's bare name (`paper-small`)."""
+    path = bundled.scenario_path(path)
     doc = read_toml(path, ScenarioError, invalid="invalid TOML")
     top = Table(
         doc,
@@ -208,7 +211,7 @@ def _model(top: Table, name: str, cluster: ClusterSpec) -> ModelSpec:
         t.fail("workload", f"must be an array of tables ([[{t.path()}.workload]])")
     return ModelSpec(
         name=name,
-        profile_path=t.existing_file("profile"),
+        profile_path=_profile_path(t),
         cold_start_s=t.number("cold_start_s", None, "non-negative"),
         ttft_s=slo.number("ttft_s"),
         tpot_s=slo.number("tpot_s"),
@@ -265,7 +268,7 @@ def _workload(model: Table, index: int) -> WorkloadSpec:
         p["deadline_s"] = None
 
     if kind in ("azure", "trace"):
-        p["path"] = t.existing_file("path")
+        p["path"] = _data_path(t, "path")
     if kind == "azure":
         p["time_scale"] = t.number("time_scale", 1.0)
         p["limit"] = t.positive_integer("limit", None)
@@ -428,3 +431,25 @@ def _generate(w: WorkloadSpec, model: str, rng: np.random.Generator) -> list[Req
         raise AssertionError(w.kind)
     ins, outs = wl.sample_lengths(rng, len(arrivals), p["lengths"])
     return wl.make_requests(model, w.cls, arrivals, ins, outs, deadline_s=deadline)
+
+
+def _profile_path(t: Table) -> Path:
+    """A profile by path (relative to the scenario) or by a shipped profile's bare name; a path that
+    is missing falls back to the shipped profile of that name (a scenario copied out of the
+    repository, or installed from the wheel)."""
+    raw = t.get("profile", "")
+    if isinstance(raw, str) and raw:
+        path = resolve_profile(raw, Path(str(t.file)).parent) or resolve_profile(Path(raw).stem, Path("/nonexistent"))
+        if path is not None:
+            return path
+    return t.existing_file("profile", "a profile file or a shipped profile's name")
+
+
+def _data_path(t: Table, key: str) -> Path:
+    """A trace file relative to the scenario, else the shipped data file of that name."""
+    raw = t.get(key, "")
+    if isinstance(raw, str) and raw:
+        found = bundled.data_file(t.resolved_path(key, Path()))
+        if found.is_file():
+            return found
+    return t.existing_file(key)

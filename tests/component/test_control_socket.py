@@ -410,3 +410,28 @@ def test_usage_table_totals() -> None:
     total = next(line for line in text.splitlines() if "total" in line)
     assert "1,010" in total and "55" in total and "1.500" in total
     assert "total" not in render(control_cli.usage_table(rows[:1], "usage"))
+
+
+@needs_root
+async def test_one_account_holding_connections_locks_no_one_out(
+    world_dir: Path, unix_users: dict[str, pwd.struct_passwd]
+) -> None:
+    # Issue 13, item 5: 64 idle connections of one user used to lock every other user out of
+    # `chiron token` for as long as they were held.
+    sock = world_dir / "run" / "control.sock"
+    ctl = ControlServer(sock, {}, UsersConfig(), idle_timeout_s=1.0, max_per_uid=8)
+    await ctl.start()
+    held = [await asyncio.open_unix_connection(str(sock)) for _ in range(64)]  # root's, idle
+    try:
+        # The ninth and later connections of the same account are told why, and closed.
+        answers = [await asyncio.wait_for(r.readline(), 5) for r, _ in held[8:]]
+        assert all(json.loads(a)["ok"] is False and "per user" in json.loads(a)["error"] for a in answers)
+        bob = await as_user(BOB, op(sock, "whoami"))  # another account is served at once
+        assert bob["ok"] is True and bob["user"] == BOB
+        # The idle ones are closed after the (short) idle timeout: root may connect again.
+        assert [await asyncio.wait_for(r.read(), 5) for r, _ in held[:8]] == [b""] * 8
+        assert (await asyncio.to_thread(op(sock, "whoami")))["user"] == "root"
+    finally:
+        for _, w in held:
+            w.close()
+        await ctl.stop()

@@ -33,7 +33,7 @@ listen_port = {port}
 state_dir = "{tmp / 'state'}"
 tick_s = 0.5
 policy = "static"
-scrape_timeout_s = 1.0
+scrape_timeout_s = 0.5
 
 [api]
 auth = "open"

@@ -1,0 +1,49 @@
+"""fake-vllm's answers against vLLM's own response models. Payload: [{"label", "kind", "body"}],
+kind one of the keys of MODELS. Answers {label: [problems]}: a validation error, or a key that
+the model does not declare (vLLM's models allow extra keys; a key vLLM never sends is a difference)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from vllm_cli import answer, read_payload
+
+warnings.simplefilter("ignore")
+
+from pydantic import BaseModel, ValidationError  # noqa: E402
+from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+)
+from vllm.entrypoints.openai.completion.protocol import CompletionResponse, CompletionStreamResponse  # noqa: E402
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard, ModelList  # noqa: E402
+
+MODELS: dict[str, type[BaseModel]] = {
+    "chat": ChatCompletionResponse, "chat_chunk": ChatCompletionStreamResponse,
+    "completion": CompletionResponse, "completion_chunk": CompletionStreamResponse,
+    "error": ErrorResponse, "model_list": ModelList, "model_card": ModelCard,
+}
+
+
+def extras(obj: Any, path: str) -> list[str]:
+    """Keys a validated model holds beyond its declared fields, anywhere inside it."""
+    out: list[str] = []
+    if isinstance(obj, BaseModel):
+        out += [f"{path}.{k}: not a field of {type(obj).__name__}" for k in (obj.model_extra or {})]
+        for name in type(obj).model_fields:
+            out += extras(getattr(obj, name), f"{path}.{name}")
+    elif isinstance(obj, list):
+        for i, x in enumerate(obj):
+            out += extras(x, f"{path}[{i}]")
+    return out
+
+
+result = {}
+for item in read_payload():
+    try:
+        obj = MODELS[item["kind"]].model_validate(item["body"])
+        result[item["label"]] = extras(obj, item["kind"])
+    except ValidationError as e:
+        result[item["label"]] = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+answer(result)
