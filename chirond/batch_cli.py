@@ -26,9 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from chirond.cli_common import DEFAULT_URL as DEFAULT_URL
+from chirond.cli_common import add_endpoint_args, add_json_arg, console, default_url
 from chirond.control_cli import key_file  # where `chiron token --save` writes the key
 
-DEFAULT_URL = "http://127.0.0.1:8000/v1"
 CHAT_URL = "/v1/chat/completions"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _PLAIN_RESERVED = ("custom_id", "prompt", "messages")
@@ -151,7 +152,7 @@ def output_paths(out: Path) -> tuple[Path, Path]:
 
 
 def resolve_url_key(url: str | None, key: str | None) -> tuple[str, str]:
-    url = url or os.environ.get("CHIROND_URL") or DEFAULT_URL
+    url = url or default_url()
     key = key or os.environ.get("CHIROND_API_KEY") or os.environ.get("OPENAI_API_KEY")
     if not key:
         try:
@@ -350,12 +351,19 @@ def wait(client: openai.OpenAI, batch: Any, poll_s: float, console: Console) -> 
 
 def _list(args: argparse.Namespace) -> int:
     page = _client(args).batches.list(limit=args.limit)
-    Console().print(batch_table(list(page.data), title="batches (newest first)"))
+    if args.json:
+        print(json.dumps([b.model_dump(mode="json") for b in page.data], indent=2))
+        return 0
+    console().print(batch_table(list(page.data), title="batches (newest first)"))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    Console().print(status_table(_client(args).batches.retrieve(args.id)))
+    b = _client(args).batches.retrieve(args.id)
+    if args.json:
+        print(json.dumps(b.model_dump(mode="json"), indent=2))
+        return 0
+    console().print(status_table(b))
     return 0
 
 
@@ -378,12 +386,7 @@ def _results(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any) -> None:
     """Add `batch` and its subcommands to `chiron`'s subparsers; each sets `func(args) -> int`."""
     conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--url", help=f"chirond's API (default: $CHIROND_URL, else {DEFAULT_URL})")
-    conn.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="bearer key (default: $CHIROND_API_KEY, $OPENAI_API_KEY, ~/.config/chirond/key, else 'none')",
-    )
+    add_endpoint_args(conn)
     conn.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per HTTP request (default 600)")
     p = subparsers.add_parser(
         "batch",
@@ -411,9 +414,11 @@ def add_parsers(subparsers: Any) -> None:
     s.set_defaults(func=_guard(_submit))
     s = sub.add_parser("list", parents=[conn], help="list your batches, newest first")
     s.add_argument("--limit", type=int, default=20, help="how many (1-100, default 20)")
+    add_json_arg(s)
     s.set_defaults(func=_guard(_list))
     s = sub.add_parser("status", parents=[conn], help="show one batch")
     s.add_argument("id", help="batch id (batch_...)")
+    add_json_arg(s)
     s.set_defaults(func=_guard(_status))
     s = sub.add_parser("cancel", parents=[conn], help="cancel a batch (its finished lines are kept)")
     s.add_argument("id", help="batch id (batch_...)")

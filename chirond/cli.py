@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,35 @@ from typing import Any
 from rich.console import Console
 
 from chirond import __version__
+from chirond.cli_common import add_examples, add_json_arg
+from chirond.cli_common import console as cli_console
+
+CHIROND_EXAMPLES = {
+    "": "chirond serve --config /etc/chirond/chirond.toml",
+    "simulate": "chirond simulate paper-small --policies static,chirond --out sim-out",
+    "replay": "chirond replay replay-check --speedup 5 --out replay-out",
+    "serve": "chirond serve --config etc/demo.toml",
+    "check-config": "chirond check-config /etc/chirond/chirond.toml",
+    "fake-vllm": "chirond fake-vllm --profile llama-3.1-8b_a100-80gb_tp1 --model llama-8b --port 9000",
+    "install": "chirond install --print",
+}
+CHIRON_EXAMPLES = {
+    "": "chiron status",
+    "profile": "chiron profile llama-3.1-8b_a100-80gb_tp1 --tpot-slo-s 0.1",
+    "load": "chiron load --url http://127.0.0.1:8000/v1 --duration-s 60 --rate 5",
+    "batch": "chiron batch submit prompts.jsonl --model llama-8b --wait",
+    "batch submit": "chiron batch submit prompts.jsonl --model llama-8b --window 24h --wait",
+    "batch list": "chiron batch list --json | jq -r '.[].id'",
+    "batch status": "chiron batch status batch_abc123",
+    "batch cancel": "chiron batch cancel batch_abc123",
+    "batch results": "chiron batch results batch_abc123 --out results.jsonl",
+    "token": "export OPENAI_API_KEY=$(chiron token)\nchiron token --list --json",
+    "usage": "chiron usage --all --since 2026-11-01 --by account --format csv > gpu-hours.csv",
+    "status": "chiron status --json | jq '.models'",
+    "admin": "chiron admin limits llama-70b --max-instances 0",
+    "admin drain": "chiron admin drain 7",
+    "admin limits": "chiron admin limits llama-70b --max-instances 0",
+}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -121,17 +151,23 @@ def _profile(args: argparse.Namespace) -> int:
         return 2
     ctx = args.input_tokens + args.output_tokens / 2
     kv_max = prof.max_batch_for_kv(ctx)
+    sizes = [b for b in sorted({1, 8, 16, 32, 64, 128, 192, 256, kv_max, prof.max_num_seqs}) if b <= prof.max_num_seqs]
+    if args.json:
+        steps = {b: prof.step_s(b, b * ctx) for b in sizes}
+        rows = [{"batch": b, "step_ms": s * 1000, "output_tokens_per_s": b / s,
+                 "meets_tpot_slo": None if args.tpot_slo_s is None else s <= args.tpot_slo_s} for b, s in steps.items()]
+        print(json.dumps({"profile": prof.name, "model": prof.model, "gpus": prof.gpus, "mean_context": ctx,
+                          "kv_capacity_tokens": prof.kv_capacity_tokens, "kv_max_batch": kv_max,
+                          "cold_start_s": prof.cold_start_s, "rows": rows}, indent=2))
+        return 0
     t = Table(title=f"{prof.name}: {prof.model} on {prof.tensor_parallel}x {prof.gpu}, mean context {ctx:.0f}")
     for col in ("batch", "step ms", "TPOT ms (no prefill)", "output tok/s", "meets TPOT SLO"):
         t.add_column(col, justify="right")
-    sizes = sorted({1, 8, 16, 32, 64, 128, 192, 256, kv_max, prof.max_num_seqs})
     for b in sizes:
-        if b > prof.max_num_seqs:
-            continue
         step = prof.step_s(b, b * ctx)
         ok = "" if args.tpot_slo_s is None else ("yes" if step <= args.tpot_slo_s else "no")
         t.add_row(str(b), f"{step * 1000:.1f}", f"{step * 1000:.1f}", f"{b / step:,.0f}", ok)
-    console = Console()
+    console = cli_console()
     console.print(t)
     console.print(
         f"prefill {prof.prefill_ms_per_token} ms/token + {prof.attn_ms_per_1m_pairs} ms per 1M (token, context) "
@@ -144,6 +180,11 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def chirond_main(argv: list[str] | None = None) -> int:
+    args = chirond_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def chirond_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="chirond",
         description="SLO-aware autoscaler and OpenAI-compatible gateway for LLM inference on Slurm.",
@@ -220,11 +261,16 @@ def chirond_main(argv: list[str] | None = None) -> int:
     from chirond import install_cli
 
     install_cli.add_parser(sub)
-    args = ap.parse_args(argv)
-    return int(args.func(args))
+    add_examples(ap, CHIROND_EXAMPLES)
+    return ap
 
 
 def chiron_main(argv: list[str] | None = None) -> int:
+    args = chiron_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def chiron_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chiron", description="chirond's user and admin tool.")
     ap.add_argument("--version", action="version", version=f"chiron {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -236,6 +282,7 @@ def chiron_main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-tokens", type=float, default=1024, help="mean prompt length (default 1024)")
     p.add_argument("--output-tokens", type=float, default=256, help="mean output length (default 256)")
     p.add_argument("--tpot-slo-s", type=float, default=None, help="mark the batch sizes that meet this TPOT")
+    add_json_arg(p)
     p.set_defaults(func=_profile)
 
     from chirond import loadgen
@@ -249,8 +296,8 @@ def chiron_main(argv: list[str] | None = None) -> int:
 
     batch_cli.add_parsers(sub)
     control_cli.add_parsers(sub)
-    args = ap.parse_args(argv)
-    return int(args.func(args))
+    add_examples(ap, CHIRON_EXAMPLES)
+    return ap
 
 
 if __name__ == "__main__":

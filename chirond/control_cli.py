@@ -37,9 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+
+from chirond.cli_common import add_json_arg, console
 
 DEFAULT_SOCKET = "/run/chirond/control.sock"
 MAX_REPLY_BYTES = 16 * 2**20
@@ -284,12 +286,15 @@ def _token(args: argparse.Namespace) -> int:
     who = {"user": args.user} if args.user else {}
     if args.list:
         out = call(args.socket, "keys", **who)
+        if args.json:
+            print(json.dumps(out, indent=2))
+            return 0
         t = Table(title=f"API keys of {out['user']}", title_justify="left")
         for col in ("prefix", "created", "last used"):
             t.add_column(col)
         for k in out["keys"]:
             t.add_row(escape(k["prefix"]) + "…", _when(k["created"]), _when(k["last_used"]))
-        Console().print(t)
+        console().print(t)
         return 0
     if args.revoke is not None:
         prefix = None if args.revoke == _ALL else args.revoke.rstrip("…")
@@ -311,13 +316,55 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    out = call(args.socket, "usage", days=args.days, **({"all": True} if args.all else {}))
+    from chirond import usage_report as ur
+
+    days = args.days
+    if args.since is not None:
+        try:
+            days = ur.days_since(args.since)
+        except ValueError as e:
+            raise ControlError(f"--since: {e} (expected YYYY-MM-DD, UTC)") from None
+    fmt = "json" if args.json else args.format
+    out = call(args.socket, "usage", days=days, **({"all": True} if args.all else {}))
+    rows: list[dict[str, Any]] = out["rows"]
+    columns: tuple[str, ...]
+    if args.by == "account":
+        accounts = ur.slurm_accounts()
+        if args.account_map:
+            try:
+                fallback = ur.read_account_map(Path(args.account_map))
+            except (OSError, ValueError) as e:
+                raise ControlError(f"--account-map: {e}") from None
+            accounts = {**fallback, **accounts}  # Slurm's accounting wins where it knows the user
+        report, columns = ur.by_account(rows, accounts), ur.ACCOUNT_COLUMNS
+    else:
+        report, columns = ur.user_rows(rows), ur.COLUMNS
+    if fmt == "json":
+        print(json.dumps({"user": out.get("user"), "days": out["days"], "by": args.by, "rows": report}, indent=2))
+        return 0
+    if fmt == "csv":
+        sys.stdout.write(ur.to_csv(report, columns))
+        return 0
     who = "all users" if out.get("user") is None else str(out["user"])
-    if not out["rows"]:
+    if not rows:
         print(f"no usage by {who} in the last {out['days']} day(s)")
         return 0
-    Console().print(usage_table(out["rows"], f"usage of {who}, last {out['days']} day(s) (UTC days)"))
+    title = f"usage of {who}, last {out['days']} day(s) (UTC days)"
+    if args.by == "account":
+        console().print(account_table(report, title + ", per Slurm account"))
+    else:
+        console().print(usage_table(rows, title))
     return 0
+
+
+def account_table(rows: list[dict[str, Any]], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("account", "model", "users", "requests", "tokens in", "tokens out", "GPU-hours"):
+        t.add_column(col, justify="left" if col in ("account", "model") else "right")
+    for r in rows:
+        t.add_row(escape(r["account"]), escape(r["model"]), _n(r["users"]), _n(r["requests"]), _n(r["tokens_in"]),
+                  _n(r["tokens_out"]), f"{r['gpu_hours']:.3f}")
+    return t
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -325,8 +372,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        # Into a file or pipe rich would assume 80 columns, too narrow for this table.
-        Console(width=None if sys.stdout.isatty() else 160).print(status_renderable(out))
+        console().print(status_renderable(out))
     return 0
 
 
@@ -402,12 +448,23 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--list", action="store_true", help="list your keys (prefix, created, last used)")
     p.add_argument("--save", action="store_true", help="also write the key to ~/.config/chirond/key (mode 0600)")
     p.add_argument("--user", help="admins: act for this user instead")
+    add_json_arg(p)
     _socket_arg(p)
     p.set_defaults(func=_run(_token))
 
-    p = sub.add_parser("usage", help="tokens and GPU time you used (admins: everyone's)")
+    p = sub.add_parser("usage", help="tokens and GPU time you used (admins: everyone's), per user or Slurm account",
+                       description="Tokens and GPU time per user and model, from the daemon's accounting (UTC "
+                       "days). --by account charges each user's share to their Slurm account: the default "
+                       "account sacctmgr knows, else the --account-map file's (lines 'USER ACCOUNT').")
     p.add_argument("--all", action="store_true", help="admins: every user")
-    p.add_argument("--days", type=int, default=30, help="the last N UTC days, today included (default 30)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--days", type=int, default=30, help="the last N UTC days, today included (default 30)")
+    when.add_argument("--since", metavar="YYYY-MM-DD", help="from this UTC day to today, both included")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default table)")
+    add_json_arg(p)
+    p.add_argument("--by", choices=("user", "account"), default="user", help="roll up per user (default) or account")
+    p.add_argument("--account-map", metavar="FILE", default=os.environ.get("CHIRON_ACCOUNT_MAP"),
+                   help="USER ACCOUNT lines for users Slurm's accounting does not know (default $CHIRON_ACCOUNT_MAP)")
     _socket_arg(p)
     p.set_defaults(func=_run(_usage))
 

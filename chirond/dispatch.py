@@ -333,15 +333,16 @@ class Dispatcher:
     ) -> Slot | None:
         # The batch request dispatched last on the busiest mixed instance loses the least work.
         best: Slot | None = None
+        best_rid = 0
         for s in slots:
             if not s.routable or not s.batch or not (shared or s.pool is Pool.MIXED):
                 continue
-            if best is None or len(s.batch) > len(best.batch):
-                best = s
+            rid = next((k for k in reversed(s.batch) if s.batch[k].preemptible), None)
+            if rid is not None and (best is None or len(s.batch) > len(best.batch)):
+                best, best_rid = s, rid
         if best is None:
             return None
-        rid = next(reversed(best.batch))
-        victim = best.batch.pop(rid)
+        victim = best.batch.pop(best_rid)
         victim.preempted += 1
         self.evictions += 1
         self.requeue(victim)

@@ -169,6 +169,7 @@ class Fleet:
         assert isinstance(inst, DaemonInstance)
         if inst.ready_at is None and inst.running_since is not None and reason.startswith("not healthy"):
             self.start_failures[inst.model].append(self.clock())  # the lifecycle's health timeout
+            self.metrics.start_failures.labels(inst.model).inc()
         self.gateway.instance_lost(inst.id)  # whatever still runs there goes back to the queues
         log.info("instance %d (%s) stopping: %s", inst.id, inst.model, reason)
         if inst.job_id is not None:  # else the submission cancels it once the backend took it
@@ -187,6 +188,7 @@ class Fleet:
         except BackendError as e:
             self.control.refused(inst)
             self.refusals[inst.model] = str(e)
+            self.metrics.launch_refusals.labels(inst.model).inc()
             log.warning("launch of a %s instance refused: %s", inst.model, e)
             return
         except Exception:  # no record may stay without a job: it would count against max_instances
@@ -245,6 +247,7 @@ class Fleet:
     def _end(self, inst: DaemonInstance, now: float, reason: str) -> None:
         if inst.ready_at is None and inst.cancel_sent_at is None:
             self.start_failures[inst.model].append(now)  # died before it ever served
+            self.metrics.start_failures.labels(inst.model).inc()
         failed = self.control.ended(inst, now)
         lost = self._release(inst)
         if failed:

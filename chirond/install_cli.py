@@ -11,8 +11,6 @@ import shutil
 from chirond import __version__, bundled
 from chirond.profiles import available_profiles
 
-EXAMPLE = "chirond install --print"
-
 
 def where() -> dict[str, object]:
     return {
@@ -49,9 +47,7 @@ def main(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("install", help="show where the example config, the unit, scenarios and profiles are",
                        description="Print where this installation keeps the files a site copies out, and "
-                                   "the commands that install them. Changes nothing.",
-                       epilog=f"example:\n  {EXAMPLE}\n  chirond install --print --json | jq -r .systemd_unit",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "the commands that install them. Changes nothing.")
     p.add_argument("--print", action="store_true", required=True, help="print the paths (the only mode)")
     p.add_argument("--json", action="store_true", help="as one JSON object")
     p.set_defaults(func=main)

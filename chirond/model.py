@@ -61,6 +61,7 @@ class Request:
     first_token: float | None = None
     finish: float | None = None
     preempted: int = 0  # times its work was thrown away (proxy preemption or instance loss)
+    preemptible: bool = True  # False: never evicted for interactive work (an unstreamed pass-through)
     instance: int | None = None
 
     @property

@@ -55,7 +55,7 @@ sys.exit("error: chirond did not become live within 90 s; see out/demo/chirond.l
 EOF
 rc=0
 # shellcheck disable=SC2086
-.venv/bin/chiron load --base-url "$url/v1" --model llama-8b --duration-s 90 --rate 12 \
+.venv/bin/chiron load --url "$url/v1" --model llama-8b --duration-s 90 --rate 12 \
   --batch-requests 300 --batch-concurrency 64 --json-out out/demo/load.json ${DEMO_ARGS:-} || rc=$?
 echo
 # The Batch API: 400 prompts as one file, run on the capacity the interactive load leaves, results

@@ -119,6 +119,11 @@ def parse_generate(body: object, *, chat: bool, served_model: str, header_reques
         raise _bad(f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.",
                    "min_tokens")
     stream = _opt_bool(body, "stream")
+    prompt_logprobs = body.get("prompt_logprobs")
+    if stream and isinstance(prompt_logprobs, int) and (prompt_logprobs > 0 or prompt_logprobs == -1):
+        raise _bad("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
+    if stream and not chat and body.get("use_beam_search"):
+        raise _bad("Streaming is not currently supported with beam search", None)
     opts = body.get("stream_options")
     if opts is not None:
         if not isinstance(opts, dict):

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chirond.batch_cli import resolve_url_key
+from chirond.cli_common import DEFAULT_URL, add_endpoint_args
 from chirond.loadgen.workload import DEFAULT_MIX, parse_mix
 from chirond.model import Slo
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "data" / "azure2023_conv.csv"
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_BASE_URL = DEFAULT_URL
 DEFAULT_SLO = Slo(ttft_s=1.0, tpot_s=0.1)
 
 DESCRIPTION = """\
@@ -90,9 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     g = p.add_argument_group("endpoint")
-    g.add_argument("--base-url", metavar="URL", default=DEFAULT_BASE_URL,
-                   help=f"OpenAI-compatible base URL, up to /v1 (default {DEFAULT_BASE_URL})")
-    g.add_argument("--api-key", metavar="KEY", help="bearer key (default: $OPENAI_API_KEY, else 'none')")
+    add_endpoint_args(g, old_url_flag="--base-url")  # the same flags and variables as `chiron batch`
     g.add_argument("--model", metavar="NAME", help="model to ask for (default: the first one GET /models lists)")
 
     g = p.add_argument_group("workload")
@@ -170,9 +169,10 @@ class LoadConfig:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     rate = args.rate if args.rate is not None or args.rate_scale is not None else 5.0
+    url, key = resolve_url_key(args.url, args.api_key)  # as `chiron batch` does
     return LoadConfig(
-        base_url=args.base_url.rstrip("/"),
-        api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "none",
+        base_url=url,
+        api_key=key,
         model=args.model,
         trace=args.trace or DEFAULT_TRACE,
         trace_start_s=args.trace_start_s,

@@ -79,7 +79,8 @@ class _ClientGone(Exception):
 
 @dataclass
 class _Outcome:
-    kind: str  # "done" | "retry" (nothing reached the upstream client yet) | "broken" | "error"
+    kind: str  # "done" | "whole" (an unstreamed answer, in upstream_body) | "retry" (nothing reached the
+    # upstream client yet) | "broken" | "error"
     error: oa.ApiError | None = None
     upstream_status: int = 0
     upstream_body: bytes = b""
@@ -173,7 +174,7 @@ class ProxyApi:
         """The aiohttp application; `more_routes` add their routes (the Files and Batches API)."""
         limit = self.api.max_body_bytes
         app = web.Application(client_max_size=limit, middlewares=[error_middleware(limit)])
-        request_id.install(app)  # outermost: ids and the access line for every answer, errors too
+        request_id.install(app, self._answered)  # outermost: ids and the access line for every answer, errors too
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -184,6 +185,11 @@ class ProxyApi:
         return app
 
     # ---------------------------------------------------------------- plumbing
+
+    def _answered(self, fields: dict[str, Any]) -> None:
+        code = fields.get("error_code")
+        if code is not None:
+            self.metrics.http_errors.labels(str(code)).inc()
 
     def authenticate(self, request: web.Request) -> str:
         """The caller's name (the key's name), or raise 401."""
@@ -242,6 +248,7 @@ class ProxyApi:
         req = self.gateway.new_request(
             parsed.model, cls, parsed.input_tokens, parsed.max_tokens or 0, self.api.batch_deadline_s
         )
+        req.preemptible = not parsed.passthrough
         client = _ClientSide(request, parsed)
         try:
             return await self._run(self.gateway.admit(req), client, user)
@@ -257,6 +264,7 @@ class ProxyApi:
             return e.status, json.dumps(e.body()).encode()
         req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.max_tokens or 0, None)
         req.deadline = deadline
+        req.preemptible = not parsed.passthrough
         try:
             resp = await self._run(self.gateway.admit(req), _ClientSide(None, parsed), user)
         except oa.ApiError as e:
@@ -325,6 +333,10 @@ class ProxyApi:
                 return await self._fail(client, oa.ApiError.upstream(f"instance {inst_id} was lost mid-stream"))
             if out.kind == "done":
                 return await self._done(job, client)
+            if out.kind == "whole":  # an unstreamed pass-through: vLLM's answer as it came
+                job.req.finish = self.clock()
+                return web.Response(body=out.upstream_body, status=200,
+                                    headers={"Content-Type": "application/json", **client.headers})
             if out.kind == "error":  # the engine refused the request (e.g. too long): that is the answer
                 if client.resp is not None:  # a stream opened while it waited: the answer as an error event
                     return await self._fail(client, _upstream_error(out.upstream_status, out.upstream_body))
@@ -393,6 +405,7 @@ class ProxyApi:
         """The documented timing headers, once the job has its first slot."""
         r = job.req
         queued = max(0.0, (r.dispatched if r.dispatched is not None else self.clock()) - r.arrival)
+        self.metrics.queue_wait.labels(r.model, r.cls.value).observe(queued)
         client.headers[QUEUE_HEADER] = f"{queued:.3f}"
         client.headers[START_HEADER] = f"{queued if job.extra.get('cold') else 0.0:.3f}"
 
@@ -420,6 +433,8 @@ class ProxyApi:
                     if up.status >= 500 or up.status in (401, 429):  # 401: it does not take our engine key
                         return _Outcome("retry", oa.ApiError.upstream(f"instance answered {up.status}"))
                     return _Outcome("error", upstream_status=up.status, upstream_body=data)
+                if parsed.passthrough:
+                    return await self._whole(job, up)
                 parser = oa.SseParser()
                 done = False
                 async for data in up.content.iter_any():
@@ -455,6 +470,19 @@ class ProxyApi:
             return _Outcome(kind, oa.ApiError.upstream(f"instance connection failed: {e.__class__.__name__}"))
         except oa.ApiError as e:  # garbage from the instance
             return _Outcome("broken" if client.started else "retry", e)
+
+    async def _whole(self, job: Job, up: aiohttp.ClientResponse) -> _Outcome:
+        """An unstreamed answer, read whole; its first token is its last (no TTFT of its own)."""
+        data = await up.read()
+        try:
+            usage = json.loads(data).get("usage") or {}
+            job.req.output_tokens = int(usage.get("completion_tokens") or 0)
+        except (ValueError, AttributeError, TypeError):
+            return _Outcome("retry", oa.ApiError.upstream("the instance's answer is not JSON"))
+        if job.req.first_token is None:
+            job.req.first_token = self.clock()
+            self.hooks.on_first_token(job)
+        return _Outcome("whole", upstream_body=data)
 
     async def _done(self, job: Job, client: _ClientSide) -> web.StreamResponse:
         job.req.finish = self.clock()

@@ -21,6 +21,14 @@ BATCH_HEADER_VALUES = frozenset({"batch", "flex"})
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
+def unstreamable(endpoint: str, body: Json) -> bool:
+    """Whether vLLM 0.33 refuses to stream this request, though it serves it unstreamed:
+    `prompt_logprobs` other than 0 (both endpoints), `use_beam_search` on completions."""
+    if body.get("prompt_logprobs") not in (None, 0, False):
+        return True
+    return endpoint == "completions" and body.get("use_beam_search") not in (None, False)
+
+
 @dataclass(slots=True)
 class ParsedRequest:
     endpoint: str  # "chat" | "completions"
@@ -32,6 +40,9 @@ class ParsedRequest:
     max_tokens: int | None  # effective output cap: max_completion_tokens or max_tokens; 16 for completions
     # when absent (vLLM's default); None = up to the context limit (chat)
     service_tier: str | None
+    # Sent upstream unstreamed and relayed whole: a non-streaming request vLLM refuses to stream
+    # (`prompt_logprobs`; `use_beam_search`). Not preemptible, no TTFT of its own (docs/serving.md).
+    passthrough: bool = False
 
 
 def _show(value: object) -> str:
@@ -216,7 +227,8 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     else:
         input_tokens = count_prompt(_check_prompt(body))
         cap = max_tokens if max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier)
+    passthrough = not stream and unstreamable(endpoint, body)
+    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier, passthrough)
 
 
 def request_class(parsed: ParsedRequest, header_value: str | None) -> ReqClass:

@@ -20,6 +20,10 @@ def _upstream_dict(parsed: ParsedRequest, served_name: str, priority: int | None
     body = dict(parsed.body)
     body.pop("service_tier", None)  # vLLM ignores it; the proxy has acted on it
     body["model"] = served_name
+    if parsed.passthrough:  # unstreamed, as the client sent it: vLLM cannot stream it
+        if priority is not None:
+            body["priority"] = priority
+        return body
     body["stream"] = True
     opts = body.get("stream_options")
     opts = dict(opts) if isinstance(opts, dict) else {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import datetime
 import io
 import json
 import os
@@ -279,6 +281,33 @@ async def test_usage_is_per_user(server: Server, unix_users: dict[str, pwd.struc
     assert r["rc"] == 2 and "only chirond admins may see everyone's usage" in r["err"]
     r = await as_user(ALICE, cli(server.sock, "usage", "--all"))
     assert r["rc"] == 0 and ALICE in r["out"] and BOB in r["out"] and "1,234" in r["out"] and "total" in r["out"]
+
+
+@needs_root
+async def test_usage_exports_csv_and_json_per_user_and_per_account(
+    server: Server, unix_users: dict[str, pwd.struct_passwd], world_dir: Path
+) -> None:
+    server.store.add_usage(ALICE, "llama-8b", 1234, 567, 7200.0)
+    server.store.add_usage(BOB, "llama-70b", 89, 10, 36.0)
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    r = await as_user(ALICE, cli(server.sock, "usage", "--all", "--since", today, "--format", "csv"))
+    assert r["rc"] == 0, r
+    rows = list(csv.DictReader(io.StringIO(r["out"])))
+    assert [(x["user"], x["model"], x["tokens_in"], float(x["gpu_hours"])) for x in rows] == [
+        (ALICE, "llama-8b", "1234", 2.0), (BOB, "llama-70b", "89", 0.01)]
+    r = await as_user(ALICE, cli(server.sock, "usage", "--all", "--json"))
+    assert r["rc"] == 0 and [x["requests"] for x in json.loads(r["out"])["rows"]] == [1, 1]
+    # Per Slurm account: nobody here is in Slurm's accounting, so the map decides; bob is in none.
+    amap = world_dir / "accounts"
+    amap.write_text(f"# user account\n{ALICE} proj-alpha\n")
+    amap.chmod(0o644)
+    r = await as_user(ALICE, cli(server.sock, "usage", "--all", "--by", "account", "--account-map", str(amap),
+                                 "--format", "json"))
+    assert r["rc"] == 0, r
+    got = {(x["account"], x["model"]): (x["users"], x["gpu_hours"]) for x in json.loads(r["out"])["rows"]}
+    assert got == {("proj-alpha", "llama-8b"): (1, 2.0), ("(unmapped)", "llama-70b"): (1, 0.01)}
+    r = await as_user(ALICE, cli(server.sock, "usage", "--since", "2999-01-01"))
+    assert r["rc"] == 2 and "in the future" in r["err"]
 
 
 @needs_root

@@ -78,3 +78,23 @@ async def test_engines_take_only_chironds_key(daemon_factory: Any, tmp_path: Pat
     r2 = await c.chat.completions.create(model="llama-8b", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert r2.choices[0].message.content
     await c.close()
+
+
+async def test_requests_vllm_cannot_stream_go_upstream_unstreamed(daemon_factory: Any) -> None:
+    """chirond streams from engines, but vLLM refuses to stream `prompt_logprobs` and beam search on
+    completions (fake-vllm refuses the same): a non-streaming client's request goes through as sent."""
+    d: Daemon = await daemon_factory()
+    c = client(d)
+    r = await c.completions.create(model=MODEL, prompt="hi", max_tokens=3, extra_body={"prompt_logprobs": 1})
+    assert r.usage is not None and r.usage.completion_tokens == len(r.choices[0].text.split())
+    r = await c.completions.create(model=MODEL, prompt="hi", max_tokens=3, extra_body={"use_beam_search": True})
+    assert r.choices[0].text
+    msgs = [{"role": "user", "content": "hi"}]
+    rc = await c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3,  # type: ignore[arg-type]
+                                         extra_body={"prompt_logprobs": -1})
+    assert rc.choices[0].message.content
+    # A streaming client asked for what vLLM cannot stream: vLLM's own 400 reaches it.
+    with pytest.raises(openai.BadRequestError, match="prompt_logprobs"):
+        await c.completions.create(model=MODEL, prompt="hi", max_tokens=3, stream=True,
+                                   extra_body={"prompt_logprobs": 1})
+    await c.close()

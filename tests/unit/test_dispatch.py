@@ -185,6 +185,22 @@ def test_no_eviction_without_preempt_batch() -> None:
     assert d.evictions == 0 and d.queued(M) == (1, 0)
 
 
+def test_an_unpreemptible_batch_request_is_passed_over() -> None:
+    """An unstreamed pass-through cannot be resumed: the eviction takes the next most recent one."""
+    d = make()
+    bs = _mixed_full_of_batch(d)
+    bs[2].preemptible = False
+    r = inter(5.0)
+    d.enqueue(r)
+    assert d.dispatch(M, 5.0) == ([r], [(bs[1], 1)])
+    d2 = make()
+    for b in _mixed_full_of_batch(d2):
+        b.preemptible = False
+    r2 = inter(5.0)
+    d2.enqueue(r2)
+    assert d2.dispatch(M, 5.0) == ([], [])  # only unpreemptible batch work: the interactive one waits
+
+
 def test_batch_pool_work_is_not_evicted() -> None:
     d = make()
     d.add_instance(1, M, Pool.BATCH, cap=2)
