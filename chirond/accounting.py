@@ -91,6 +91,8 @@ class Accounting:
             if outcome == "error":
                 self.metrics.finished(r.model, r.cls.value, False)
             return
+        if r.finish is not None:
+            self.metrics.e2e.labels(r.model, r.cls.value).observe(r.finish - r.arrival)
         if r.cls is ReqClass.INTERACTIVE:
             self.metrics.tpot.labels(r.model, r.cls.value).observe(r.tpot or 0.0)
         self.control.obs.completed(r, self.instances.get(r.instance) if r.instance is not None else None)

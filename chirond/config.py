@@ -262,7 +262,7 @@ SLURM_KEYS = _keys(SlurmBackendConfig, "ssh")  # plain keys; the [backend.slurm.
 SSH_KEYS = _keys(SshConfig)
 MODEL_KEYS = _keys(ModelConfig, "name", "profile_path")  # `profile` is the profile's path in the file
 SLO_KEYS = _keys(Slo)
-BATCH_KEYS = _keys(BatchLimits, "endpoints")
+BATCH_KEYS = _keys(BatchLimits, "endpoints", "max_line_bytes")  # max_line_bytes: api.max_body_bytes
 
 
 # ---------------------------------------------------------------- sections
@@ -687,7 +687,8 @@ def load_config(path: str | Path, warn: Callable[[str], None] | None = None) -> 
 
 def load_keys(path: Path) -> dict[str, str]:
     """API keys: one "KEY [NAME]" a line; '#' starts a comment, blank lines are skipped. Returns
-    key -> name (a key without a name is named "key..LAST4"). A key shorter than 16 characters, with
+    key -> name (a key without a name is named "keys-file-line-N": nothing of the key itself, since
+    names appear on the unauthenticated /metrics). A key shorter than 16 characters, with
     characters a bearer token cannot carry, or seen twice is a ConfigError "FILE:LINE: reason"
     (the message never shows the key)."""
     path = Path(path)
@@ -715,5 +716,5 @@ def load_keys(path: Path) -> dict[str, str]:
         if key in first_line:
             raise ConfigError(f"{path}:{n}: duplicate key (first on line {first_line[key]})")
         first_line[key] = n
-        keys[key] = words[1] if len(words) == 2 else f"key..{key[-4:]}"
+        keys[key] = words[1] if len(words) == 2 else f"keys-file-line-{n}"
     return keys

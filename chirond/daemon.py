@@ -165,8 +165,22 @@ class Daemon:
         state = "serving" if self.api.accepting else f"draining, {len(self.gateway.jobs)} request(s) in flight"
         self.notifier.status(f"{state}; tick {self.ticks}: {line.split(' | ')[0]}")
         set_gauges(self.metrics, self.cfg, self.instances.values(), self.dispatcher)
+        self._set_ops_gauges()
         self.users.flush()
         self.metrics.tick.observe(time.perf_counter() - t0)
+
+    def _set_ops_gauges(self) -> None:
+        """What the alert rules watch: the loop's heartbeat, batch work against its deadlines, SSH."""
+        m, now = self.metrics, self.clock()
+        m.last_tick.set(time.time())
+        for model in self.cfg.models:
+            groups, lines = self._backlog(model, now)
+            m.batch_backlog.labels(model).set(lines)
+            m.batch_deadline.labels(model).set(
+                (groups[0].deadline - now) / self.clock.speedup if groups else float("inf"))
+        ssh = self.fleet.ssh
+        if ssh is not None:
+            m.ssh_up.labels(ssh.target).set(1 if ssh.connected else 0)
 
     # ---------------------------------------------------------------- what the parts ask of the whole
 

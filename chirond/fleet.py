@@ -28,7 +28,7 @@ from chirond.control.snapshot import Backlog, ModelSpec
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_command, startup_s
 from chirond.metrics import Metrics
-from chirond.model import EngineArgs, Launch, Pool, ReqClass, Snapshot
+from chirond.model import EngineArgs, Launch, Pool, Request, Snapshot
 from chirond.policy.base import Policy
 from chirond.serve.gateway import Gateway
 from chirond.serve.unavailable import Unavailable, why_unavailable
@@ -169,6 +169,7 @@ class Fleet:
         assert isinstance(inst, DaemonInstance)
         if inst.ready_at is None and inst.running_since is not None and reason.startswith("not healthy"):
             self.start_failures[inst.model].append(self.clock())  # the lifecycle's health timeout
+            self.metrics.start_failures.labels(inst.model).inc()
         self.gateway.instance_lost(inst.id)  # whatever still runs there goes back to the queues
         log.info("instance %d (%s) stopping: %s", inst.id, inst.model, reason)
         if inst.job_id is not None:  # else the submission cancels it once the backend took it
@@ -187,6 +188,7 @@ class Fleet:
         except BackendError as e:
             self.control.refused(inst)
             self.refusals[inst.model] = str(e)
+            self.metrics.launch_refusals.labels(inst.model).inc()
             log.warning("launch of a %s instance refused: %s", inst.model, e)
             return
         except Exception:  # no record may stay without a job: it would count against max_instances
@@ -245,6 +247,7 @@ class Fleet:
     def _end(self, inst: DaemonInstance, now: float, reason: str) -> None:
         if inst.ready_at is None and inst.cancel_sent_at is None:
             self.start_failures[inst.model].append(now)  # died before it ever served
+            self.metrics.start_failures.labels(inst.model).inc()
         failed = self.control.ended(inst, now)
         lost = self._release(inst)
         if failed:
@@ -372,10 +375,11 @@ class Fleet:
         recent = len(failures)
         return why_unavailable(model, self.control.specs[model].max_instances, ready, self.refusals.get(model), recent)
 
-    def upstream_priority(self, inst_id: int, cls: ReqClass) -> int | None:
-        """vLLM's per-request priority, where the instance's engine runs priority scheduling."""
+    def upstream_priority(self, inst_id: int, req: Request) -> int | None:
+        """vLLM's per-request priority (the dispatcher's), where the instance's engine runs
+        priority scheduling."""
         inst = self.instances.get(inst_id)
         if inst is None or not inst.args.priority:
             return None
-        return 0 if cls is ReqClass.INTERACTIVE else 1
+        return req.priority
 

@@ -21,6 +21,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get install -y -qq systemd >/dev/null || echo "warning: could not install systemd; unit checks skip"
 fi
+# Debian's Prometheus runs the dashboard and alert-rule checks (tests/component/test_prometheus.py).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || echo "warning: could not install prometheus; tests/component/test_prometheus.py will fail"
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 set +e

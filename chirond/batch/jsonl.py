@@ -49,8 +49,7 @@ def check_line(raw: bytes, lineno: int, endpoint: str, models: Collection[str]) 
         raise LineError("missing_required_parameter", f"{where}: 'body.model' must be a non-empty string", cid)
     if model not in models:
         raise LineError("model_not_found", f"{where}: model {model!r} is not served here", cid)
-    if body.get("stream"):
-        raise LineError("invalid_request", f"{where}: 'body.stream' is not supported in a batch", cid)
+    # 'stream' is accepted and ignored (docs/batch.md): each answer is one whole body.
     if endpoint == "/v1/chat/completions":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):

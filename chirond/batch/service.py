@@ -45,7 +45,8 @@ class BatchService:
         self.cfg = cfg
         self.api = api
         self.dispatcher = dispatcher
-        self.store = BatchStore(db or Database(db_path(state)), state / "files", cfg.batch, list(cfg.models))
+        limits = replace(cfg.batch, max_line_bytes=cfg.api.max_body_bytes)  # a line is a request body
+        self.store = BatchStore(db or Database(db_path(state)), state / "files", limits, list(cfg.models))
         self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
         self._stored: dict[str, list[tuple[float, int, int]]] = {}  # the store's backlog per model
         self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines)

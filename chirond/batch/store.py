@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -80,6 +80,7 @@ class BatchLimits:
     deadline_bucket_s: float = 300.0  # deadlines within one bucket count as equal (fair share)
     drr_quantum_tokens: int = 4096  # deficit round-robin quantum between users
     endpoints: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    max_line_bytes: int = 4 * 2**20  # a line longer than a request body may be (api.max_body_bytes)
 
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
@@ -156,6 +157,8 @@ class _Batch:
     leased: int = 0
     input_file_id: str = ""  # its lines are read from this file (off, len) when leased
     file_lines: int = 0  # lines of its input file: what it will queue, counted while it validates
+    validated: bool = True  # its lines are rows; False from creation until validation ends (even if
+    # it is cancelled meanwhile: a cancelled batch still reports every line, in its error file)
 
 
 _Row = tuple[int, str, int, bytes]  # rowid, custom_id, tokens, the line's bytes
@@ -231,6 +234,19 @@ def _read_lines(path: Path, rows: list[tuple[int, str, int, int, int]]) -> list[
             f.seek(r[3])
             out.append((r[0], r[1], r[2], f.read(r[4])))
         return out
+
+
+def _bounded_lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes | None, int]]:
+    """(line, its length) for each line of `f`; (None, length) for a line over `limit` bytes,
+    which is skipped a bounded chunk at a time instead of being read whole."""
+    while raw := f.readline(limit + 1):
+        if len(raw) <= limit or raw.endswith(b"\n"):  # whole: at most `limit` bytes before its newline
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n") and (raw := f.readline(1 << 20)):
+            size += len(raw)
+        yield None, size
 
 
 def _new_id(prefix: str) -> str:
@@ -429,15 +445,17 @@ class BatchStore:
     def _load(self) -> None:
         marks = ",".join("?" * len(ACTIVE))
         rows = self._db.execute(
-            f"SELECT bkey, id, user, endpoint, expires_at, status, target, total, completed + failed, input_file_id "
-            f"FROM batch_batches WHERE status IN ({marks}) ORDER BY bkey",
+            f"SELECT bkey, id, user, endpoint, expires_at, status, target, total, completed + failed, input_file_id, "
+            f"in_progress_at FROM batch_batches WHERE status IN ({marks}) ORDER BY bkey",
             ACTIVE,
         ).fetchall()
         sizes = dict(self._db.execute("SELECT id, lines FROM batch_files").fetchall())
-        for bkey, bid, user, endpoint, deadline, status, target, total, done, fid in rows:
+        for bkey, bid, user, endpoint, deadline, status, target, total, done, fid, started in rows:
+            # Validation sets in_progress_at, also for a batch cancelled while it validated.
+            validated = target is not None or (status != "validating" and (started is not None or total > 0))
             self._batches[bid] = _Batch(
                 bkey, bid, user, endpoint, deadline, status, target, total, done, input_file_id=fid,
-                file_lines=int(sizes.get(fid, 0)),
+                file_lines=int(sizes.get(fid, 0)), validated=validated,
             )
         by_key = {b.bkey: b for b in self._batches.values() if b.status == "in_progress" and b.target is None}
         for bkey, model, n, tokens, first in self._db.execute(
@@ -626,6 +644,7 @@ class BatchStore:
                 0,
                 input_file_id=input_file_id,
                 file_lines=int(frow[5]),
+                validated=False,
             )
             return self._batch_dict(self._batch_row(bid))
 
@@ -677,8 +696,9 @@ class BatchStore:
         return [self._batch_dict(r) for r in rows[:limit]], len(rows) > limit
 
     def pending_validation(self) -> list[str]:
+        """Batches whose lines are not rows yet (also cancelled ones: their lines must be reported)."""
         with self._lock:
-            return [b.id for b in self._batches.values() if b.status == "validating" and b.id not in self._validating]
+            return [b.id for b in self._batches.values() if not b.validated and b.id not in self._validating]
 
     def batch_status(self, batch_id: str) -> str:
         with self._lock:
@@ -713,7 +733,7 @@ class BatchStore:
         "validating" after a crash is validated again from scratch."""
         with self._lock:
             b = self._batches.get(batch_id)
-            if b is None or b.status != "validating" or batch_id in self._validating:
+            if b is None or b.validated or b.target is not None or batch_id in self._validating:
                 return self._batch_dict(self._batch_row(batch_id))
             self._validating.add(batch_id)
             input_file_id = self._batch_row(batch_id)[4]
@@ -742,13 +762,20 @@ class BatchStore:
                     seen: set[str] = set()
                     rows: list[tuple] = []
                     idx = off = 0
-                    for lineno, raw in enumerate(f, 1):
-                        at, off = off, off + len(raw)
-                        if not raw.strip():
+                    limit = self.limits.max_line_bytes
+                    for lineno, (raw, size) in enumerate(_bounded_lines(f, limit), 1):
+                        at, off = off, off + size
+                        if raw is not None and not raw.strip():
                             continue
                         rowid = base + idx
                         idx += 1
                         try:
+                            if raw is None:  # never held whole: a 50 MB line must not cost 500 MB to refuse
+                                raise LineError(
+                                    "line_too_large",
+                                    f"line {lineno}: {size} bytes, over this server's limit of {limit} bytes "
+                                    "(api.max_body_bytes)",
+                                )
                             cid, model, tokens = check_line(raw, lineno, b.endpoint, self.models)
                             if cid in seen:
                                 raise LineError(
@@ -770,7 +797,7 @@ class BatchStore:
                                     e.custom_id,
                                     0,
                                     at,
-                                    len(raw),
+                                    size,
                                     _result_line(e.custom_id, None, err),
                                 )
                             )
@@ -783,7 +810,7 @@ class BatchStore:
                             else:
                                 s[0] += 1
                                 s[1] += tokens
-                            rows.append((rowid, b.bkey, QUEUED, model, cid, tokens, at, len(raw), None))
+                            rows.append((rowid, b.bkey, QUEUED, model, cid, tokens, at, size, None))
                         if len(rows) >= INSERT_CHUNK:
                             self._insert(db, rows)
                             rows = []
@@ -813,7 +840,7 @@ class BatchStore:
                     "completed = 0 WHERE bkey = ?",
                     (status, now, doc, good + bad, bad, b.bkey),
                 )
-                b.status, b.total, b.done = status, good + bad, bad
+                b.status, b.total, b.done, b.validated = status, good + bad, bad, True
                 if failed:
                     del self._batches[b.id]
                 else:
@@ -824,7 +851,7 @@ class BatchStore:
                     "UPDATE batch_batches SET total = ?, failed = ?, completed = 0, in_progress_at = ? WHERE bkey = ?",
                     (good + bad, bad, now, b.bkey),
                 )
-                b.total, b.done = good + bad, bad
+                b.total, b.done, b.validated = good + bad, bad, True
             return self._batch_dict(self._batch_row(b.id))
 
     @staticmethod
@@ -1034,7 +1061,7 @@ class BatchStore:
                             target = "completed"
                         elif now >= b.deadline:
                             target = "expired"
-                    elif b.status == "cancelling" and b.leased == 0:
+                    elif b.status == "cancelling" and b.leased == 0 and b.validated:
                         target = "cancelled"
                     elif b.status == "validating" and now >= b.deadline:
                         target = "expired"

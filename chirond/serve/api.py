@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chirond.config import Config
 from chirond.metrics import Metrics
-from chirond.model import ReqClass
+from chirond.model import ReqClass, Request
 from chirond.serve import openai_api as oa
 from chirond.serve import request_id
 from chirond.serve.gateway import Gateway, Job
@@ -50,7 +50,7 @@ class Upstream(Protocol):
 
     def instance_failed(self, inst_id: int, reason: str) -> None: ...
 
-    def upstream_priority(self, inst_id: int, cls: ReqClass) -> int | None: ...
+    def upstream_priority(self, inst_id: int, req: Request) -> int | None: ...
 
     def unavailable(self, model: str) -> Unavailable | None: ...
 
@@ -174,7 +174,7 @@ class ProxyApi:
         """The aiohttp application; `more_routes` add their routes (the Files and Batches API)."""
         limit = self.api.max_body_bytes
         app = web.Application(client_max_size=limit, middlewares=[error_middleware(limit)])
-        request_id.install(app)  # outermost: ids and the access line for every answer, errors too
+        request_id.install(app, self._answered)  # outermost: ids and the access line for every answer, errors too
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -185,6 +185,11 @@ class ProxyApi:
         return app
 
     # ---------------------------------------------------------------- plumbing
+
+    def _answered(self, fields: dict[str, Any]) -> None:
+        code = fields.get("error_code")
+        if code is not None:
+            self.metrics.http_errors.labels(str(code)).inc()
 
     def authenticate(self, request: web.Request) -> str:
         """The caller's name (the key's name), or raise 401."""
@@ -311,7 +316,7 @@ class ProxyApi:
             if url is None:  # gone between dispatch and now
                 self.gateway.requeue(job)
                 continue
-            prio = self.upstream.upstream_priority(inst_id, job.req.cls)
+            prio = self.upstream.upstream_priority(inst_id, job.req)
             if client.resume is None:
                 body: bytes | None = oa.upstream_body(parsed, job.req.model, prio)
             else:
@@ -400,6 +405,7 @@ class ProxyApi:
         """The documented timing headers, once the job has its first slot."""
         r = job.req
         queued = max(0.0, (r.dispatched if r.dispatched is not None else self.clock()) - r.arrival)
+        self.metrics.queue_wait.labels(r.model, r.cls.value).observe(queued)
         client.headers[QUEUE_HEADER] = f"{queued:.3f}"
         client.headers[START_HEADER] = f"{queued if job.extra.get('cold') else 0.0:.3f}"
 

@@ -234,22 +234,22 @@ def test_bad_lines_go_to_the_error_file_and_the_rest_runs(store: BatchStore) -> 
         {"custom_id": "nobody", "method": "POST", "url": "/v1/chat/completions"},
         chat_line("unknown", model="gpt-9"),
         chat_line("good1"),  # duplicate custom_id
-        chat_line("stream", stream=True),
+        chat_line("stream", stream=True),  # accepted; 'stream' is ignored (docs/batch.md)
         {**chat_line("nomsg"), "body": {"model": "m1"}},
         "",  # blank lines are skipped
         chat_line("good2", model="m2"),
     ]
     bid = start(store, "alice", lines)
     b = store.get_batch("alice", bid)
-    assert b["status"] == "in_progress" and b["request_counts"] == {"total": 12, "completed": 0, "failed": 10}
+    assert b["status"] == "in_progress" and b["request_counts"] == {"total": 12, "completed": 0, "failed": 9}
     assert b["errors"] is None
-    assert store.backlog("m1")[0][1] == 1 and store.backlog("m2")[0][1] == 1
+    assert store.backlog("m1")[0][1] == 2 and store.backlog("m2")[0][1] == 1
     drain(store, "m1")
     drain(store, "m2")
     store.tick()
     b = store.get_batch("alice", bid)
-    assert b["status"] == "completed" and b["request_counts"] == {"total": 12, "completed": 2, "failed": 10}
-    assert [x["custom_id"] for x in read_jsonl(store, "alice", b["output_file_id"])] == ["good1", "good2"]
+    assert b["status"] == "completed" and b["request_counts"] == {"total": 12, "completed": 3, "failed": 9}
+    assert [x["custom_id"] for x in read_jsonl(store, "alice", b["output_file_id"])] == ["good1", "stream", "good2"]
     errs = read_jsonl(store, "alice", b["error_file_id"])
     got = [(x["custom_id"], x["error"]["code"]) for x in errs]
     assert got == [
@@ -261,7 +261,6 @@ def test_bad_lines_go_to_the_error_file_and_the_rest_runs(store: BatchStore) -> 
         ("nobody", "missing_required_parameter"),
         ("unknown", "model_not_found"),
         ("good1", "duplicate_custom_id"),
-        ("stream", "invalid_request"),
         ("nomsg", "missing_required_parameter"),
     ]
     msgs = [x["error"]["message"] for x in errs]
@@ -404,8 +403,15 @@ def test_cancel_before_validation(store: BatchStore) -> None:
     fid = upload(store, "alice", [chat_line("a")])
     bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
     store.cancel("alice", bid)
-    assert store.tick() == [bid] and store.batch_status(bid) == "cancelled"
-    assert store.validate(bid)["status"] == "cancelled" and store.backlog("m1") == []
+    # Not finished before its lines are known (it used to end with total 0, its lines in no file).
+    assert store.tick() == [] and store.batch_status(bid) == "cancelling"
+    assert store.pending_validation() == [bid]
+    store.validate(bid)
+    assert store.backlog("m1") == []
+    assert store.tick() == [bid]
+    b = store.get_batch("alice", bid)
+    assert b["status"] == "cancelled" and b["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+    assert [e["error"]["code"] for e in read_jsonl(store, "alice", b["error_file_id"])] == ["batch_cancelled"]
 
 
 def test_other_users_batches_are_404_and_listing(store: BatchStore) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from chirond import jsonbounds
+from chirond.batch import store as store_mod
 from chirond.batch.store import BatchLimits, BatchStore, LineResult
 
 
@@ -81,3 +82,35 @@ def test_queued_lines_count_batches_still_validating(tmp_path: Path) -> None:
     again.open()  # after a restart, a batch left validating still counts
     assert again.queued_lines("alice") == 160
     again.close()
+
+
+def test_an_oversized_line_is_refused_at_validation_without_being_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 13, item 10: four 50 MB lines took the daemon to 616 MB, refused only when they ran.
+    limit = 64 * 1024
+    store = BatchStore(tmp_path / "chirond.db", tmp_path / "files", BatchLimits(max_line_bytes=limit), ["m1"])
+    store.open()
+    good = json.dumps({"custom_id": "ok", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}})
+    big = json.dumps({"custom_id": "big", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "m1", "messages": [{"role": "user", "content": "x" * (20 * limit)}]}})
+    up = store.new_upload()
+    up.write(("\n".join([good, big, good.replace('"ok"', '"ok2"')]) + "\n").encode())
+    fid = up.commit("alice", "in.jsonl", "batch")["id"]
+    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
+    seen: list[int] = []
+    real = store_mod.check_line
+
+    def spy(raw: bytes, *args: object) -> object:
+        seen.append(len(raw))
+        return real(raw, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_mod, "check_line", spy)
+    b = store.validate(bid)
+    assert b["request_counts"] == {"total": 3, "completed": 0, "failed": 1}
+    assert max(seen) < limit  # the big line was never parsed
+    assert sorted(x.custom_id for x in store.next_lines("m1", 10)) == ["ok", "ok2"]
+    (err,) = [x for x in store._db.execute("SELECT result FROM batch_lines WHERE state = 2")]
+    assert json.loads(err[0])["error"]["code"] == "line_too_large"
+    store.close()
