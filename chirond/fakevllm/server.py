@@ -39,6 +39,7 @@ from prometheus_client import generate_latest
 
 from chirond.engine import Engine
 from chirond.engine_guard import authorized
+from chirond.fakevllm import synthetic
 from chirond.fakevllm.driver import Driver, Live
 from chirond.fakevllm.lengths import natural_length
 from chirond.fakevllm.metrics import ServerMetrics
@@ -204,6 +205,11 @@ class FakeVllm:
             raise context_error(self.max_model_len, p.prompt_tokens, p.max_tokens)
         else:
             max_tokens = p.max_tokens
+        if p.forced is not None:  # a tool call's arguments or schema-bound JSON: its own length
+            need = len(synthetic.tokens_of(p.forced))
+            if need > max_tokens:
+                return max_tokens, "length", max_tokens
+            return need, "stop", max_tokens  # the engine's reason; the answer says "tool_calls" (Render)
         if p.ignore_eos:
             return max_tokens, "length", max_tokens
         natural = max(p.min_tokens, natural_length(self.seed, p.prompt_key))
@@ -217,8 +223,10 @@ class FakeVllm:
         self.metrics.max_tokens.observe(max_tokens)
         self.metrics.params_n.observe(1)
         d = self.driver
+        # The engine orders by the request's own priority; the class only names it in metrics.
         cls = ReqClass.BATCH if self.priority and p.priority > 0 else ReqClass.INTERACTIVE
-        live = Live(Request(d.new_id(), self.model, cls, d.now(), p.prompt_tokens, output), p.stream, reason)
+        r = Request(d.new_id(), self.model, cls, d.now(), p.prompt_tokens, output, priority=p.priority)
+        live = Live(r, p.stream, reason)
         render = Render(p, self.model, int(time.time()))
         self._handlers += 1
         d.submit(live)
