@@ -171,7 +171,9 @@ def _profile(args: argparse.Namespace) -> int:
     console = cli_console()
     console.print(t)
     console.print(
-        f"prefill {prof.prefill_ms_per_token} ms/token; KV holds {prof.kv_capacity_tokens:,} tokens "
+        f"prefill {prof.prefill_ms_per_token} ms/token + {prof.attn_ms_per_1m_pairs} ms per 1M (token, context) "
+        f"pairs of attention ({prof.prefill_s(args.input_tokens) * 1000:.0f} ms for one prompt of this length); "
+        f"KV holds {prof.kv_capacity_tokens:,} tokens "
         f"(batch of {kv_max} at this context); cold start {prof.cold_start_s:.0f} s "
         f"({prof.weights_gb} GB at {prof.storage_gbps} GB/s + {prof.engine_init_s:.0f} s init)"
     )

@@ -9,17 +9,34 @@ returns assignments and evictions; the caller talks to the instances. No I/O, no
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chirond.model import BacklogGroup, DispatchRules, Ordering, Pool, ReqClass, Request, Routing
 
+BATCH_PRIORITY = 1 << 53  # batch work goes after every interactive request inside the engine
+
+
+def engine_priority(req: Request, ttft_slo_s: float, short_first_tokens: int) -> int:
+    """vLLM's per-request priority for `req` (lower runs first; vLLM breaks ties by arrival).
+    Interactive requests are ordered by a virtual arrival in ms: their arrival, plus up to one
+    TTFT SLO for long prompts (`short_first_tokens` or more), so short prompts overtake long ones
+    queued inside the engine, but a long one is never passed by a request arriving more than one
+    SLO after it."""
+    if req.cls is not ReqClass.INTERACTIVE:
+        return BATCH_PRIORITY
+    if short_first_tokens <= 0:
+        return 0
+    delay = ttft_slo_s * min(1.0, req.input_tokens / short_first_tokens)
+    return max(0, round((req.arrival + delay) * 1000.0))
+
 
 class Slot:
     """One instance as the dispatcher sees it."""
 
-    __slots__ = ("batch", "batch_cap", "cap", "id", "inter", "model", "pool", "routable")
+    __slots__ = ("batch", "batch_cap", "cap", "id", "inter", "model", "pending", "pending_tokens", "pool", "routable")
 
     def __init__(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int) -> None:
         self.id = inst_id
@@ -30,10 +47,23 @@ class Slot:
         self.routable = True
         self.inter: dict[int, Request] = {}
         self.batch: dict[int, Request] = {}  # insertion order = dispatch order
+        # Requests sent here in dispatch order, and their prompt tokens, until their first token.
+        self.pending: deque[Request] = deque()
+        self.pending_tokens = 0
 
     @property
     def inflight(self) -> int:
         return len(self.inter) + len(self.batch)
+
+    def prefill_outstanding(self) -> int:
+        """Prompt tokens sent here and not yet answered. Engines prefill in admission order, so
+        answered ones leave from the front; one that left otherwise (evicted, withdrawn) counts
+        until it reaches the front, an overestimate that lasts one prompt."""
+        p = self.pending
+        while p and (p[0].first_token is not None or p[0].instance != self.id
+                     or (p[0].id not in self.inter and p[0].id not in self.batch)):
+            self.pending_tokens -= p.popleft().input_tokens
+        return self.pending_tokens
 
 
 @dataclass
@@ -64,6 +94,7 @@ class Dispatcher:
 
     def enqueue(self, req: Request) -> None:
         q = self.queues[req.model]
+        req.priority = engine_priority(req, self.ttft_slo_s[req.model], self.rules.short_first_tokens)
         if req.cls is ReqClass.INTERACTIVE:
             q.inter_tokens += req.input_tokens
             if self.rules.ordering is Ordering.SLO:
@@ -191,7 +222,7 @@ class Dispatcher:
         shared = self.rules.routing is Routing.SHARED
         while q.n_inter:
             req = self._peek_interactive(q, now - self.ttft_slo_s[model])
-            slot = self._slot_for_interactive(q.slots, shared, self.rules.pack_interactive)
+            slot = self._slot_for_interactive(q.slots, shared, self.rules.pack_interactive, self.rules.route_by_prefill)
             if slot is None and self.rules.preempt_batch:
                 slot = self._evict_for_interactive(q.slots, shared, evicted)
             if slot is None:
@@ -258,6 +289,9 @@ class Dispatcher:
             slot.inter[req.id] = req
         else:
             slot.batch[req.id] = req
+        if req.first_token is None:
+            slot.pending.append(req)
+            slot.pending_tokens += req.input_tokens
         assigned.append(req)
 
     @staticmethod
@@ -273,10 +307,11 @@ class Dispatcher:
         return best
 
     @staticmethod
-    def _slot_for_interactive(slots: list[Slot], shared: bool, pack: bool) -> Slot | None:
-        # Own pool first (least loaded, or fullest when packing), then the mixed pool's headroom.
+    def _slot_for_interactive(slots: list[Slot], shared: bool, pack: bool, by_prefill: bool) -> Slot | None:
+        # Own pool first (least loaded, or fullest when packing, or least prompt work outstanding),
+        # then the mixed pool's headroom.
         best: Slot | None = None
-        best_key = (9, 2.0)
+        best_key: tuple[int, float] = (9, math.inf)
         for s in slots:
             if not s.routable or s.inflight >= s.cap:
                 continue
@@ -287,7 +322,8 @@ class Dispatcher:
             else:
                 continue
             load = s.inflight / s.cap
-            key = (rank, -load if pack else load)
+            # By prefill: the fraction breaks ties (nothing outstanding) towards the emptiest.
+            key = (rank, s.prefill_outstanding() + load if by_prefill else -load if pack else load)
             if key < best_key:
                 best, best_key = s, key
         return best

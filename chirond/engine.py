@@ -1,16 +1,28 @@
 """An iteration-level model of one vLLM (V1) engine, advanced analytically between events.
 
 What it models, as vLLM's scheduler does:
-- continuous batching: up to `max_num_seqs` running sequences; new ones are admitted at step
-  boundaries, first come first served, while the KV cache has room for their prompt;
+- continuous batching: up to `max_num_seqs` running sequences;
 - chunked prefill: each step has a budget of `max_num_batched_tokens`; decoding sequences take one
-  token each, the rest goes to prompts in admission order (a prompt may span several steps); the
-  step that finishes a prompt also samples its first token;
+  token each, then the prompts already running in admission order (a prompt may span several
+  steps); only what budget is left admits waiting requests, first come first served, or by
+  (priority, arrival) under `--scheduling-policy priority`, while the KV cache has room for their
+  prompt (vLLM V1's `schedule()`: running requests first, then waiting ones while budget lasts);
+  the step that finishes a prompt also samples its first token;
 - KV cache of 16-token blocks (half a block lost per sequence on average); when decoding would
   overflow it, the newest running sequence is preempted by recompute: it goes back to the head of
   the waiting queue and later re-prefills its prompt plus the tokens it had generated;
-- step time from the profile: a + b*B + c*C/1000 ms, plus the prompt tokens of the step at the
-  per-token prefill rate.
+- step time from the profile: a + b*B + c*C/1000 ms of GPU time (B sequences in the step, C the
+  decoders' context tokens), plus each prompt chunk's work: p*c + q*c*(k + c/2) for a chunk of c
+  tokens starting at offset k (`s.computed`), the linear layers at p per token and attention to the
+  k + 1 ... k + c tokens before each, q per (token, context token) pair. Summed over the chunks of a
+  prompt of n tokens that is p*n + q*n^2/2 however it is chunked, as `Profile.prefill_s(n)` says; a
+  recompute after preemption re-prefills prompt plus generated tokens at the same cost;
+- the engine's CPU time per step (scheduling, input preparation, sampling, output processing) as
+  `[cpu]` ms_per_step + ms_per_seq*B, serial with the GPU work (vLLM V1 without async scheduling;
+  the shipped profiles charge only the per-sequence part, profiles/README.md says why).
+
+Not modelled: time outside the engine (HTTP, tokenising, detokenising), which client-measured TTFT
+includes; weight reads overlapping compute (a step with prompt work pays `a` on top of its chunks).
 
 How it runs fast: time moves in *segments*. A step with prompt work is one segment. Steps with only
 decoding form one segment that ends at the next completion (or when the KV cache would overflow);
@@ -26,7 +38,7 @@ import heapq
 import math
 from collections import deque
 
-from chirond.model import ReqClass, Request
+from chirond.model import Request
 from chirond.profiles import Profile
 
 
@@ -52,17 +64,19 @@ class Engine:
         max_num_batched_tokens: int | None = None,
         priority: bool = False,
     ) -> None:
-        """`priority` models `--scheduling-policy priority` with interactive requests at the higher
-        priority: they are admitted first, their prompts get the step's token budget first, and
-        KV preemption picks batch requests first."""
+        """`priority` models `--scheduling-policy priority`: waiting requests are admitted by
+        (`Request.priority`, arrival), and KV preemption picks the running request with the largest
+        (priority, arrival)."""
         p = profile
         self.profile = p
         self.max_num_seqs = max_num_seqs or p.max_num_seqs
         self.priority = priority
-        self._a = p.a_ms / 1000.0
-        self._b = p.b_ms_per_seq / 1000.0
+        # The CPU overhead is charged with the GPU terms it scales with (see the module docstring).
+        self._a = (p.a_ms + p.cpu_ms_per_step) / 1000.0
+        self._b = (p.b_ms_per_seq + p.cpu_ms_per_seq) / 1000.0
         self._c = p.c_ms_per_1k_ctx / 1e6  # per context token
         self._p = p.prefill_ms_per_token / 1000.0
+        self._q = p.attn_ms_per_1m_pairs / 1e9  # per (prompt token, context token) pair
         self._budget = max_num_batched_tokens or p.max_num_batched_tokens
         self._kv_cap = float(p.kv_capacity_tokens)
         self._half_block = p.block_tokens / 2.0
@@ -73,10 +87,11 @@ class Engine:
         self._ctx_dec = 0  # total context tokens of the decoders
         self._prefilling: list[Seq] = []
         self._kv_pf = 0  # KV tokens reserved by prompts being prefilled
-        self._waiting: deque[Seq] = deque()
-        self._waiting_hi: deque[Seq] = deque()  # interactive, under priority scheduling
+        self._waiting: deque[Seq] = deque()  # FCFS
+        self._waiting_heap: list[tuple[int, float, int, Seq]] = []  # under priority scheduling
         self._seqs: dict[int, Seq] = {}  # request id -> seq, for aborts
         self._admitted = 0
+        self._pushed = 0
         self._dirty = False  # submits or aborts since the segment was planned
 
         # The segment in flight.
@@ -103,7 +118,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + len(self._waiting_hi)
+        return len(self._waiting) + len(self._waiting_heap)
 
     @property
     def kv_used_tokens(self) -> float:
@@ -161,13 +176,30 @@ class Engine:
     def submit(self, req: Request) -> None:
         s = Seq(req)
         self._seqs[req.id] = s
-        self._queue_of(s).append(s)
+        self._wait(s, front=False)
         self._dirty = True
 
-    def _queue_of(self, s: Seq) -> deque[Seq]:
-        if self.priority and s.req.cls is ReqClass.INTERACTIVE:
-            return self._waiting_hi
-        return self._waiting
+    def _wait(self, s: Seq, front: bool) -> None:
+        """Into the waiting queue: by (priority, arrival) under priority scheduling, else at the
+        back (a new request) or the front (a preempted one), as vLLM's FCFS queue does."""
+        if self.priority:
+            self._pushed += 1  # unique tie-break: a request may come back after an abort
+            heapq.heappush(self._waiting_heap, (s.req.priority, s.req.arrival, self._pushed, s))
+        elif front:
+            self._waiting.appendleft(s)
+        else:
+            self._waiting.append(s)
+
+    def _next_waiting(self) -> Seq | None:
+        if self.priority:
+            return self._waiting_heap[0][3] if self._waiting_heap else None
+        return self._waiting[0] if self._waiting else None
+
+    def _pop_waiting(self) -> None:
+        if self.priority:
+            heapq.heappop(self._waiting_heap)
+        else:
+            self._waiting.popleft()
 
     def abort(self, req: Request) -> bool:
         """Drop a request; its work is lost. Returns False if it is not here."""
@@ -259,8 +291,9 @@ class Engine:
             self._prefilling = [s for s in self._prefilling if s.alive]
         if any(not s.alive for s in self._waiting):
             self._waiting = deque(s for s in self._waiting if s.alive)
-        if any(not s.alive for s in self._waiting_hi):
-            self._waiting_hi = deque(s for s in self._waiting_hi if s.alive)
+        if any(not e[3].alive for e in self._waiting_heap):
+            self._waiting_heap = [e for e in self._waiting_heap if e[3].alive]
+            heapq.heapify(self._waiting_heap)
         # Dead decoders leave the counts now; their heap entries are skipped lazily.
         dead = [e for e in self._decoders if not e[2].alive]
         if dead:
@@ -274,40 +307,41 @@ class Engine:
         if self._dirty:
             self._drop_aborted()
             self._dirty = False
-        # Admission, FCFS (interactive first under priority), while there is a running slot and
-        # KV room for the whole prompt.
-        while self.running < self.max_num_seqs:
-            waiting = self._waiting_hi or self._waiting
-            if not waiting:
+        n = self._n_dec
+        budget = max(1, self._budget - n)
+        chunks: list[tuple[Seq, int]] = []
+        tokens = 0
+        pairs = 0.0  # attention work of the chunks: c * (offset + c / 2) each
+        for s in self._prefilling:  # running prompts first, in admission order
+            c = min(s.prefill_len - s.computed, budget - tokens)
+            if c <= 0:
                 break
-            s = waiting[0]
+            chunks.append((s, c))
+            tokens += c
+            pairs += c * (s.computed + c / 2.0)
+        # Then waiting requests, in queue order, into what is left of the budget, while there is
+        # a running slot and KV room for the whole prompt.
+        while tokens < budget and self.running < self.max_num_seqs:
+            w = self._next_waiting()
+            if w is None:
+                break
+            s = w
             if self.kv_used_tokens + s.prefill_len + self._half_block > self._kv_cap and self.running:
                 break
-            waiting.popleft()
+            self._pop_waiting()
             self._admitted += 1
             s.admit_no = self._admitted
             s.computed = 0
             self._prefilling.append(s)
             self._kv_pf += s.prefill_len
-
-        n = self._n_dec
-        if self._prefilling:
-            budget = max(1, self._budget - n)
-            chunks: list[tuple[Seq, int]] = []
-            tokens = 0
-            order = self._prefilling
-            if self.priority:
-                hi = ReqClass.INTERACTIVE
-                order = [s for s in order if s.req.cls is hi] + [s for s in order if s.req.cls is not hi]
-            for s in order:
-                c = min(s.prefill_len - s.computed, budget - tokens)
-                if c <= 0:
-                    break
-                chunks.append((s, c))
-                tokens += c
+            c = min(s.prefill_len, budget - tokens)
+            chunks.append((s, c))
+            tokens += c
+            pairs += c * c / 2.0
+        if chunks:
             self._seg_chunks = chunks
             self._seg_k = 1
-            dur = self._a + self._b * (n + len(chunks)) + self._c * self._ctx_dec + self._p * tokens
+            dur = self._a + self._b * (n + len(chunks)) + self._c * self._ctx_dec + self._p * tokens + self._q * pairs
             self._seg_base, self._seg_inc = dur, 0.0
         elif n:
             k = self._decoders[0][0] - self.step
@@ -328,10 +362,10 @@ class Engine:
         return True
 
     def _preempt_newest(self) -> None:
-        """vLLM V1 under FCFS preempts the last request it scheduled (under priority, the last
-        batch one first); it restarts by recompute."""
+        """vLLM V1 under FCFS preempts the last request it scheduled (under priority, the one with
+        the largest (priority, arrival)); it restarts by recompute."""
         if self.priority:
-            entry = max(self._decoders, key=lambda e: (e[2].req.cls is not ReqClass.INTERACTIVE, e[1]))
+            entry = max(self._decoders, key=lambda e: (e[2].req.priority, e[2].req.arrival, e[1]))
         else:
             entry = max(self._decoders, key=lambda e: e[1])
         s = entry[2]
@@ -341,7 +375,7 @@ class Engine:
         s.generated += self.step - s.join_step  # tokens decoded since it joined are kept
         s.prefill_len = s.req.input_tokens + s.generated
         s.computed = 0
-        self._queue_of(s).appendleft(s)
+        self._wait(s, front=True)
         self.num_preemptions += 1
         self.preempted[s.req.id] = self.preempted.get(s.req.id, 0) + 1
 

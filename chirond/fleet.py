@@ -28,7 +28,7 @@ from chirond.control.snapshot import Backlog, ModelSpec
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_command, startup_s
 from chirond.metrics import Metrics
-from chirond.model import EngineArgs, Launch, Pool, ReqClass, Snapshot
+from chirond.model import EngineArgs, Launch, Pool, Request, Snapshot
 from chirond.policy.base import Policy
 from chirond.serve.gateway import Gateway
 from chirond.serve.unavailable import Unavailable, why_unavailable
@@ -375,10 +375,11 @@ class Fleet:
         recent = len(failures)
         return why_unavailable(model, self.control.specs[model].max_instances, ready, self.refusals.get(model), recent)
 
-    def upstream_priority(self, inst_id: int, cls: ReqClass) -> int | None:
-        """vLLM's per-request priority, where the instance's engine runs priority scheduling."""
+    def upstream_priority(self, inst_id: int, req: Request) -> int | None:
+        """vLLM's per-request priority (the dispatcher's), where the instance's engine runs
+        priority scheduling."""
         inst = self.instances.get(inst_id)
         if inst is None or not inst.args.priority:
             return None
-        return 0 if cls is ReqClass.INTERACTIVE else 1
+        return req.priority
 

@@ -6,6 +6,7 @@ Everything here is plain data. The simulator and the daemon both build `Snapshot
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,6 +53,9 @@ class Request:
     input_tokens: int
     output_tokens: int  # the length it will generate; policies never see it for queued requests
     deadline: float | None = None  # absolute; batch requests only
+    # vLLM's per-request priority under `--scheduling-policy priority` (lower first, ties by
+    # arrival); the dispatcher sets it at enqueue (see `dispatch.engine_priority`).
+    priority: int = 0
     # Filled in as the request moves; first_token keeps the first value across preemptions.
     dispatched: float | None = None
     first_token: float | None = None
@@ -144,6 +148,7 @@ class LoadStats:
     burst_prompt_tokens: float
     burst_requests: float
     burst_window_s: float
+    idle_s: float = math.inf  # since the last interactive arrival (inf: none seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,3 +254,11 @@ class DispatchRules:
     ordering: Ordering = Ordering.PRIORITY
     preempt_batch: bool = True  # an interactive request may evict batch work on a mixed instance
     pack_interactive: bool = False  # fill the fullest instance with room instead of the emptiest
+    # Engine-side order of interactive requests (vLLM priority): a prompt of this many tokens or
+    # more yields to others arriving up to one TTFT SLO after it, shorter ones proportionally less
+    # (shortest first, aged so a long prompt waits at most one TTFT SLO). 0: by arrival.
+    short_first_tokens: int = 0
+    # Interactive requests go to the instance with the least prompt work outstanding (prompts not
+    # yet answered with a first token) rather than the fewest requests in flight: one 32k-token
+    # prompt ahead delays a new request more than ten short chats do.
+    route_by_prefill: bool = False

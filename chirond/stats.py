@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from chirond.model import LoadStats
@@ -20,6 +22,7 @@ class ArrivalWindow:
         self._mean_output = 0.0
         self._n_in = 0
         self._n_out = 0
+        self._last_arrival = -math.inf
 
     def _roll_to(self, sec: int) -> None:
         if sec <= self._last_sec:
@@ -41,6 +44,7 @@ class ArrivalWindow:
         self._count[i] += 1
         self._tokens[i] += input_tokens
         self._n_in += 1
+        self._last_arrival = max(self._last_arrival, now)
         # Exponentially weighted, so a change of workload shows within a few hundred requests.
         w = max(1.0 / self._n_in, 0.005)
         self._mean_input += w * (input_tokens - self._mean_input)
@@ -79,4 +83,5 @@ class ArrivalWindow:
             burst_prompt_tokens=burst_tokens,
             burst_requests=burst_reqs,
             burst_window_s=float(w),
+            idle_s=max(0.0, now - self._last_arrival),
         )

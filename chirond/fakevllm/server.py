@@ -217,8 +217,10 @@ class FakeVllm:
         self.metrics.max_tokens.observe(max_tokens)
         self.metrics.params_n.observe(1)
         d = self.driver
+        # The engine orders by the request's own priority; the class only names it in metrics.
         cls = ReqClass.BATCH if self.priority and p.priority > 0 else ReqClass.INTERACTIVE
-        live = Live(Request(d.new_id(), self.model, cls, d.now(), p.prompt_tokens, output), p.stream, reason)
+        r = Request(d.new_id(), self.model, cls, d.now(), p.prompt_tokens, output, priority=p.priority)
+        live = Live(r, p.stream, reason)
         render = Render(p, self.model, int(time.time()))
         self._handlers += 1
         d.submit(live)

@@ -46,8 +46,9 @@ class Policy(ABC):
     def initial_instances(self, model: str, initial: int, static: int) -> int:
         return initial
 
-    def engine_args(self, model: str, slo: Slo) -> EngineArgs:
-        """Engine flags for new instances of `model` (vLLM's defaults unless a policy knows better)."""
+    def engine_args(self, model: str, slo: Slo, mean_input: float = 0.0) -> EngineArgs:
+        """Engine flags for new instances of `model` (vLLM's defaults unless a policy knows
+        better); `mean_input` is the observed mean prompt length (0 before any traffic)."""
         prof = self.profiles[model]
         return EngineArgs(prof.max_num_seqs, prof.max_num_batched_tokens, priority=False)
 

@@ -1,35 +1,48 @@
 """`chirond`: ours. Model-based where Chiron searches, planned where Chiron reacts.
 
-Every instance is in the mixed pool: interactive requests first (shortest prompt first among
-those that can still meet their TTFT), batch work in the headroom, preempted when an interactive
-request needs the slot. Each tick, per model:
+Every instance is in the mixed pool: interactive requests first, batch work in the headroom,
+preempted when an interactive request needs the slot. The rules, each named where it lives and
+each with a unit test on a canonical snapshot (tests/unit/test_policies.py, test_dispatch.py):
 
-1. Local batch cap, computed, not searched: the largest batch whose predicted TPOT (the profile's
-   step time, stretched by the prompt work the instance also does) stays under `tpot_margin` x
-   SLO; it holds from the first tick. With no interactive traffic the cap is the
-   throughput-optimal one (KV-bound). A few slots per instance stay reserved for interactive
-   arrivals, so batch work is rarely preempted. Engine flags come from the profile too: priority
-   scheduling and a prefill chunk sized to the TPOT SLO (see `engine_args`).
-2. Interactive capacity: the work (prefill + decode seconds per second) of the recent arrival rate,
-   at `interactive_util`, and enough to clear the largest prompt burst seen in the last 15 minutes
-   within its window plus half the TTFT. Sizing from observed burstiness, not a fixed 0.6.
-3. Batch plan (EDF over the backlog): for each deadline, the work due by then (prompts + outputs
-   at the measured mean length, at the mixed instances' throughput), plus the interactive work over
-   the same span, must fit in instances x (time left - lead time) x `batch_efficiency`. The fewest
-   instances meeting every deadline; more as soon as the plan needs them, in one step.
-   Backpressure on top: interactive requests waiting past half the TTFT SLO add instances (as many
-   as the queue fills at current caps, none while one is starting), as the estimates lag a ramp;
-   that level holds for
-   `scale_down_hold_s` after the queueing was last seen.
-4. Scale down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`), one instance a
-   tick, never on stale data. Instances whose job time limit is closer than the lead time are
-   replaced ahead of time and then drained.
+Per request (dispatch rules and engine flags):
+- SLO order: in chirond's queue, among interactive requests that can still meet their TTFT, the
+  shortest prompt first (`Ordering.SLO`).
+- Short first inside the engine: vLLM priority scheduling, with each interactive request's
+  priority its arrival plus up to one TTFT SLO for long prompts (`short_first_tokens`,
+  `dispatch.engine_priority`); batch work after all of them.
+- Routing by prefill work: to the instance with the least prompt work outstanding
+  (`route_by_prefill`).
+- The prefill chunk (`engine_args`): sized to the TPOT SLO, or vLLM's own when the mean prompt's
+  prefill takes over `long_prompt_share` of the TTFT SLO.
+
+Each tick, per model (`plan`):
+1. Caps (`_cap`), computed, not searched: the largest batch whose predicted TPOT (the profile's
+   step time, stretched by the prompt work the instance also does, and by fresh batch prompts
+   only while batch work waits) stays under `tpot_margin` x SLO; it holds from the first tick.
+   With no interactive traffic the cap is the throughput-optimal one (KV-bound). A few slots per
+   instance stay reserved for interactive arrivals, so batch work is rarely preempted.
+2. Interactive capacity (`_needed`): the work (prefill + decode seconds per second) of the recent
+   arrival rate, at `interactive_util`, and enough to clear the largest prompt burst seen in the
+   last 15 minutes within its window plus half the TTFT.
+3. Batch plan (`_needed`, EDF over the backlog): for each deadline, the work due by then (prompts
+   + outputs at the measured mean length, at the mixed instances' throughput), plus the
+   interactive work over the same span, must fit in instances x (time left - lead time) x
+   `batch_efficiency`. The fewest instances meeting every deadline, in one step.
+4. Backpressure (`_backpressure`): interactive requests waiting past half the TTFT SLO add
+   instances (as many as the queue fills at current caps, none while one is starting), as the
+   estimates lag a ramp; that level holds for `scale_down_hold_s` after the queueing was last seen.
+5. Scale to zero by rent or buy (`keep_warm`): a model with `min_instances = 0` and nothing queued
+   keeps an idle instance about as long as a cold start costs.
+6. Scale (`_scale`): down with hysteresis (the plan must ask for fewer for `scale_down_hold_s`),
+   one instance a tick, never on stale data; instances whose job time limit is closer than the
+   lead time are replaced ahead of time and then drained.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from chirond.model import (
@@ -73,17 +86,29 @@ class ChirondPolicy(Policy):
         "reserve_slots": 4.0,
         "idle_rate_per_s": 0.01,
         "queue_wait_share": 0.5,
+        "short_first_tokens": 4096.0,
+        "route_by_prefill": 1.0,
+        "long_prompt_share": 0.25,
     }
 
-    def engine_args(self, model: str, slo: Slo) -> EngineArgs:
-        """Priority scheduling (interactive prompts first inside the engine), and a prefill chunk
-        small enough that a step carrying a full chunk beside a typical batch still meets the
-        TPOT SLO: short interactive answers otherwise eat whole 2048-token chunks of others'
-        prompts between their tokens. Decoding shares each step's fixed cost, so mixed instances
-        lose almost no throughput to smaller chunks."""
+    def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
+        super().__init__(profiles, params)
+        self.rules = replace(self.rules, short_first_tokens=int(self.params["short_first_tokens"]),
+                             route_by_prefill=self.params["route_by_prefill"] > 0)
+
+    def engine_args(self, model: str, slo: Slo, mean_input: float = 0.0) -> EngineArgs:
+        """Priority scheduling (short interactive prompts first inside the engine), and a prefill
+        chunk (--max-num-batched-tokens) small enough that a step carrying a full chunk beside a
+        typical batch still meets the TPOT SLO: short answers otherwise eat whole 2048-token
+        chunks of others' prompts between their tokens (decoding shares each step's fixed cost,
+        so little throughput is lost). Except with long prompts, when prefilling the observed
+        mean prompt takes over `long_prompt_share` of the TTFT SLO: then TTFT binds, and a small
+        chunk would add a step overhead per chunk to every prompt, so the chunk stays vLLM's."""
         prof = self.profiles[model]
         typical = prof.step_s(64, 64 * 1024)
         chunk = int((slo.tpot_s - typical) / prof.prefill_s(1)) // 256 * 256
+        if mean_input > 0 and prof.prefill_s(mean_input) > self.params["long_prompt_share"] * slo.ttft_s:
+            chunk = prof.max_num_batched_tokens
         return EngineArgs(prof.max_num_seqs, max(256, min(prof.max_num_batched_tokens, chunk)), priority=True)
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
@@ -149,7 +174,10 @@ class ChirondPolicy(Policy):
         lam = max(m.load.rate_1m, m.load.rate_10m)
         ctx = self._ctx(m)
         kv_max = prof.max_batch_for_kv(ctx)
-        b_in = _mean_batch_input(m)
+        # Batch requests finishing make room for fresh batch prompts, but only while batch work
+        # waits: with none queued, slots free up for interactive requests, already counted.
+        churn = bool(m.backlog) or any(i.inflight_batch for i in m.instances)
+        b_in = _mean_batch_input(m) if churn else 0.0
         b_out = m.batch_mean_output or 256.0
         if lam < self.params["idle_rate_per_s"]:
             tps = prof.decode_tokens_per_s(kv_max, ctx)
@@ -182,7 +210,8 @@ class ChirondPolicy(Policy):
         per_tok = prof.step_s(32, 32 * self._ctx(m)) / 32
         work = lam * (prof.prefill_s(ld.mean_input) + out_i * per_tok)
         n_load = work / p["interactive_util"]
-        n_burst = prof.prefill_s(ld.burst_prompt_tokens) / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
+        burst_work = prof.prefill_s(ld.burst_prompt_tokens, ld.burst_prompt_tokens / max(ld.burst_requests, 1))
+        n_burst = burst_work / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
         n_inter = max(n_load, n_burst)
         why = f"interactive {n_load:.1f} load, {n_burst:.1f} burst"
 
@@ -194,7 +223,7 @@ class ChirondPolicy(Policy):
             # in-flight batch requests are about half done
             cum = sum(i.inflight_batch for i in m.instances) * per_req * 0.5
             for g in m.backlog:
-                cum += g.requests * per_req + prof.prefill_s(g.input_tokens)
+                cum += g.requests * per_req + prof.prefill_s(g.input_tokens, g.input_tokens / max(g.requests, 1))
                 span = g.deadline - now - m.lead_time_s - p["deadline_margin_s"]
                 if span <= 0:
                     n_batch = max(n_batch, float(m.max_instances))
@@ -203,6 +232,11 @@ class ChirondPolicy(Policy):
                 n_batch = max(n_batch, total)
             why += f", batch plan {n_batch:.1f}"
         need = math.ceil(max(n_inter, n_batch) - 1e-6)
+        if m.min_instances == 0 and not m.backlog and not m.interactive_queue:
+            if keep_warm(m):
+                need = max(need, 1)
+            else:
+                need, why = 0, why + f", idle {m.load.idle_s:.0f} s > lead {m.lead_time_s:.0f} s"
         return max(m.min_instances, min(m.max_instances, need)), why
 
     def _scale(self, m: ModelView, need: int, now: float, low_since: dict[str, float]) -> tuple[list[Action], str]:
@@ -216,7 +250,7 @@ class ChirondPolicy(Policy):
             out.extend(Drain(i.id) for i in ready_expiring)
         if have < need:
             low_since.pop(m.name, None)
-            args = self.engine_args(m.name, m.slo)
+            args = self.engine_args(m.name, m.slo, m.load.mean_input)
             out.append(Launch(m.name, Pool.MIXED, need - have, replaces=len(expiring), args=args))
             return out, ""
         if have > need and not any_stale(m):
@@ -230,6 +264,16 @@ class ChirondPolicy(Policy):
             return out, ""
         low_since.pop(m.name, None)
         return out, ""
+
+
+def keep_warm(m: ModelView) -> bool:
+    """Scale to zero by rent or buy: an idle instance is kept about as long as a cold start would
+    cost (the model's lead time, queue wait included), the break-even of ski rental, or longer
+    only while the arrival rate says the next request comes sooner than that."""
+    if m.load.idle_s <= m.lead_time_s:
+        return True
+    rate = m.load.rate_10m
+    return rate > 0 and 1.0 / rate < m.lead_time_s
 
 
 def _mean_batch_input(m: ModelView) -> float:

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from chirond import __version__
 from chirond.config import Config
 from chirond.metrics import Metrics
-from chirond.model import ReqClass
+from chirond.model import ReqClass, Request
 from chirond.ops import status_page
 from chirond.serve import openai_api as oa
 from chirond.serve import request_id
@@ -52,7 +52,7 @@ class Upstream(Protocol):
 
     def instance_failed(self, inst_id: int, reason: str) -> None: ...
 
-    def upstream_priority(self, inst_id: int, cls: ReqClass) -> int | None: ...
+    def upstream_priority(self, inst_id: int, req: Request) -> int | None: ...
 
     def unavailable(self, model: str) -> Unavailable | None: ...
 
@@ -325,7 +325,7 @@ class ProxyApi:
             if url is None:  # gone between dispatch and now
                 self.gateway.requeue(job)
                 continue
-            prio = self.upstream.upstream_priority(inst_id, job.req.cls)
+            prio = self.upstream.upstream_priority(inst_id, job.req)
             if client.resume is None:
                 body: bytes | None = oa.upstream_body(parsed, job.req.model, prio)
             else:

@@ -48,8 +48,8 @@ class FixedPolicy(Policy):
     def initial_instances(self, model: str, initial: int, static: int) -> int:
         return self.counts.get(model, 0)
 
-    def engine_args(self, model: str, slo: Any) -> Any:
-        return self.inner.engine_args(model, slo)
+    def engine_args(self, model: str, slo: Any, mean_input: float = 0.0) -> Any:
+        return self.inner.engine_args(model, slo, mean_input)
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
         d = self.inner.plan(snap, state)
@@ -57,7 +57,8 @@ class FixedPolicy(Policy):
         for m in snap.models:
             missing = self.counts.get(m.name, 0) - len(m.instances)
             if missing > 0:
-                acts.append(Launch(m.name, self.initial_pool, missing, args=self.engine_args(m.name, m.slo)))
+                args = self.engine_args(m.name, m.slo, m.load.mean_input)
+                acts.append(Launch(m.name, self.initial_pool, missing, args=args))
         return Decision(tuple(acts), d.reason, d.state)
 
 

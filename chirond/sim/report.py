@@ -322,7 +322,11 @@ def write_plots(results: list[RunResult], out_dir: Path) -> list[Path]:
     written: list[Path] = []
     n_pol = max(len(results), 1)
 
+    # Every figure names its run, so a plot pasted into a report still says what it shows.
+    label = ", ".join(sorted({f"{r.scenario}, seed {r.seed}" for r in results}))
+
     def save(fig: Figure, name: str) -> None:
+        fig.text(0.995, 0.002, label, ha="right", va="bottom", fontsize=7, color="0.4")
         FigureCanvasAgg(fig)
         path = out_dir / name
         fig.savefig(path, dpi=110)

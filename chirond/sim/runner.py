@@ -411,9 +411,11 @@ class Simulation:
 def gpu_hours_lower_bound(models: list[ModelSetup], reqs: list[Request]) -> float:
     """Each model's prefill and decode work at the instance's best throughput (the largest batch
     the KV cache holds at the mean context), plus a cold start for each instance beyond the ones
-    present at the start that the work needs to fit in the run's span."""
+    present at the start that the work needs to fit in the run's span; and never less than the
+    model's `min_instances` running until the last request arrives, which every policy pays."""
     total = 0.0
     span = max((r.deadline or r.arrival for r in reqs), default=1.0) or 1.0
+    last_arrival = max((r.arrival for r in reqs), default=0.0)
     by_model: Mapping[str, list[Request]] = {m.name: [r for r in reqs if r.model == m.name] for m in models}
     for m in models:
         rs = by_model[m.name]
@@ -424,8 +426,8 @@ def gpu_hours_lower_bound(models: list[ModelSetup], reqs: list[Request]) -> floa
         tout = float(sum(r.output_tokens for r in rs))
         ctx = (tin + tout / 2) / len(rs)
         b = p.max_batch_for_kv(ctx)
-        work = p.prefill_s(tin) + tout * p.step_s(b, b * ctx) / b
+        work = p.prefill_s(tin, tin / len(rs)) + tout * p.step_s(b, b * ctx) / b
         needed = math.ceil(work / span)
         extra = max(0, needed - m.initial_instances)
-        total += p.gpus * (work + extra * m.cold_start_s)
+        total += p.gpus * max(work + extra * m.cold_start_s, m.min_instances * last_arrival)
     return total / 3600.0

@@ -61,10 +61,11 @@ class WorkloadSpec:
 
     all kinds: start_s (float). azure: path (Path), time_scale, limit (int | None), deadline_s.
     trace: path, deadline_s. poisson: rate_per_s, duration_s, lengths, deadline_s. gamma: + cv.
-    curve: points (tuple of (t_s, rate) pairs), duration_s, lengths, deadline_s. diurnal:
-    peak_rate_per_s, trough_rate_per_s, period_s, peak_at_s, duration_s, lengths, deadline_s.
+    curve: points (tuple of (t_s, rate) pairs), cv, duration_s, lengths, deadline_s. diurnal:
+    peak_rate_per_s, trough_rate_per_s, period_s, peak_at_s, cv, duration_s, lengths, deadline_s.
     backlog: requests (int), deadline_s, lengths. deadline_s is float | None (None unless batch);
-    lengths is "sharegpt" or (input_tokens, output_tokens).
+    lengths is a table name (workload.LENGTH_TABLES) or (input_tokens, output_tokens), each an int
+    or a (low, high) range.
     """
 
     kind: str
@@ -227,12 +228,13 @@ _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "trace": ("path", "deadline_s"),
     "poisson": ("rate_per_s", "duration_s", "lengths", "deadline_s"),
     "gamma": ("rate_per_s", "cv", "duration_s", "lengths", "deadline_s"),
-    "curve": ("points", "duration_s", "lengths", "deadline_s"),
+    "curve": ("points", "cv", "duration_s", "lengths", "deadline_s"),
     "diurnal": (
         "peak_rate_per_s",
         "trough_rate_per_s",
         "period_s",
         "peak_at_s",
+        "cv",
         "duration_s",
         "lengths",
         "deadline_s",
@@ -274,6 +276,8 @@ def _workload(model: Table, index: int) -> WorkloadSpec:
         p["rate_per_s"] = t.number("rate_per_s")
     if kind == "gamma":
         p["cv"] = t.number("cv")
+    if kind in ("curve", "diurnal"):
+        p["cv"] = t.number("cv", 1.0)
     if kind in ("poisson", "gamma", "curve", "diurnal"):
         p["duration_s"] = t.number("duration_s")
     if kind in ("poisson", "gamma", "curve", "diurnal", "backlog"):
@@ -294,12 +298,23 @@ def _workload(model: Table, index: int) -> WorkloadSpec:
 
 def _lengths(t: Table) -> wl.Lengths:
     v = t.get("lengths", "sharegpt")
-    if v == "sharegpt":
-        return "sharegpt"
+    if isinstance(v, str) and v in wl.LENGTH_TABLES:
+        return v
     if isinstance(v, dict):
         lt = t.sub("lengths", ("input_tokens", "output_tokens"))
-        return (lt.positive_integer("input_tokens"), lt.positive_integer("output_tokens"))
-    t.fail("lengths", f'must be "sharegpt" or {{input_tokens = N, output_tokens = N}}, got {show(v)}')
+        return (_span(lt, "input_tokens"), _span(lt, "output_tokens"))
+    names = ", ".join(f'"{n}"' for n in wl.LENGTH_TABLES)
+    t.fail("lengths", f"must be one of {names} or {{input_tokens = N, output_tokens = N}}, got {show(v)}")
+
+
+def _span(t: Table, key: str) -> wl.Span:
+    """N, or [low, high] for lengths drawn uniformly from that range."""
+    v = t.get(key)
+    if isinstance(v, list):
+        if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) or v[0] > v[1]:
+            t.fail(key, f"must be a positive integer or [low, high] with 0 < low <= high, got {show(v)}")
+        return (int(v[0]), int(v[1]))
+    return t.positive_integer(key)
 
 
 def _points(t: Table) -> tuple[tuple[float, float], ...]:
@@ -402,7 +417,7 @@ def _generate(w: WorkloadSpec, model: str, rng: np.random.Generator) -> list[Req
     elif w.kind == "gamma":
         arrivals = wl.gamma_arrivals(rng, p["rate_per_s"], p["cv"], p["duration_s"], start)
     elif w.kind == "curve":
-        arrivals = wl.curve_arrivals(rng, p["points"], p["duration_s"], start)
+        arrivals = wl.curve_arrivals(rng, p["points"], p["duration_s"], start, p["cv"])
     elif w.kind == "diurnal":
         pts = wl.diurnal_points(
             p["peak_rate_per_s"],
@@ -411,7 +426,7 @@ def _generate(w: WorkloadSpec, model: str, rng: np.random.Generator) -> list[Req
             p["peak_at_s"],
             span_s=p["duration_s"],
         )
-        arrivals = wl.curve_arrivals(rng, pts, p["duration_s"], start)
+        arrivals = wl.curve_arrivals(rng, pts, p["duration_s"], start, p["cv"])
     else:  # pragma: no cover - kinds are validated on load
         raise AssertionError(w.kind)
     ins, outs = wl.sample_lengths(rng, len(arrivals), p["lengths"])

@@ -17,17 +17,26 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 import numpy as np
 
 from chirond.model import ReqClass, Request
 from chirond.sim.errors import ScenarioError
 
-SHAREGPT_PATH = Path(__file__).resolve().parent.parent / "data" / "sharegpt_lengths.csv.gz"
+DATA = Path(__file__).resolve().parent.parent / "data"
+SHAREGPT_PATH = DATA / "sharegpt_lengths.csv.gz"
+# Length tables by name: each a CSV whose 2nd and 3rd columns are (input, output) tokens.
+LENGTH_TABLES = {
+    "sharegpt": SHAREGPT_PATH,
+    "azure-code": DATA / "azure2023_code.csv",  # long prompts, short answers
+    "azure-conv": DATA / "azure2023_conv.csv",
+}
 
-# "sharegpt" samples the bundled ShareGPT length pairs; (input, output) fixes both lengths.
-Lengths = Literal["sharegpt"] | tuple[int, int]
+# A name in LENGTH_TABLES samples that table's (input, output) pairs; (input, output) fixes both
+# lengths; a (low, high) pair in place of either draws it uniformly from that range (inclusive).
+Span = int | tuple[int, int]
+Lengths = str | tuple[Span, Span]
 
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens", "class", "deadline_s")
 
@@ -83,9 +92,11 @@ def _gc_paused() -> Iterator[None]:
 
 
 @functools.cache
-def _sharegpt_table() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(SHAREGPT_PATH, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+def _length_table(name: str) -> tuple[np.ndarray, np.ndarray]:
+    path = LENGTH_TABLES[name]
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+        cols = (0, 1) if name == "sharegpt" else (1, 2)
+        table = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2, usecols=cols)
     ins, outs = table[:, 0].copy(), table[:, 1].copy()
     # Shared by every caller through the cache: make accidental in-place edits fail loudly.
     ins.flags.writeable = False
@@ -93,9 +104,10 @@ def _sharegpt_table() -> tuple[np.ndarray, np.ndarray]:
     return ins, outs
 
 
-def sharegpt_lengths(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` (input, output) length pairs drawn with replacement from the bundled ShareGPT sample."""
-    ins, outs = _sharegpt_table()
+def sharegpt_lengths(rng: np.random.Generator, n: int, table: str = "sharegpt") -> tuple[np.ndarray, np.ndarray]:
+    """`n` (input, output) length pairs drawn with replacement from a bundled table (ShareGPT's
+    sample by default)."""
+    ins, outs = _length_table(table)
     idx = rng.integers(0, len(ins), size=n)
     return ins[idx], outs[idx]
 
@@ -105,11 +117,22 @@ def fixed_lengths(n: int, input_tokens: int, output_tokens: int) -> tuple[np.nda
 
 
 def sample_lengths(rng: np.random.Generator, n: int, lengths: Lengths) -> tuple[np.ndarray, np.ndarray]:
-    if lengths == "sharegpt":
-        return sharegpt_lengths(rng, n)
+    if isinstance(lengths, str) and lengths in LENGTH_TABLES:
+        return sharegpt_lengths(rng, n, lengths)
     if isinstance(lengths, tuple) and len(lengths) == 2:
-        return fixed_lengths(n, int(lengths[0]), int(lengths[1]))
-    raise ValueError(f"lengths must be 'sharegpt' or (input_tokens, output_tokens), got {lengths!r}")
+        ins, outs = lengths
+        if isinstance(ins, int) and isinstance(outs, int):
+            return fixed_lengths(n, ins, outs)
+        return _span(rng, n, ins), _span(rng, n, outs)
+    names = ", ".join(LENGTH_TABLES)
+    raise ValueError(f"lengths must be one of {names} or (input_tokens, output_tokens), got {lengths!r}")
+
+
+def _span(rng: np.random.Generator, n: int, span: Span) -> np.ndarray:
+    if isinstance(span, int):
+        return np.full(n, span, dtype=np.int64)
+    low, high = span
+    return rng.integers(low, high + 1, size=n, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- arrival processes
@@ -172,12 +195,16 @@ def curve_arrivals(
     points: Sequence[tuple[float, float]] | Sequence[Sequence[float]],
     duration_s: float,
     start_s: float = 0.0,
+    cv: float = 1.0,
 ) -> np.ndarray:
-    """Non-homogeneous Poisson process whose rate is piecewise linear through `points`.
+    """Arrivals whose rate is piecewise linear through `points`.
 
     `points` are (t_s, rate_per_s) with t_s relative to start_s and strictly increasing; the rate
-    is held at the first/last value outside their range. Sampled by inverting the cumulative
-    rate, so the cost is O(n log n) in the number of arrivals, whatever the rate's peak.
+    is held at the first/last value outside their range. cv = 1 is a non-homogeneous Poisson
+    process; another cv is a gamma renewal process with that coefficient of variation run in
+    operational time (the cumulative rate), so bursts ride on the curve (cv > 1: burstier). Both
+    are sampled by inverting the cumulative rate, so the cost is O(n log n) in the number of
+    arrivals, whatever the rate's peak.
     """
     _check_window(duration_s, start_s)
     pts = np.asarray(points, dtype=np.float64)
@@ -189,6 +216,8 @@ def curve_arrivals(
         raise ValueError("points: times must be strictly increasing")
     if np.any(pts[:, 1] < 0):
         raise ValueError("points: rates must be non-negative")
+    if not (math.isfinite(cv) and cv >= 0):
+        raise ValueError(f"cv must be a non-negative number, got {cv}")
     if duration_s == 0:
         return np.empty(0)
     inner = pts[:, 0][(pts[:, 0] > 0) & (pts[:, 0] < duration_s)]
@@ -197,10 +226,13 @@ def curve_arrivals(
     widths = np.diff(knots)
     cum = np.concatenate(([0.0], np.cumsum((rates[:-1] + rates[1:]) * 0.5 * widths)))
     total = float(cum[-1])
-    n = int(rng.poisson(total))
-    if n == 0:
+    if cv == 1.0:
+        # Given the count, Poisson arrival times in operational time are i.i.d. uniform.
+        u = np.sort(rng.uniform(0.0, total, size=int(rng.poisson(total))))
+    else:
+        u = gamma_arrivals(rng, 1.0, cv, total) if total > 0 else np.empty(0)
+    if len(u) == 0:
         return np.empty(0)
-    u = np.sort(rng.uniform(0.0, total, size=n))
     seg = np.clip(np.searchsorted(cum, u, side="right") - 1, 0, len(widths) - 1)
     r0 = rates[seg]
     slope = (rates[seg + 1] - r0) / widths[seg]

@@ -275,7 +275,7 @@ async def test_priority_policy_serves_interactive_first() -> None:
                                        extra_body={"ignore_eos": True, "priority": priority})
             order.append(name)
 
-        hold = asyncio.create_task(go("hold", 1, 300))
+        hold = asyncio.create_task(go("hold", 1, 3000))  # seconds at speedup 20: the others queue behind it
         await wait_for_metric(s.url, "vllm:num_requests_running", 1)
         later = asyncio.create_task(go("batch", 1, 5))
         await wait_for_metric(s.url, "vllm:num_requests_waiting", 1)

@@ -143,7 +143,7 @@ async def batch_work_is_preempted_for_interactive_and_resumes(
     msgs = [{"role": "user", "content": make_text(50)}]
 
     async def batch_stream() -> tuple[str, int]:
-        s = await c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=120, stream=True,
+        s = await c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=400, stream=True,
                                             stream_options={"include_usage": True}, service_tier="flex",
                                             extra_body={"ignore_eos": True})
         text, usage, ids = "", 0, set()
@@ -156,6 +156,7 @@ async def batch_work_is_preempted_for_interactive_and_resumes(
         assert len(ids) == 1  # one stream, even across the preemption
         return text, usage
 
+    # Long enough (seconds) that they are still running when the interactive request comes.
     batch = [asyncio.create_task(batch_stream()) for _ in range(2)]
     await wait_for(lambda: len(d.dispatcher.slots[iid].batch) == 2, 10, "two batch requests running")
     await asyncio.sleep(0.6)  # let them generate some tokens, and outlive max_wait_s
@@ -163,8 +164,8 @@ async def batch_work_is_preempted_for_interactive_and_resumes(
     assert r.usage is not None and r.usage.completion_tokens == 5
     assert d.dispatcher.evictions >= 1
     for text, usage in await asyncio.gather(*batch):
-        assert usage == 120
-        assert count_text(text) == 120  # resumed from what it had: nothing lost, nothing doubled
+        assert usage == 400
+        assert count_text(text) == 400  # resumed from what it had: nothing lost, nothing doubled
     jobs_cls = {j.req.cls for j in d.gateway.jobs.values()}
     assert ReqClass.BATCH not in jobs_cls
 

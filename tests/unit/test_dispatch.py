@@ -416,3 +416,59 @@ def test_withdraw_takes_requests_back_from_queues_and_instances() -> None:
         assert assigned == [a] and len(d.slots[7].inter) == 1
         assert d.withdraw(a)
         assert len(d.slots[7].inter) == 0
+
+
+# ---------------------------------------------------------------- engine-side priority
+
+
+def test_engine_priority_short_first_aged_by_one_ttft_slo() -> None:
+    d = Dispatcher(DispatchRules(short_first_tokens=4096), {M: TTFT})
+    long_ = inter(arrival=10.0, tokens=8192)  # yields a whole TTFT SLO (2 s)
+    short_later = inter(arrival=11.0, tokens=100)  # arrived 1 s later: goes first
+    short_too_late = inter(arrival=12.5, tokens=100)  # arrived 2.5 s later: after the long one
+    half = inter(arrival=10.0, tokens=2048)  # yields half an SLO
+    b = batch(deadline=5.0, arrival=0.0)
+    for r in (long_, short_later, short_too_late, half, b):
+        d.enqueue(r)
+    order = sorted((long_, short_later, short_too_late, half, b), key=lambda r: (r.priority, r.arrival))
+    assert order == [half, short_later, long_, short_too_late, b]
+    assert half.priority == 11_000 and long_.priority == 12_000
+
+
+def test_engine_priority_by_class_only_without_short_first() -> None:
+    d = make()
+    r, b = inter(arrival=50.0, tokens=9000), batch(deadline=1.0)
+    d.enqueue(r)
+    d.enqueue(b)
+    assert r.priority == 0 < b.priority
+
+
+def test_route_by_prefill_sends_a_new_request_past_a_long_prompt() -> None:
+    # Instance 1 holds one 30k-token prompt not yet answered; instance 2 holds three short ones.
+    # By requests in flight the next goes to 1; by outstanding prompt work, to 2. Once the long
+    # prompt has its first token, 1 is the lighter again.
+    for by_prefill, expect in ((False, 1), (True, 2)):
+        d = Dispatcher(DispatchRules(route_by_prefill=by_prefill), {M: TTFT})
+        d.add_instance(1, M, Pool.MIXED, cap=16)
+        d.add_instance(2, M, Pool.MIXED, cap=16)
+        long_ = inter(0.0, tokens=30_000)
+        d.enqueue(long_)
+        d.dispatch(M, 0.0)
+        assert long_.instance == 1
+        shorts = [inter(0.1, tokens=200) for _ in range(3)]
+        for r in shorts:
+            r.instance = None
+            d.enqueue(r)
+            d.dispatch(M, 0.1)
+        if by_prefill:
+            assert [r.instance for r in shorts] == [2, 2, 2]
+        new = inter(0.2, tokens=100)
+        d.enqueue(new)
+        d.dispatch(M, 0.2)
+        assert new.instance == expect
+    long_.first_token = 1.0
+    later = inter(1.1, tokens=100)
+    d.enqueue(later)
+    d.dispatch(M, 1.1)
+    assert later.instance == 1
+    assert d.slots[1].prefill_outstanding() == 100 and d.slots[2].prefill_outstanding() == 700

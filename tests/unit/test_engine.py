@@ -1,6 +1,7 @@
 """The iteration-level vLLM engine model (chirond.engine), checked against times worked out by hand
-from the profile's step-time formula: a + b*B + c*C/1000 ms per step (B sequences in the step, C
-context tokens of the decoders), plus prefill_ms_per_token for every prompt token in the step."""
+from the profile's step-time formula: a + (b + cpu)*B + c*C/1000 ms per step (B sequences in the
+step, C context tokens of the decoders, cpu the per-sequence CPU time), plus for each prompt chunk of
+c tokens at offset k: p*c + q*c*(k + c/2) (linear layers, attention to the earlier tokens)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chirond.dispatch import BATCH_PRIORITY
 from chirond.engine import Engine, replay
 from chirond.model import ReqClass, Request
 from chirond.profiles import Profile, load_profile
@@ -18,20 +20,27 @@ from chirond.profiles import Profile, load_profile
 ROOT = Path(__file__).resolve().parents[2]
 P8 = load_profile(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
 
-# The profile's constants in seconds (c: per context token, p: per prompt token).
-A = P8.a_ms / 1000.0
-B = P8.b_ms_per_seq / 1000.0
+# The profile's constants in seconds (c: per context token, p: per prompt token, q: per pair).
+A = (P8.a_ms + P8.cpu_ms_per_step) / 1000.0
+B = (P8.b_ms_per_seq + P8.cpu_ms_per_seq) / 1000.0  # GPU and CPU time per sequence
 C = P8.c_ms_per_1k_ctx / 1e6
 PF = P8.prefill_ms_per_token / 1000.0
+Q = P8.attn_ms_per_1m_pairs / 1e9
 
 
 def req(i: int, input_tokens: int, output_tokens: int, arrival: float = 0.0) -> Request:
     return Request(i, "m", ReqClass.INTERACTIVE, arrival, input_tokens, output_tokens)
 
 
-def step(batch: int, ctx: int, prompt: int = 0) -> float:
-    """One engine step in seconds, by the profile's formula."""
-    return A + B * batch + C * ctx + PF * prompt
+def work(chunk: int, offset: int = 0) -> float:
+    """Prompt work of a chunk of `chunk` tokens whose first one sits at `offset`."""
+    return PF * chunk + Q * chunk * (offset + chunk / 2)
+
+
+def step(batch: int, ctx: int, prompt: int = 0, offset: int = 0, more: float = 0.0) -> float:
+    """One engine step in seconds, by the profile's formula: one prompt chunk (plus `more` work of
+    other chunks)."""
+    return A + B * batch + C * ctx + work(prompt, offset) + more
 
 
 def run_idle(eng: Engine) -> tuple[list[Request], int]:
@@ -60,14 +69,15 @@ def one_segment(eng: Engine) -> float:
 def test_single_request_times_by_hand() -> None:
     r = req(0, 100, 10)
     last = replay(P8, [r])
-    # Prefill step: one sequence, no decoders (context term 0), 100 prompt tokens.
-    first = (P8.a_ms + P8.b_ms_per_seq * 1 + P8.prefill_ms_per_token * 100) / 1000.0
+    # Prefill step: one sequence, no decoders (context term 0), 100 prompt tokens from offset 0.
+    first = step(1, 0, 100)
     assert r.first_token == pytest.approx(first, rel=1e-12)
-    assert first == pytest.approx(0.018941, rel=1e-12)  # 11.4 + 0.041 + 7.5 ms
+    # 11.4 + (0.041 + 0.0425 CPU) + 0.070 * 100 + 2.62e-6 * 100 * 50 ms
+    assert first == pytest.approx(0.0184966, rel=1e-12)
     # Then 9 decode steps, one sequence whose context grows 101, 102, ..., 109.
     decode = sum(step(1, 101 + j) for j in range(9))
     assert r.finish == pytest.approx(first + decode, rel=1e-12)
-    assert r.finish == pytest.approx(0.018941 + (9 * 11.441 + 0.086 * 945 / 1000) / 1000, rel=1e-12)
+    assert r.finish == pytest.approx(0.0184966 + (9 * 11.4835 + 0.086 * 945 / 1000) / 1000, rel=1e-12)
     assert last == r.finish
     assert r.tpot == pytest.approx(decode / 9, rel=1e-12)
 
@@ -100,9 +110,58 @@ def test_chunked_prefill_takes_ceil_prompt_over_budget_steps(prompt: int, steps:
     eng.kick(0.0)
     _, segments = run_idle(eng)
     assert segments == steps
-    # Each chunk is its own step: `steps` times (a + b*1), plus every prompt token once.
-    assert r.first_token == pytest.approx(steps * (A + B) + PF * prompt, rel=1e-12)
+    # Each chunk is its own step: `steps` times (a + b*1), plus every prompt token once, and the
+    # chunks' attention adds up to the whole prompt's, q*n^2/2, however it is chunked.
+    assert r.first_token == pytest.approx(steps * (A + B) + PF * prompt + Q * prompt**2 / 2, rel=1e-12)
+    assert r.first_token == pytest.approx(steps * (A + B) + P8.prefill_s(prompt), rel=1e-12)
     assert eng.prompt_tokens == prompt
+
+
+def first_token_s(prof: Profile, prompt: int) -> float:
+    r = req(0, prompt, 1)
+    replay(prof, [r])
+    assert r.first_token is not None
+    return r.first_token
+
+
+def test_prompt_cost_grows_faster_than_its_length() -> None:
+    """Attention: each prompt token attends to all the ones before it, so a 32k prompt costs more
+    than four 8k prompts (linear work alone would make it exactly four: 16 chunks against 4)."""
+    t8k, t32k = first_token_s(P8, 8192), first_token_s(P8, 32768)
+    assert t32k > 4.5 * t8k
+    assert t32k == pytest.approx(16 * (A + B) + P8.prefill_s(32768), rel=1e-12)
+    assert Q * 32768**2 / 2 > 1.0  # over a second of the 32k prompt is attention
+
+
+def test_a_chunk_costs_more_the_later_it_sits_in_its_prompt() -> None:
+    # Two 2048-token chunks of one prompt: alike but for the offset, so the second costs q*2048*2048
+    # more (each of its tokens attends to the 2048 tokens of the first chunk besides its own).
+    eng = Engine(P8)
+    eng.submit(req(0, 4096, 1))
+    eng.kick(0.0)
+    t1 = one_segment(eng)
+    t2 = eng.segment_end
+    assert t1 == pytest.approx(step(1, 0, 2048), rel=1e-12)
+    assert (t2 - t1) - t1 == pytest.approx(Q * 2048 * 2048, rel=1e-9)
+    assert Q * 2048 * 2048 > 0.01
+
+
+def test_cpu_time_per_sequence_stretches_every_step() -> None:
+    """The engine's CPU work (scheduling, inputs, sampling, outputs) grows with the batch and runs
+    between GPU steps: 100 sequences decoding take (b + cpu) per sequence per step, not b alone."""
+    assert P8.cpu_ms_per_seq > 0
+    gpu_only = dataclasses.replace(P8, cpu_ms_per_seq=0.0, cpu_ms_per_step=0.0)
+    ends = []
+    for prof in (P8, gpu_only):
+        eng = Engine(prof)
+        for i in range(100):
+            eng.submit(req(i, 10, 3))
+        eng.kick(0.0)
+        t1 = one_segment(eng)  # all 100 prompts in one step
+        ends.append(eng.segment_end - t1)  # two decode steps of 100 sequences
+    # context 11 then 12 tokens per sequence
+    assert ends[0] == pytest.approx(2 * P8.step_s(100, 1150), rel=1e-12)
+    assert ends[0] - ends[1] == pytest.approx(2 * 100 * P8.cpu_ms_per_seq / 1000, rel=1e-9)
 
 
 def test_decoders_take_one_token_each_from_the_step_budget() -> None:
@@ -117,7 +176,7 @@ def test_decoders_take_one_token_each_from_the_step_budget() -> None:
     eng.kick(t1)
     # Budget 2048 - 1 decoder: b's 2048-token prompt needs two steps (2047 + 1 tokens).
     s1 = step(2, 11, 2047)
-    s2 = step(2, 12, 1)
+    s2 = step(2, 12, 1, offset=2047)
     one_segment(eng)
     one_segment(eng)
     assert b.finish == pytest.approx(t1 + s1 + s2, rel=1e-12)
@@ -133,8 +192,9 @@ def test_running_batch_never_exceeds_max_num_seqs() -> None:
     for r in reqs:
         eng.submit(r)
     eng.kick(0.0)
-    assert eng.running == P8.max_num_seqs == 256
-    assert eng.waiting == 300 - 256
+    # vLLM V1 admits waiting requests only into the step's token budget: 2048 / 16 = 128 at first.
+    assert eng.running == P8.max_num_batched_tokens // 16 == 128
+    assert eng.waiting == 300 - 128
     seen_max = 0
     while eng.busy:
         seen_max = max(seen_max, eng.running)
@@ -201,7 +261,7 @@ def test_preemption_trace_by_hand() -> None:
     eng.kick(0.0)
     run_idle(eng)
 
-    t1 = step(2, 0, 200)
+    t1 = step(2, 0, 100, more=work(100))  # two 100-token prompts, each from offset 0
     t = t1 + sum(step(2, 202 + 2 * j) for j in range(50))
     t += step(2, 151, 151)  # B's first re-prefill, A decoding (context 151)
     a_finish = t + sum(step(1, 152 + j) for j in range(8))
@@ -233,7 +293,7 @@ def test_abort_while_decoding() -> None:
     done, _ = run_idle(eng)
     assert done == [a]
     assert b.finish is None
-    assert b.first_token == pytest.approx(step(2, 0, 200), rel=1e-12)
+    assert b.first_token == pytest.approx(step(2, 0, 100, more=work(100)), rel=1e-12)
     # The abort came before the next step was planned: A decodes alone from there.
     assert a.finish == pytest.approx(t1 + sum(step(1, 101 + j) for j in range(999)), rel=1e-9)
     assert (len(eng), eng.running, eng.kv_used_tokens) == (0, 0, 0)
@@ -357,11 +417,11 @@ def test_max_num_batched_tokens_override() -> None:
     eng.kick(0.0)
     _, segments = run_idle(eng)
     assert segments == 4
-    assert r.first_token == pytest.approx(4 * (A + B) + PF * 2048, rel=1e-12)
+    assert r.first_token == pytest.approx(4 * (A + B) + P8.prefill_s(2048), rel=1e-12)
 
 
 def _batch(i: int, input_tokens: int, output_tokens: int) -> Request:
-    return Request(i, "m", ReqClass.BATCH, 0.0, input_tokens, output_tokens, deadline=1e9)
+    return Request(i, "m", ReqClass.BATCH, 0.0, input_tokens, output_tokens, deadline=1e9, priority=BATCH_PRIORITY)
 
 
 @pytest.mark.parametrize("priority", [False, True])
@@ -393,3 +453,33 @@ def test_priority_preempts_batch_before_interactive(priority: bool) -> None:
     assert eng.num_preemptions > 0
     assert a.finish is not None and b.finish is not None
     assert (b.finish < a.finish) is priority
+
+
+def test_priority_admits_by_priority_then_arrival() -> None:
+    # One running slot; three waiting. Under priority scheduling the lowest priority goes first,
+    # ties by arrival; FCFS ignores the values.
+    eng = Engine(P8, max_num_seqs=1, priority=True)
+    first = req(0, 50, 5)
+    late_low, early_high, late_high = req(1, 50, 5, 0.2), req(2, 50, 5, 0.1), req(3, 50, 5, 0.3)
+    late_low.priority, early_high.priority, late_high.priority = 10, 20, 20
+    eng.submit(first)
+    eng.kick(0.0)
+    for r in (late_high, early_high, late_low):
+        eng.submit(r)
+    run_idle(eng)
+    order = sorted((late_low, early_high, late_high), key=lambda r: r.first_token or math.inf)
+    assert order == [late_low, early_high, late_high]
+
+
+def test_waiting_requests_get_only_the_budget_left_by_running_prompts() -> None:
+    # vLLM V1: a long prompt already running takes the step's budget first; a short one that
+    # arrives later waits for it, whatever its priority, because running requests come first.
+    eng = Engine(P8, max_num_batched_tokens=512, priority=True)
+    long, short = req(0, 2048, 5), req(1, 16, 5, 0.001)
+    short.priority = -1
+    eng.submit(long)
+    eng.kick(0.0)
+    eng.submit(short)
+    run_idle(eng)
+    assert long.first_token is not None and short.first_token is not None
+    assert short.first_token >= long.first_token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -377,6 +378,23 @@ def test_chirond_sizes_interactive_capacity_from_load() -> None:
     assert la.count >= 5
 
 
+def _cap_of(d: Decision) -> int:
+    (c,) = [a.cap for a in d.actions if isinstance(a, SetBatchCap)]
+    return c
+
+
+def test_chirond_caps_count_batch_churn_only_while_batch_work_waits() -> None:
+    # Long interactive prompts (16k), no batch work anywhere: finishing requests are not replaced
+    # by batch prompts, so the cap is set by the interactive load alone, not pinned at 8.
+    stats = load(rate=0.2, mean_input=16_000, mean_output=200)
+    alone = policy("chirond").plan(snap(model([inst(1, inter=2)], stats=stats)), None)
+    backlog = (BacklogGroup(deadline=36_000.0, requests=500, input_tokens=500 * 16_000),)
+    with_batch = policy("chirond").plan(
+        snap(model([inst(1, inter=2)], stats=stats, backlog=backlog, batch_mean_output=200)), None)
+    assert _cap_of(with_batch) == 8
+    assert _cap_of(alone) >= 3 * _cap_of(with_batch)  # 24: set by the interactive prompts alone
+
+
 def test_chirond_scales_down_only_after_hold() -> None:
     pol = policy("chirond")
     insts = [inst(1, inter=1), inst(2), inst(3)]
@@ -389,6 +407,33 @@ def test_chirond_scales_down_only_after_hold() -> None:
         if drains(d):
             drained_at.append(t)
     assert drained_at[:2] == [60, 120]  # scale_down_hold_s = 60, one instance at a time
+
+
+def _idle_model(idle_s: float, rate_10m: float = 0.0, min_instances: int = 0) -> ModelView:
+    stats = dataclasses.replace(load(), rate_10m=rate_10m, idle_s=idle_s)
+    return model([inst(1)], min_instances=min_instances, lead_time_s=240.0, stats=stats)
+
+
+def _drained_by(pol: Policy, m: ModelView, seconds: int) -> bool:
+    state: object = None
+    for t in range(0, seconds + 1, 5):
+        d = pol.plan(snap(m, now=float(t)), state)
+        state = d.state
+        if drains(d):
+            return True
+    return False
+
+
+def test_chirond_scales_an_idle_model_to_zero_after_its_lead_time() -> None:
+    # Rent or buy: with min_instances = 0, an instance idle for longer than a cold start (the lead
+    # time, 240 s here) goes; one idle for less stays, and so does one whose arrival rate says
+    # the next request comes sooner than a cold start.
+    pol = policy("chirond")
+    assert _drained_by(pol, _idle_model(idle_s=300.0), 120)
+    assert not _drained_by(pol, _idle_model(idle_s=100.0), 120)
+    assert not _drained_by(pol, _idle_model(idle_s=300.0, rate_10m=0.01), 120)  # next in ~100 s
+    assert _drained_by(pol, _idle_model(idle_s=300.0, rate_10m=0.002), 120)  # next in ~500 s
+    assert not _drained_by(pol, _idle_model(idle_s=1e9, min_instances=1), 120)
 
 
 def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
@@ -545,3 +590,17 @@ def test_chirond_adds_an_instance_when_interactive_requests_wait_and_holds_it() 
         if drains(later):
             drained_at.append(t)
     assert drained_at == [240.0]  # held until 160, then the usual 60 s of hysteresis
+
+
+def test_chirond_prefill_chunk_grows_with_long_prompts() -> None:
+    # The TPOT bound gives the 70B a 512-token chunk; a mean prompt of 20k tokens (3.8 s of
+    # prefill, over a quarter of the 10-s TTFT SLO) would pay 40 step overheads: it gets vLLM's
+    # chunk. Short prompts keep the TPOT chunk.
+    pol = policy("chirond")
+    slo = Slo(ttft_s=10.0, tpot_s=0.15)
+    tpot_only = pol.engine_args("m70", slo).max_num_batched_tokens
+    assert tpot_only == 512
+    assert pol.engine_args("m70", slo, mean_input=2000).max_num_batched_tokens == tpot_only
+    assert pol.engine_args("m70", slo, mean_input=20_000).max_num_batched_tokens == P70.max_num_batched_tokens
+    never = policy("chirond", long_prompt_share=1e9)
+    assert never.engine_args("m70", slo, mean_input=20_000).max_num_batched_tokens == 512

@@ -5,12 +5,14 @@ with `chirond.engine.replay` and compares the metric with the measurement. Toler
 (relative to the measured value); they are stated here and nowhere else:
 
     metric             tolerance   why this wide
-    median_tpot        +-25 %      decode fits carry up to ~12 % error; CPU overhead not modelled
-    output_throughput  +-25 %      saturation throughput also depends on scheduling details
-    mean_ttft          +-35 %      TTFT of a burst is a few prefill steps: small absolute numbers,
-    median_ttft        +-35 %      dominated by per-step overheads the profiles average out
+    median_tpot        +-15 %      decode fits carry up to ~12 % error
+    output_throughput  +-15 %      saturation throughput also depends on scheduling details
+    mean_ttft          +-20 %      TTFT of a burst is one prefill step: small absolute numbers, and
+    median_ttft        +-20 %      the client-measured figure adds API-server time the model leaves out
 
 Rows on other hardware (A100 PCIe, A100-40GB) are skipped: the profiles are for A100-80GB SXM.
+The one anchor the model misses is in KNOWN_MISSES with its numbers (a strict xfail: it fails the
+moment the model starts meeting it, so the entry cannot go stale).
 """
 
 from __future__ import annotations
@@ -33,12 +35,24 @@ ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "profiles"
 ANCHORS = ROOT / "tests" / "data" / "vllm_a100_e2e_anchors.csv"
 SAMPLE = ROOT / "chirond" / "data" / "sharegpt_vllm_bench_sample320_llama3.csv"
+# The same prompts produced fewer tokens on 70B TP4 (55,641 against 65,378): that run's own lengths.
+SAMPLE_OUT_70B_TP4 = ROOT / "tests" / "data" / "vllm_bench_sample320_outputs_llama3_70b_tp4.csv"
 
 TOLERANCE: dict[str, float] = {
-    "median_tpot": 0.25,
-    "output_throughput": 0.25,
-    "mean_ttft": 0.35,
-    "median_ttft": 0.35,
+    "median_tpot": 0.15,
+    "output_throughput": 0.15,
+    "mean_ttft": 0.20,
+    "median_ttft": 0.20,
+}
+# Anchors the model misses, by test id, with why (measured against the model, in numbers).
+KNOWN_MISSES: dict[str, str] = {
+    "A100-80GB-SXM-Meta-Llama-3-8B-Instruct-tp1-ShareGPT-10-prompts-burst-1369-prompt-tokens-"
+    "all-prompts-at-t-0-mean-ttft": (
+        "model 108.6 ms vs measured 139.2 ms (-22 %): the model's one 1369-token prefill step is "
+        "11.4 ms of weights + 96 ms of prompt work, which derived_prefill_a100.csv confirms (about "
+        "100 ms for 1369 tokens); the other 31 ms are outside the engine (HTTP, tokenising, "
+        "vLLM 0.6's multi-step output path). The 70B rows show the same gap (-18 %, -19 %), inside +-20 %"
+    ),
 }
 UNITS = {"median_tpot": "ms", "output_throughput": "tok/s", "mean_ttft": "ms", "median_ttft": "ms"}
 POISSON_SEED = 0
@@ -80,15 +94,33 @@ def test_profile_loads_and_every_section_has_provenance(path: Path) -> None:
 def test_8b_profile_values() -> None:
     p = load_profile(P8_FILE)
     assert (p.model, p.tensor_parallel, p.gpus) == ("meta-llama/Llama-3.1-8B-Instruct", 1, 1)
-    assert (p.a_ms, p.b_ms_per_seq, p.c_ms_per_1k_ctx, p.prefill_ms_per_token) == (11.4, 0.041, 0.086, 0.075)
+    assert (p.a_ms, p.b_ms_per_seq, p.c_ms_per_1k_ctx, p.prefill_ms_per_token) == (11.4, 0.041, 0.086, 0.070)
+    assert (p.attn_ms_per_1m_pairs, p.cpu_ms_per_step, p.cpu_ms_per_seq) == (2.62, 0.0, 0.0425)
     assert (p.kv_capacity_tokens, p.max_num_seqs, p.max_num_batched_tokens) == (437000, 256, 2048)
     assert p.cold_start_s == pytest.approx(16.1 / 2.0 + 40.0)
-    # step_s: a + b*B + c*C/1000 ms
-    assert p.step_s(10, 5000) == pytest.approx((11.4 + 0.41 + 0.43) / 1000)
-    assert p.prefill_s(1000) == pytest.approx(0.075)
+    # step_s: a + (b + cpu per seq)*B + c*C/1000 ms
+    assert p.step_s(10, 5000) == pytest.approx((11.4 + 0.835 + 0.43) / 1000)
+    # prefill_s: p*n + q*n^2/2 for one prompt; p + q*len/2 per token for many prompts of len
+    assert p.prefill_s(1000) == pytest.approx((70.0 + 2.62 * 0.5) / 1000)
+    assert p.prefill_s(32768) == pytest.approx((0.070 * 32768 + 2.62e-6 * 32768**2 / 2) / 1000)
+    assert p.prefill_s(10_000, prompt_len=1000) == pytest.approx(10 * p.prefill_s(1000))
+    assert p.prefill_s(10_000, prompt_len=0) == pytest.approx(0.7)
     assert p.max_batch_for_kv(10_000) == int(437000 / 10_008)
     assert p.max_batch_for_kv(10) == 256  # capped by max_num_seqs
-    assert p.tpot_s(8, 100, prompt_tokens_per_s=1 / 0.000075) == float("inf")
+    assert p.tpot_s(8, 100, prompt_tokens_per_s=1 / 0.000070) == float("inf")
+    assert p.tpot_s(8, 100, 1000, prompt_len=4000) > p.tpot_s(8, 100, 1000)
+
+
+def test_profile_without_the_newer_keys_loads_with_them_zero(tmp_path: Path) -> None:
+    """Profiles written before the attention and CPU terms keep loading, with the old model."""
+    old = re.sub(r"\[cpu\][^\[]*", "", BASE_TEXT)
+    old = re.sub(r"attn_ms_per_1m_pairs = [^\n]*\n", "", old)
+    path = tmp_path / "old.toml"
+    path.write_text(old)
+    p = load_profile(path)
+    assert (p.attn_ms_per_1m_pairs, p.cpu_ms_per_step, p.cpu_ms_per_seq) == (0.0, 0.0, 0.0)
+    assert p.prefill_s(1000) == pytest.approx(0.070)
+    assert p.step_s(10, 5000) == pytest.approx((11.4 + 0.41 + 0.43) / 1000)
 
 
 def test_tp_profiles_get_faster_with_more_gpus() -> None:
@@ -120,6 +152,11 @@ BAD_PROFILES: list[tuple[str, str, str]] = [
     ("no-provenance", re.sub(r"(\[kv\][^\[]*?)provenance = [^\n]*\n", r"\1", BASE_TEXT), "kv.provenance"),
     ("empty-model", _edit('model = "meta-llama/Llama-3.1-8B-Instruct"', 'model = ""'), "profile.model"),
     ("bad-toml", _edit("a_ms = 11.4", "a_ms = "), "TOML"),
+    ("negative-attention", _edit("attn_ms_per_1m_pairs = 2.62", "attn_ms_per_1m_pairs = -1"),
+     "prefill.attn_ms_per_1m_pairs"),
+    ("cpu-unknown-key", _edit("ms_per_seq = 0.0425\n", "ms_per_seq = 0.0425\nms_per_token = 1\n"), "cpu.ms_per_token"),
+    ("cpu-string", _edit("ms_per_step = 0.0", 'ms_per_step = "0"'), "cpu.ms_per_step"),
+    ("cpu-no-provenance", re.sub(r"(\[cpu\][^\[]*?)provenance = [^\n]*\n", r"\1", BASE_TEXT), "cpu.provenance"),
 ]
 
 
@@ -157,6 +194,17 @@ def _sample() -> tuple[list[int], list[int]]:
 
 
 SAMPLE_IN, SAMPLE_OUT = _sample()
+
+
+def _outputs_70b_tp4() -> list[int]:
+    with SAMPLE_OUT_70B_TP4.open() as f:
+        rows = csv.DictReader(line for line in f if not line.startswith("#"))
+        return [max(1, int(row["output_len_generated"])) for row in rows]
+
+
+def test_70b_outputs_are_the_runs_total() -> None:
+    raw = [int(line.split(",")[1]) for line in SAMPLE_OUT_70B_TP4.read_text().splitlines()[4:]]
+    assert (len(raw), sum(raw)) == (320, 55641)  # total_output_tokens of that run
 
 
 @dataclass(frozen=True)
@@ -227,6 +275,8 @@ def _anchors() -> list[object]:
             ident = re.sub(r"[^A-Za-z0-9.]+", "-", f"{a.model}-tp{a.tp}-{a.workload}-{a.load}-{a.metric}")
             ident = f"{a.gpu}-{ident.strip('-')}"
             marks = [pytest.mark.skip(reason=reason)] if reason else []
+            if ident in KNOWN_MISSES:
+                marks.append(pytest.mark.xfail(reason=KNOWN_MISSES[ident], strict=True))
             params.append(pytest.param(a, id=ident, marks=marks))
     return params
 
@@ -237,9 +287,11 @@ ANCHOR_PARAMS = _anchors()
 def _requests(a: Anchor) -> list[Request]:
     """The anchor's workload: lengths from the 320-prompt ShareGPT sample vLLM's benchmark used."""
 
+    outs = _outputs_70b_tp4() if ("70B" in a.model and a.tp == 4 and "320" in a.workload) else SAMPLE_OUT
+
     def make(arrivals: list[float], idx: list[int]) -> list[Request]:
         return [
-            Request(i, "m", ReqClass.INTERACTIVE, t, SAMPLE_IN[j], SAMPLE_OUT[j])
+            Request(i, "m", ReqClass.INTERACTIVE, t, SAMPLE_IN[j], outs[j])
             for i, (t, j) in enumerate(zip(arrivals, idx, strict=True))
         ]
 
@@ -284,10 +336,13 @@ def test_sample_matches_the_anchor_prompt_count() -> None:
 
 def test_anchor_selection() -> None:
     """The rows this file reproduces (not skipped), so a silently dropped anchor fails here."""
-    ran = [p for p in ANCHOR_PARAMS if not p.marks]  # type: ignore[attr-defined]
-    skipped = [p for p in ANCHOR_PARAMS if p.marks]  # type: ignore[attr-defined]
+    def skipped(p: object) -> bool:
+        return any(m.name == "skip" for m in p.marks)  # type: ignore[attr-defined]
+
+    ran = [p for p in ANCHOR_PARAMS if not skipped(p)]
     assert len(ran) == 11
-    assert len(skipped) == 3  # two PCIe rows, one A100-40GB row
+    assert len(ANCHOR_PARAMS) - len(ran) == 3  # two PCIe rows, one A100-40GB row
+    assert sorted(KNOWN_MISSES) == sorted(p.id for p in ran if p.marks)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("anchor", ANCHOR_PARAMS)

@@ -12,8 +12,10 @@ import pytest
 from rich.console import Console
 
 from chirond.model import ReqClass, Request, Slo
+from chirond.profiles import load_profile
 from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_summary
 from chirond.sim.results import RunResult
+from chirond.sim.runner import ModelSetup, gpu_hours_lower_bound
 
 NAN = math.nan
 
@@ -259,3 +261,17 @@ def test_write_plots_empty_run(tmp_path: Path) -> None:
     run = _run(rows=[])
     run.timeline = {"t": np.zeros(0)}
     assert len(write_plots([run], tmp_path)) == 5
+
+
+def test_gpu_hours_lower_bound_counts_min_instances() -> None:
+    # 100 tiny requests over an hour: their work is seconds of GPU time, but a model that must
+    # keep 2 instances running pays 2 x its GPUs x the hour.
+    prof = load_profile(Path(__file__).resolve().parents[2] / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
+    reqs = [Request(i, "m", ReqClass.INTERACTIVE, 36.0 * i, 100, 10) for i in range(101)]  # the last at 1 h
+
+    def bound(min_instances: int) -> float:
+        setup = ModelSetup("m", prof, Slo(2.0, 0.1), 60.0, 8, min_instances, min_instances, min_instances)
+        return gpu_hours_lower_bound([setup], reqs)
+
+    assert bound(0) < 0.05
+    assert bound(2) == pytest.approx(2 * prof.gpus * 1.0)

@@ -369,6 +369,14 @@ ERRORS = [
         f"{WL}.lengths: must be",
     ),
     (
+        _edit("input_tokens = 111", "input_tokens = [9, 3]"),
+        f"{WL}.lengths.input_tokens: must be a positive integer or [low, high] with 0 < low <= high, got [9, 3]",
+    ),
+    (
+        _edit('kind = "poisson"\nrate_per_s = 2.0', 'kind = "curve"\npoints = [[0, 1]]\ncv = -1'),
+        f"{WL}.cv: must be",
+    ),
+    (
         _edit("input_tokens = 111", "input_tokens = 0"),
         f"{WL}.lengths.input_tokens: must be a positive integer, got 0",
     ),
@@ -449,3 +457,19 @@ def test_scenario_is_frozen(write: Writer) -> None:
     with pytest.raises(AttributeError):
         s.seed = 3  # type: ignore[misc]
     assert s.model("llama-8b") is s.models[0]
+
+
+def test_curve_cv_ranges_and_length_tables_load(write: Writer) -> None:
+    text = BASE.replace("lengths = { input_tokens = 111, output_tokens = 11 }",
+                        "lengths = { input_tokens = [100, 200], output_tokens = 777 }")
+    text += (
+        '\n[[models.llama-8b.workload]]\nkind = "diurnal"\npeak_rate_per_s = 2\ntrough_rate_per_s = 1\n'
+        'cv = 2.5\nduration_s = 600\nlengths = "azure-code"\n'
+    )
+    sc = load_scenario(write(text))
+    poisson, diurnal = sc.model("llama-8b").workloads
+    assert poisson.params["lengths"] == ((100, 200), 777)
+    assert diurnal.params["cv"] == 2.5 and diurnal.params["lengths"] == "azure-code"
+    reqs = build_workload(sc, np.random.default_rng(0))["llama-8b"]
+    ranged = [r.input_tokens for r in reqs if r.output_tokens == 777]
+    assert len(ranged) > 900 and min(ranged) >= 100 and max(ranged) <= 200

@@ -18,6 +18,7 @@ from chirond.sim.workload import (
     load_trace,
     make_requests,
     poisson_arrivals,
+    sample_lengths,
     sharegpt_lengths,
 )
 
@@ -316,3 +317,32 @@ def test_make_requests_first_id_and_lengths_check() -> None:
     ]
     with pytest.raises(ValueError):
         make_requests("m", ReqClass.INTERACTIVE, np.array([1.0]), np.array([1, 2]), np.array([1, 2]))
+
+
+def test_curve_with_cv_keeps_the_rate_and_is_burstier() -> None:
+    # A gamma renewal process run in operational time: the same expected count per segment of
+    # the curve, but gaps with a larger coefficient of variation than Poisson's.
+    pts = [(0, 20.0), (1000, 60.0)]
+    poisson = curve_arrivals(np.random.default_rng(5), pts, 1000.0)
+    bursty = curve_arrivals(np.random.default_rng(5), pts, 1000.0, cv=3.0)
+    _check_window(bursty, 0.0, 1000.0)
+    assert len(bursty) == pytest.approx(40_000, rel=0.1)
+    assert int(np.sum(bursty < 500.0)) == pytest.approx(15_000, rel=0.15)
+
+    def gap_cv(t: np.ndarray) -> float:
+        g = np.diff(t[t < 100.0])  # nearly flat rate there
+        return float(np.std(g) / np.mean(g))
+
+    assert gap_cv(poisson) == pytest.approx(1.0, abs=0.1)
+    assert gap_cv(bursty) > 2.0
+
+
+def test_length_tables_and_ranges() -> None:
+    rng = np.random.default_rng(6)
+    ins, outs = sample_lengths(rng, 2000, "azure-code")
+    assert 1500 < ins.mean() < 2600 and outs.mean() < 60  # the code trace: long prompts, short answers
+    ins, outs = sample_lengths(rng, 2000, ((8192, 32768), 100))
+    assert ins.min() >= 8192 and ins.max() <= 32768 and ins.std() > 5000
+    assert set(outs.tolist()) == {100}
+    with pytest.raises(ValueError, match="lengths must be one of"):
+        sample_lengths(rng, 1, "nope")
