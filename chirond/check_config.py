@@ -26,6 +26,7 @@ from chirond.cluster.slurm_parse import NodeInfo
 from chirond.cluster.transport import SlurmError, TransportError
 from chirond.config import Config, ConfigError, ModelConfig, SlurmBackendConfig, load_config, load_keys
 from chirond.engines import is_vllm_server
+from chirond.policy import make_policy
 from chirond.startup_checks import check_startup
 from chirond.tomltable import key_path
 
@@ -43,6 +44,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """Legal but probably unintended settings."""
     out = []
     d, a = cfg.daemon, cfg.api
+    policy = make_policy(d.policy, {name: m.profile for name, m in cfg.models.items()}, d.policy_params)
     if a.auth == "open" and not _is_loopback(d.listen_host):
         out.append(f'api.auth = "open" on {d.listen_host}: anyone who reaches port {d.listen_port} can use the models')
     if a.auth == "keys" and a.keys_file is not None and not load_keys(a.keys_file):
@@ -57,6 +59,8 @@ def config_warnings(cfg: Config) -> list[str]:
                 f"{key_path('models', m.name, 'command')} sets --api-key: vLLM then ignores the engine key chirond "
                 "gives it (VLLM_API_KEY) and refuses chirond's requests; leave it out"
             )
+        if m.command and is_vllm_server(m.command):
+            out += _vllm_command_warnings(m, policy.engine_args(m.name, m.slo).priority)
         if m.command and not is_vllm_server(m.command):
             out.append(
                 f"{key_path('models', m.name, 'command')} does not look like `vllm serve`: chirond cannot add its "
@@ -69,6 +73,30 @@ def config_warnings(cfg: Config) -> list[str]:
                 f"{key_path('models', m.name, 'slo', 'tpot_s')} = {m.slo.tpot_s:g} s is below one decode step of "
                 f"{m.profile.name} ({floor * 1000:.0f} ms): no batch size meets it"
             )
+    return out
+
+
+def _flag_value(argv: tuple[str, ...], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` in argv; "" for a bare flag; None when absent."""
+    for i, arg in enumerate(argv):
+        if arg == flag:
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            return "" if nxt.startswith("--") else nxt
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _vllm_command_warnings(m: ModelConfig, sends_priority: bool) -> list[str]:
+    """What a `vllm serve` command lacks that chirond's traffic needs."""
+    where = key_path("models", m.name, "command")
+    out = []
+    if _flag_value(m.command, "--enable-auto-tool-choice") is None or not _flag_value(m.command, "--tool-call-parser"):
+        out.append(f"{where} cannot serve `tools`: vLLM answers 400 to every chat request with tools unless the "
+                   "command has --enable-auto-tool-choice and --tool-call-parser (Llama 3.1: llama3_json)")
+    if sends_priority and _flag_value(m.command, "--scheduling-policy") not in ("{scheduling_policy}", "priority"):
+        out.append(f"{where} lacks --scheduling-policy {{scheduling_policy}} (or priority) while the policy sends "
+                   "priorities: vLLM then ignores them and batch work competes with interactive work in the engine")
     return out
 
 

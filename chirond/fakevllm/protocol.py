@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
+from chirond.fakevllm import synthetic
 from chirond.tokens import count_messages, count_prompt, make_text
 
 VLLM_VERSION = "0.33.0"  # the version the simulated server reports at /version and in its logs
@@ -51,6 +53,14 @@ class GenParams:
     include_usage: bool
     continuous_usage: bool
     priority: int
+    tool: dict[str, Any] | None = None  # the function a tool call answers (chat with `tools`)
+    forced: str | None = None  # the whole answer text when the request fixes it (tool arguments, JSON)
+    logprobs: int | None = None  # top alternatives per token when log-probabilities are asked for
+
+    @property
+    def plain(self) -> bool:
+        """Filler text without logprobs: the pre-cut chunk templates apply."""
+        return self.tool is None and self.forced is None and self.logprobs is None
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -136,10 +146,34 @@ def parse_generate(body: object, *, chat: bool, served_model: str, header_reques
     rid = body.get("request_id")
     if rid is not None and not isinstance(rid, str):
         raise _bad("request_id: Input should be a valid string", "request_id")
+    tool = synthetic.pick_tool(body.get("tools"), body.get("tool_choice")) if chat else None
+    forced = json.dumps(synthetic.example((tool or {}).get("parameters", {"type": "object"}))) if tool else None
+    if forced is None:
+        forced = synthetic.structured_text(body.get("response_format"))
     return GenParams(chat=chat, request_id=header_request_id or rid or default_request_id,
                      prompt_tokens=prompt_tokens, prompt_key=prompt_key, max_tokens=max_tokens,
                      min_tokens=min_tokens, ignore_eos=_opt_bool(body, "ignore_eos"), stream=stream,
-                     include_usage=include_usage, continuous_usage=continuous, priority=priority)
+                     include_usage=include_usage, continuous_usage=continuous, priority=priority,
+                     tool=tool, forced=forced, logprobs=_logprobs(body, chat))
+
+
+def _logprobs(body: dict[str, object], chat: bool) -> int | None:
+    """How many alternatives per token the request wants (vLLM's checks); None: no logprobs."""
+    if chat:
+        top = MAX_LOGPROBS if body.get("top_logprobs") == -1 else _opt_int(body, "top_logprobs", 0)
+        want = _opt_bool(body, "logprobs")
+        if top is not None and top > 0 and not want:
+            raise _bad("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+    else:
+        top = _opt_int(body, "logprobs", 0)
+        want = top is not None
+    if top is not None and top > MAX_LOGPROBS:
+        raise _bad(f"Requested sample logprobs of {top}, which is greater than max allowed: {MAX_LOGPROBS}",
+                   "logprobs")
+    return (top or 0) if want else None
+
+
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 def context_error(max_model_len: int, prompt_tokens: int, max_tokens: int) -> ApiError:
@@ -176,6 +210,53 @@ class Render:
         self._open = self._head + ('"choices":[{"index":0,"delta":{"content":' if p.chat
                                    else '"choices":[{"index":0,"text":')
 
+    def text(self, start: int, end: int) -> str:
+        """Output tokens start..end-1 (4 characters each): the fixed answer's, else filler."""
+        if self.p.forced is not None:
+            return self.p.forced[start * 4:end * 4]
+        return text(start, end)
+
+    def _logprobs(self, start: int, end: int) -> object:
+        if self.p.logprobs is None or self.p.tool is not None:
+            return None
+        piece = self.text(start, end)
+        if self.p.chat:
+            return synthetic.chat_logprobs(piece, self.p.logprobs)
+        return synthetic.completion_logprobs(piece, self.p.logprobs, offset=start * 4)
+
+    def _tool_call(self, start: int, end: int, head: bool) -> dict[str, object]:
+        assert self.p.tool is not None
+        fn: dict[str, object] = {"arguments": self.text(start, end)}
+        call: dict[str, object] = {"index": 0, "function": fn}
+        if head:
+            fn["name"] = self.p.tool.get("name")
+            call.update(id=synthetic.tool_call_id(self.p.request_id), type="function")
+        return call
+
+    def _finish(self, finish: str | None) -> str | None:
+        """The API's finish reason: a tool call that ended by itself is "tool_calls" (the engine says stop)."""
+        return "tool_calls" if finish == "stop" and self.p.tool is not None else finish
+
+    def _rich_chunk(self, start: int, end: int, finish: str | None) -> str:
+        """A chunk built as a dict: tool calls and logprobs (rarer, so the fast path stays)."""
+        finish = self._finish(finish)
+        choice: dict[str, object]
+        if self.p.chat:
+            delta: dict[str, object] = ({"tool_calls": [self._tool_call(start, end, start == 0)]}
+                                        if self.p.tool is not None else {"content": self.text(start, end)})
+            choice = {"index": 0, "delta": delta, "logprobs": self._logprobs(start, end), "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": self.text(start, end), "logprobs": self._logprobs(start, end),
+                      "finish_reason": finish}
+        if finish is not None or not self.p.chat:
+            choice["stop_reason"] = None
+        kind = "chat.completion.chunk" if self.p.chat else "text_completion"
+        obj: dict[str, object] = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                                  "choices": [choice]}
+        if self.p.continuous_usage:
+            obj["usage"] = usage(self.p.prompt_tokens, end)
+        return f"data: {dumps(obj)}\n\n"
+
     def role_chunk(self) -> str:
         extra = f',"usage":{dumps(usage(self.p.prompt_tokens, 0))}' if self.p.continuous_usage else ""
         return (f'{self._head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
@@ -183,6 +264,8 @@ class Render:
 
     def chunk(self, start: int, end: int, finish: str | None) -> str:
         """Tokens start..end-1; the last chunk of a choice carries its finish reason."""
+        if not self.p.plain:
+            return self._rich_chunk(start, end, finish)
         if finish is not None:
             tail = f'"logprobs":null,"finish_reason":"{finish}","stop_reason":null'
         elif self.p.chat:
@@ -197,16 +280,23 @@ class Render:
         return f'{self._head}"choices":[],"usage":{dumps(usage(self.p.prompt_tokens, completion))}}}\n\n'
 
     def full(self, completion: int, finish: str) -> dict[str, object]:
+        finish = self._finish(finish) or finish
         choice: dict[str, object]
+        tool = self.p.tool
         if self.p.chat:
+            calls = [] if tool is None else [{**self._tool_call(0, completion, True), "index": None}]
+            for c in calls:
+                del c["index"]  # a message's tool calls carry no index
             choice = {"index": 0,
-                      "message": {"role": "assistant", "content": text(0, completion), "refusal": None,
-                                  "annotations": None, "audio": None, "function_call": None, "tool_calls": [],
-                                  "reasoning": None},
-                      "logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None}
+                      "message": {"role": "assistant", "content": None if tool else self.text(0, completion),
+                                  "refusal": None, "annotations": None, "audio": None, "function_call": None,
+                                  "tool_calls": calls, "reasoning": None},
+                      "logprobs": self._logprobs(0, completion), "finish_reason": finish, "stop_reason": None,
+                      "token_ids": None}
         else:
-            choice = {"index": 0, "text": text(0, completion), "logprobs": None, "finish_reason": finish,
-                      "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}
+            choice = {"index": 0, "text": self.text(0, completion), "logprobs": self._logprobs(0, completion),
+                      "finish_reason": finish, "stop_reason": None, "token_ids": None, "prompt_logprobs": None,
+                      "prompt_token_ids": None}
         u: dict[str, object] = {**usage(self.p.prompt_tokens, completion), "prompt_tokens_details": None}
         out: dict[str, object] = {
             "id": self.id, "object": "chat.completion" if self.p.chat else "text_completion",

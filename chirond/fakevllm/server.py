@@ -39,6 +39,7 @@ from prometheus_client import generate_latest
 
 from chirond.engine import Engine
 from chirond.engine_guard import authorized
+from chirond.fakevllm import synthetic
 from chirond.fakevllm.driver import Driver, Live
 from chirond.fakevllm.lengths import natural_length
 from chirond.fakevllm.metrics import ServerMetrics
@@ -204,6 +205,11 @@ class FakeVllm:
             raise context_error(self.max_model_len, p.prompt_tokens, p.max_tokens)
         else:
             max_tokens = p.max_tokens
+        if p.forced is not None:  # a tool call's arguments or schema-bound JSON: its own length
+            need = len(synthetic.tokens_of(p.forced))
+            if need > max_tokens:
+                return max_tokens, "length", max_tokens
+            return need, "stop", max_tokens  # the engine's reason; the answer says "tool_calls" (Render)
         if p.ignore_eos:
             return max_tokens, "length", max_tokens
         natural = max(p.min_tokens, natural_length(self.seed, p.prompt_key))

@@ -21,6 +21,7 @@ BROKEN = {
     "bad-value": ["--max-num-seqs", "many"],
     "tools-without-parser": ["--enable-auto-tool-choice"],
     "bad-policy": ["--scheduling-policy", "lifo"],
+    "unknown-tool-parser": ["--enable-auto-tool-choice", "--tool-call-parser", "llama9_json"],
 }
 
 
@@ -31,7 +32,7 @@ def _flag(argv: list[str], name: str) -> str:
 def test_rendered_commands_parse_and_resolve(probe: Callable[..., Any], tmp_path: Path) -> None:
     commands = rendered_commands(tmp_path)
     assert len(commands) >= 8
-    base = [a for a in commands[0][1] if a != "--enable-auto-tool-choice"]
+    base = [a for a in commands[0][1] if a not in ("--enable-auto-tool-choice", "--tool-call-parser", "llama3_json")]
     i = base.index("--scheduling-policy")
     controls = [(f"control:{k}", base[:i] + base[i + 2:] + extra) for k, extra in BROKEN.items()]
     got = probe("engine_commands", {"commands": commands + controls, "models": MODELS})
@@ -45,5 +46,7 @@ def test_rendered_commands_parse_and_resolve(probe: Callable[..., Any], tmp_path
         assert r["tensor_parallel_size"] == int(_flag(argv, "--tensor-parallel-size")), label
         assert r["middleware"] == [MIDDLEWARE], label
         assert r["disable_log_stats"] is False, label  # it would remove every vllm:* metric
+        # Llama 3.1 chat with `tools` needs auto tool choice and its parser, or vLLM answers 400.
+        assert (r["enable_auto_tool_choice"], r["tool_call_parser"]) == (True, "llama3_json"), label
     for label, _ in controls:
         assert "error" in got[label], (label, got[label])

@@ -17,6 +17,10 @@ from chirond.fakevllm import FakeVllm
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "llama-8b"
 MSGS = [{"role": "user", "content": "Say hello"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]},
+                                     "days": {"type": "integer", "minimum": 1}},
+    "required": ["city", "unit", "days"]}}}
 
 
 @pytest.fixture
@@ -37,6 +41,15 @@ async def _answers(s: FakeVllm) -> list[dict[str, Any]]:
         ("chat-length", "/v1/chat/completions", {"messages": MSGS, "max_completion_tokens": 3, "ignore_eos": True}),
         ("completion", "/v1/completions", {"model": MODEL, "prompt": "Say hello", "max_tokens": 5}),
         ("completion-ids", "/v1/completions", {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2}),
+        ("chat-tools", "/v1/chat/completions", {"messages": MSGS, "tools": [WEATHER], "max_tokens": 100}),
+        ("chat-tool-named", "/v1/chat/completions", {"messages": MSGS, "tools": [WEATHER], "max_tokens": 100,
+                                                     "tool_choice": {"type": "function",
+                                                                     "function": {"name": "get_weather"}}}),
+        ("chat-logprobs", "/v1/chat/completions", {"messages": MSGS, "max_tokens": 4, "logprobs": True,
+                                                   "top_logprobs": 3}),
+        ("chat-json", "/v1/chat/completions", {"messages": MSGS, "max_tokens": 100, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "answer", "schema": WEATHER["function"]["parameters"]}}}),
+        ("completion-logprobs", "/v1/completions", {"prompt": "Say hello", "max_tokens": 4, "logprobs": 2}),
     ]
     async with aiohttp.ClientSession() as h:
         for label, path, body in requests:
@@ -75,7 +88,7 @@ async def _answers(s: FakeVllm) -> list[dict[str, Any]]:
 
 async def test_answers_validate_against_vllms_models(fake: FakeVllm, probe: Callable[..., Any]) -> None:
     answers = await _answers(fake)
-    assert len(answers) > 25
+    assert len(answers) > 60
     problems = probe("response_models", answers)
     assert set(problems) == {a["label"] for a in answers}
     bad = {label: p for label, p in problems.items() if p}

@@ -557,6 +557,25 @@ def test_check_config_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "does not look like `vllm serve`" not in err
 
 
+def test_check_config_warns_about_tools_and_priorities(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bare = ["vllm", "serve", "x", "--port", "{port}"]
+    over = {"daemon": {"policy": "chirond"}, "models": {"m": {"command": bare}}}
+    assert check_config_main(argparse.Namespace(config=str(write(tmp_path, merged(BASE, over))))) == 0
+    err = capsys.readouterr().err
+    assert "warning: models.m.command cannot serve `tools`" in err
+    assert "warning: models.m.command lacks --scheduling-policy {scheduling_policy}" in err
+    full = [*bare, "--scheduling-policy", "{scheduling_policy}", "--enable-auto-tool-choice",
+            "--tool-call-parser=llama3_json"]
+    over = {"daemon": {"policy": "chirond"}, "models": {"m": {"command": full}}}
+    assert check_config_main(argparse.Namespace(config=str(write(tmp_path, merged(BASE, over))))) == 0
+    err = capsys.readouterr().err
+    assert "tools" not in err and "scheduling-policy" not in err
+    # A policy that sends no priorities needs no priority scheduling.
+    over = {"daemon": {"policy": "static"}, "models": {"m": {"command": bare}}}
+    assert check_config_main(argparse.Namespace(config=str(write(tmp_path, merged(BASE, over))))) == 0
+    assert "scheduling-policy" not in capsys.readouterr().err
+
+
 def test_check_config_warns_when_the_engine_guard_cannot_be_added(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     over = {"models": {"m": {"command": ["./serve-engine.sh", "--port={port}"]}}}

@@ -32,6 +32,13 @@ def resolve(argv: list[str]) -> dict[str, object]:
         cfg = AsyncEngineArgs.from_cli_args(args).create_engine_config()
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
+    if args.tool_call_parser is not None:
+        from vllm.tool_parsers import ToolParserManager
+
+        try:
+            ToolParserManager.get_tool_parser(args.tool_call_parser)
+        except Exception as e:
+            return {"error": f"--tool-call-parser {args.tool_call_parser}: {type(e).__name__}: {e}"}
     s = cfg.scheduler_config
     return {
         "max_num_seqs": s.max_num_seqs, "max_num_batched_tokens": s.max_num_batched_tokens, "policy": s.policy,
