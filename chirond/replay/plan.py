@@ -223,6 +223,11 @@ def daemon_config(
             "max_queue_interactive": max(1024, len(plan.interactive)),
             "max_queue_batch": max(65536, backlog),
             "max_wait_s": sc.horizon_s,
+            # Every request comes from this one client address, and the simulator has no port
+            # guards: lift them so they neither close the client's kept-alive connections nor
+            # refuse its bursts.
+            "max_connections": 1_000_000, "max_connections_per_client": 1_000_000,
+            "idle_timeout_s": sc.horizon_s, "body_timeout_s": sc.horizon_s,
         }),
         ("backend.local", {
             "gpus": c.gpus, "port_range": list(port_range),
