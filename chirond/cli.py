@@ -21,7 +21,8 @@ CHIROND_EXAMPLES = {
     "serve": "chirond serve --config etc/demo.toml",
     "check-config": "chirond check-config /etc/chirond/chirond.toml",
     "fake-vllm": "chirond fake-vllm --profile llama-3.1-8b_a100-80gb_tp1 --model llama-8b --port 9000",
-    "install": "chirond install --print",
+    "install": "chirond install --print\nchirond install --completion bash > /etc/bash_completion.d/chirond\n"
+               "chirond install --man /usr/local/share/man/man1",
 }
 CHIRON_EXAMPLES = {
     "": "chiron status",
@@ -260,7 +261,8 @@ def chirond_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=fakevllm.main)
     from chirond import install_cli
 
-    install_cli.add_parser(sub)
+    install_cli.add_parser(sub, {"chirond": (chirond_parser, "the chirond service: serve, simulate, check, install"),
+                                 "chiron": (chiron_parser, "chirond's user and admin tool")})
     add_examples(ap, CHIROND_EXAMPLES)
     return ap
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from chirond import __version__, bundled
 from chirond.profiles import available_profiles
@@ -27,6 +30,20 @@ def where() -> dict[str, object]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from chirond import cli_docs
+
+    programs: dict[str, tuple[Callable[[], argparse.ArgumentParser], str]] = args.programs
+    if args.completion:
+        for prog, (build, _) in programs.items():
+            print(cli_docs.bash_completion(prog, build()))
+        return 0
+    if args.man:
+        out = Path(args.man)
+        out.mkdir(parents=True, exist_ok=True)
+        for prog, (build, summary) in programs.items():
+            (out / f"{prog}.1").write_text(cli_docs.man_page(prog, build(), summary))
+        print(f"wrote {out / 'chirond.1'} and {out / 'chiron.1'} (man -l {out / 'chiron.1'})")
+        return 0
     w = where()
     if args.json:
         print(json.dumps(w, indent=2))
@@ -44,10 +61,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, programs: dict[str, tuple[Callable[[], Any], str]]) -> None:
+    """`programs`: name -> (its parser's builder, a one-line summary), for completion and man pages."""
     p = sub.add_parser("install", help="show where the example config, the unit, scenarios and profiles are",
                        description="Print where this installation keeps the files a site copies out, and "
                                    "the commands that install them. Changes nothing.")
-    p.add_argument("--print", action="store_true", required=True, help="print the paths (the only mode)")
-    p.add_argument("--json", action="store_true", help="as one JSON object")
-    p.set_defaults(func=main)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--print", action="store_true", help="print the paths and the commands that install them")
+    mode.add_argument("--completion", choices=("bash",),
+                      help="print bash completion for chirond and chiron (source it, or save it under "
+                      "/etc/bash_completion.d/)")
+    mode.add_argument("--man", metavar="DIR", help="write the man pages chirond.1 and chiron.1 into DIR")
+    p.add_argument("--json", action="store_true", help="with --print: as one JSON object")
+    p.set_defaults(func=main, programs=programs)

@@ -27,6 +27,12 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
     || echo "warning: could not install prometheus; tests/component/test_prometheus.py will fail"
 fi
+# Debian's Chromium renders the status page (tests/component/test_status_page.py).
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || echo "warning: could not install chromium; tests/component/test_status_page.py will fail"
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 set +e

@@ -25,9 +25,11 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from chirond import __version__
 from chirond.config import Config
 from chirond.metrics import Metrics
 from chirond.model import ReqClass, Request
+from chirond.ops import status_page
 from chirond.serve import openai_api as oa
 from chirond.serve import request_id
 from chirond.serve.gateway import Gateway, Job
@@ -180,6 +182,7 @@ class ProxyApi:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model:.+}", self.model)  # names may hold '/' (org/name)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/", self.status_page)
         app.router.add_get("/metrics", self.prom)
         for add_routes in more_routes:
             add_routes(app)
@@ -219,6 +222,12 @@ class ProxyApi:
             if entry.get("id") == name:
                 return web.json_response(entry)
         raise oa.ApiError.unknown_model(name, [str(e.get("id")) for e in entries])
+
+    async def status_page(self, request: web.Request) -> web.Response:
+        """For people: no key needed, as /metrics and /health (it shows no user's data)."""
+        page = status_page.render(self.status.model_status(), self.metrics.attainment, self.status.health(),
+                                  __version__, time.time())
+        return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def health(self, request: web.Request) -> web.Response:
         body = self.status.health()

@@ -1,7 +1,7 @@
 """The built wheel works outside the repository: built from a copy of the source, installed into a
 fresh venv in a temporary directory, it carries the example configs, the unit and the scenarios,
 and `chirond check-config` (the bundled demo config), `chiron profile <bare name>`, `chirond
-simulate paper-small` and `chirond install --print` run from there. The fresh venv gets chirond
+simulate paper-small`, `chirond install --print`, completion and man pages run from there. The fresh venv gets chirond
 from the wheel only; its dependencies come from the test's own environment (a path in a .pth
 file), so the test needs no package index beyond the build's own setuptools."""
 
@@ -59,6 +59,13 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_the_bundled_files(tmp_path: Pa
     prof = _run([str(bin_ / "chiron"), "profile", "llama-3.1-8b_a100-80gb_tp1"], work)
     assert prof.returncode == 0, prof.stderr
     assert "cold start" in prof.stdout
+
+    comp = _run([str(bin_ / "chirond"), "install", "--completion", "bash"], work)
+    assert comp.returncode == 0 and "complete -o filenames -F _chiron chiron" in comp.stdout, comp.stderr
+    assert _run(["bash", "-n", "-c", comp.stdout], work).returncode == 0
+    man = _run([str(bin_ / "chirond"), "install", "--man", str(work / "man")], work)
+    assert man.returncode == 0, man.stderr
+    assert (work / "man" / "chiron.1").read_text().startswith(".TH CHIRON 1")
 
     sim = _run([str(bin_ / "chirond"), "simulate", "paper-small", "--policies", "static", "--jobs", "1",
                 "--out", str(work / "sim")], work)
