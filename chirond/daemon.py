@@ -101,7 +101,8 @@ class Daemon:
         await self.backend.start()
         await self.api.start(key)
         a = self.cfg.api
-        limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client)
+        limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client,
+                            a.header_timeout_s)
         self._runner = GuardedRunner(self.api.app(self.batch.http.add_routes), limits, handler_cancellation=True,
                                      access_log=None)
         await self._runner.setup()
