@@ -81,8 +81,9 @@ class ApiConfig:
     batch_header: str = "X-Chirond-Class"  # header value "batch" marks a request batch-class
     batch_deadline_s: float = 3600.0  # deadline of a batch-class request, from its arrival
     # The port's guards (chirond/serve/http_server.py, docs/admin.md "Limits"):
-    idle_timeout_s: float = 15.0  # a connection without a whole request head this long after it opened
-    # (or after its last answer) is closed: silent and slowloris connections
+    idle_timeout_s: float = 75.0  # a connection with no new request this long after it opened (or after
+    # its last answer) is closed: silent connections, idle keep-alive
+    header_timeout_s: float = 10.0  # a request head not whole this long after its first bytes: cut off
     body_timeout_s: float = 30.0  # a request body that stops arriving this long is cut off
     max_connections: int = 1000  # open at once; over it an idle one is closed, else 503
     max_connections_per_client: int = 200  # per client address, likewise
@@ -365,6 +366,7 @@ def _api(t: Table) -> ApiConfig:
         batch_header=header,
         batch_deadline_s=t.number("batch_deadline_s", _A.batch_deadline_s),
         idle_timeout_s=t.number("idle_timeout_s", _A.idle_timeout_s),
+        header_timeout_s=t.number("header_timeout_s", _A.header_timeout_s),
         body_timeout_s=t.number("body_timeout_s", _A.body_timeout_s),
         max_connections=t.integer("max_connections", _A.max_connections, 1),
         max_connections_per_client=t.integer("max_connections_per_client", _A.max_connections_per_client, 1),

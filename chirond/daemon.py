@@ -74,7 +74,8 @@ class Daemon:
         self._keys: dict[str, str] = {}  # api.keys_file, read at start
         self.api = ProxyApi(cfg, self.gateway, self.fleet, self.accounting, self, self.metrics, self.clock,
                             verify_key=self._verify_key)
-        self.batch = BatchService(cfg, self.api, self.dispatcher, self._check_batch_lines, self.database)
+        self.batch = BatchService(cfg, self.api, self.dispatcher, self._check_batch_lines, self.database,
+                                  lambda user: cfg.users.limit(user, "storage_bytes"))
         self.control_server = ControlServer(cfg.daemon.socket_path, operations(self), cfg.users, self.users,
                                             cfg.daemon.control_idle_timeout_s,
                                             cfg.daemon.control_max_connections_per_uid)
@@ -100,7 +101,8 @@ class Daemon:
         await self.backend.start()
         await self.api.start(key)
         a = self.cfg.api
-        limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client)
+        limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client,
+                            a.header_timeout_s)
         self._runner = GuardedRunner(self.api.app(self.batch.http.add_routes), limits, handler_cancellation=True,
                                      access_log=None)
         await self._runner.setup()

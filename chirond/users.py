@@ -47,6 +47,7 @@ class Quota:
     concurrent_interactive: int = 0  # interactive requests in flight at once
     queued_batch_lines: int = 0  # batch lines waiting (Batch API) at once
     tokens_per_day: int = 0  # input + output tokens per UTC day
+    storage_bytes: int = 0  # bytes of the user's files (uploads and batch results) kept at once
 
 
 QUOTA_KEYS = tuple(f.name for f in fields(Quota))

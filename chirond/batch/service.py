@@ -40,6 +40,7 @@ class BatchService:
         dispatcher: Dispatcher,
         check_lines: Callable[[str, int], str | None] | None = None,
         db: Database | None = None,
+        storage_quota: Callable[[str], tuple[int, str]] | None = None,
     ) -> None:
         state = cfg.daemon.state_dir
         self.cfg = cfg
@@ -49,7 +50,7 @@ class BatchService:
         self.store = BatchStore(db or Database(db_path(state)), state / "files", limits, list(cfg.models))
         self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
         self._stored: dict[str, list[tuple[float, int, int]]] = {}  # the store's backlog per model
-        self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines)
+        self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines, storage_quota)
 
     def open(self) -> None:
         """Opens the store (again is a no-op); raises chirond.db.SchemaError for a file it cannot use."""

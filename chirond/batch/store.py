@@ -554,6 +554,12 @@ class BatchStore:
                 (self.files_dir / file_id).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 
+    def storage_bytes(self, user: str) -> int:
+        """Bytes of the user's files (uploads and results), for the storage quota."""
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(sum(bytes), 0) FROM batch_files WHERE user = ?", (user,))
+            return int(row.fetchone()[0])
+
     def _in_use(self, file_id: str) -> bool:
         return any(b.input_file_id == file_id for b in self._batches.values())
 

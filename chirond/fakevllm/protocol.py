@@ -176,13 +176,14 @@ def _logprobs(body: dict[str, object], chat: bool) -> int | None:
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
-def context_error(max_model_len: int, prompt_tokens: int, max_tokens: int) -> ApiError:
+def context_error(max_model_len: int, prompt_tokens: int) -> ApiError:
+    """vLLM 0.33's answer to a prompt that leaves no room for output (renderers/params.py); a prompt
+    that fits gets its max_tokens shortened to the room left instead (get_max_tokens)."""
     return ApiError(
         400,
-        f"This model's maximum context length is {max_model_len} tokens. However, you requested {max_tokens} "
-        f"output tokens and your prompt contains at least {prompt_tokens} input tokens, for a total of at least "
-        f"{prompt_tokens + max_tokens} tokens. Please reduce the length of the input prompt or the number of "
-        f"requested output tokens. (parameter=input_tokens, value={prompt_tokens})",
+        f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
+        f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. Please reduce "
+        f"the length of the input prompt. (parameter=input_tokens, value={prompt_tokens})",
         "input_tokens",
     )
 

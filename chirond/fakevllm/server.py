@@ -197,14 +197,10 @@ class FakeVllm:
     def _plan(self, p: GenParams) -> tuple[int, str, int]:
         """(output tokens, finish reason, max tokens) for a request, or the context-length error."""
         room = self.max_model_len - p.prompt_tokens
-        if p.max_tokens is None:
-            if room < 1:
-                raise context_error(self.max_model_len, p.prompt_tokens, 0)
-            max_tokens = room  # vLLM's default for chat: whatever the context leaves
-        elif p.max_tokens > room:
-            raise context_error(self.max_model_len, p.prompt_tokens, p.max_tokens)
-        else:
-            max_tokens = p.max_tokens
+        if room < 1:
+            raise context_error(self.max_model_len, p.prompt_tokens)
+        # vLLM 0.33: chat without a cap gets whatever the context leaves; a cap beyond it is shortened.
+        max_tokens = room if p.max_tokens is None else min(p.max_tokens, room)
         if p.forced is not None:  # a tool call's arguments or schema-bound JSON: its own length
             need = len(synthetic.tokens_of(p.forced))
             if need > max_tokens:

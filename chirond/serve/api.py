@@ -180,6 +180,7 @@ class ProxyApi:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)  # names may hold '/' (org/name)
         app.router.add_get("/health", self.health)
         app.router.add_get("/", self.status_page)
         app.router.add_get("/metrics", self.prom)
@@ -211,6 +212,16 @@ class ProxyApi:
     async def models(self, request: web.Request) -> web.Response:
         self.authenticate(request)
         return web.json_response({"object": "list", "data": self.status.model_status()})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """One entry of /v1/models (OpenAI's `models.retrieve`); 404 for a name chirond does not serve."""
+        self.authenticate(request)
+        name = request.match_info["model"]
+        entries = self.status.model_status()
+        for entry in entries:
+            if entry.get("id") == name:
+                return web.json_response(entry)
+        raise oa.ApiError.unknown_model(name, [str(e.get("id")) for e in entries])
 
     async def status_page(self, request: web.Request) -> web.Response:
         """For people: no key needed, as /metrics and /health (it shows no user's data)."""

@@ -80,7 +80,9 @@ class BatchApi:
         auth: Callable[[web.Request], str],
         on_batch_created: Callable[[str], None],
         check_lines_quota: Callable[[str, int], str | None] | None = None,
+        storage_quota: Callable[[str], tuple[int, str]] | None = None,
     ) -> None:
+        self.storage_quota = storage_quota  # user -> (bytes allowed, its config key); 0 = unlimited
         self.store = store
         self.auth = auth
         self.on_batch_created = on_batch_created
@@ -117,6 +119,9 @@ class BatchApi:
                 param="file",
                 code="file_too_large",
             )
+        room = self._storage_room(user)
+        if room is not None and request.content_length is not None and request.content_length > room[0] + _SLACK_BYTES:
+            raise self._over_storage(user, room)
         try:
             reader = await request.multipart()
         except (ValueError, AssertionError) as e:  # a malformed boundary
@@ -143,6 +148,8 @@ class BatchApi:
                     with _store_errors():
                         while chunk := await part.read_chunk(_CHUNK):
                             upload.write(chunk)
+                            if room is not None and upload.bytes > room[0]:
+                                raise self._over_storage(user, room)  # `finally` below removes the part
                 else:
                     await self._field(part)  # small unknown fields (expires_after, ...) are ignored
             else:
@@ -163,6 +170,21 @@ class BatchApi:
         finally:
             if upload is not None:
                 upload.abort()
+
+    def _storage_room(self, user: str) -> tuple[int, str] | None:
+        """(bytes the user may still store, the quota's key), or None when unlimited."""
+        if self.storage_quota is None:
+            return None
+        limit, key = self.storage_quota(user)
+        return None if limit <= 0 else (max(0, limit - self.store.storage_bytes(user)), key)
+
+    def _over_storage(self, user: str, room: tuple[int, str]) -> ApiError:
+        return ApiError(
+            429,
+            f"user {user}: this file does not fit in the storage quota ({room[1]}); {room[0]} bytes are left. "
+            "Delete files you no longer need (DELETE /v1/files/ID).",
+            code="quota_exceeded",
+        )
 
     @staticmethod
     async def _field(part: BodyPartReader) -> str:

@@ -3,9 +3,10 @@ error shape of the rest of the API.
 
 - Errors aiohttp answers itself, before any middleware runs (a malformed request line, headers
   over `max_field_size`, `Content-Length: -5`), are OpenAI-shaped JSON too (`handle_error`).
-- Idle and header timeout: aiohttp's keep-alive timer, started when a connection opens and again
-  after each response, closes a connection that has not sent a whole request head by then, however
-  slowly it trickles bytes (`idle_timeout_s`).
+- Idle timeout: aiohttp's keep-alive timer, started when a connection opens and again after each
+  response, closes a connection that has sent no new request by then (`idle_timeout_s`).
+- Header timeout: a request head whose first bytes came `header_timeout_s` ago and is still not
+  whole is cut off, however slowly it trickles (slowloris heads).
 - Body timeout: a request whose body stops arriving for `body_timeout_s` (while chirond is ready
   to read it) is cut off (slowloris bodies).
 - Connection limits, global and per client address: a new connection over a limit first evicts
@@ -42,10 +43,11 @@ WATCH_PERIOD_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
-    idle_timeout_s: float = 15.0
+    idle_timeout_s: float = 75.0
     body_timeout_s: float = 30.0
     max_connections: int = 1000
     max_connections_per_client: int = 200
+    header_timeout_s: float = 10.0
 
 
 class ConnectionTable:
@@ -97,6 +99,7 @@ class GuardedHandler(RequestHandler):
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, tuple | list) and peer else "unix"
         self.last_rx = time.monotonic()
+        self.head_since: float | None = None  # when the first bytes of a head not yet whole came
         self._watch: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         if not self.table.admit(self):
@@ -120,8 +123,12 @@ class GuardedHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        heads = self._request_count
         super().data_received(data)
-
+        if self._request_count != heads:  # a whole head arrived (aiohttp counts parsed ones)
+            self.head_since = None
+        elif self.head_since is None and not self._request_in_progress and data:
+            self.head_since = self.last_rx
     @property
     def idle(self) -> bool:
         """No request being handled: a connection between requests, or still sending a head."""
@@ -130,6 +137,11 @@ class GuardedHandler(RequestHandler):
     def _check(self) -> None:
         self._watch = None
         if self._force_close or self.transport is None:
+            return
+        now = time.monotonic()
+        if self.head_since is not None and now - self.head_since > self.table.limits.header_timeout_s:
+            log.info("closing a connection from %s: its request head never ended", self.client)
+            self.force_close()
             return
         req = self._current_request
         waiting_for_body = req is not None and not req.content.is_eof() and not self._reading_paused

@@ -214,6 +214,9 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     max_completion_tokens = _opt_int(body, "max_completion_tokens", 1)
     _opt_number(body, "temperature", 0.0, 2.0)
     _opt_number(body, "top_p", 0.0, 1.0, low_open=True)
+    for name in ("presence_penalty", "frequency_penalty"):
+        _opt_number(body, name, -2.0, 2.0)
+    _check_logprobs(endpoint, body, stream)
 
     tier = body.get("service_tier")
     if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
@@ -229,6 +232,16 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
         cap = max_tokens if max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
     passthrough = not stream and unstreamable(endpoint, body)
     return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier, passthrough)
+
+
+def _check_logprobs(endpoint: str, body: Json, stream: bool) -> None:
+    """vLLM's own checks (its wording), so such a request is refused here, not after a trip to an engine."""
+    prompt_logprobs = body.get("prompt_logprobs")
+    if stream and _is_int(prompt_logprobs) and (prompt_logprobs > 0 or prompt_logprobs == -1):
+        raise ApiError.invalid("prompt_logprobs", "`prompt_logprobs` are not available when `stream=True`.")
+    top = body.get("top_logprobs")
+    if endpoint == "chat" and _is_int(top) and (top > 0 or top == -1) and not body.get("logprobs"):
+        raise ApiError.invalid("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true.")
 
 
 def request_class(parsed: ParsedRequest, header_value: str | None) -> ReqClass:

@@ -53,3 +53,24 @@ async def test_tokens_per_day_holds_for_batch_lines(daemon_factory: Any, tmp_pat
             await alice.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions", completion_window="24h")
     finally:
         await alice.close()
+
+
+async def test_storage_quota_per_user_and_deleting_frees_it(daemon_factory: Any) -> None:
+    # Issue 13, item 1: with no storage quota any user could fill the state directory.
+    d: Daemon = await daemon_factory(api__auth="keys", users__overrides={"alice": {"storage_bytes": 100_000}})
+    alice = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key=d.users.mint("alice"),
+                               max_retries=0)
+    bob = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{d.port}/v1", api_key=d.users.mint("bob"), max_retries=0)
+    data = ("\n".join(line(i) for i in range(300)) + "\n").encode()[:60_000]
+    try:
+        first = await alice.files.create(file=("a.jsonl", data), purpose="batch")
+        files_before = sorted(p.name for p in d.batch.store.files_dir.iterdir())
+        with pytest.raises(openai.RateLimitError, match="storage_bytes"):
+            await alice.files.create(file=("b.jsonl", data), purpose="batch")
+        assert sorted(p.name for p in d.batch.store.files_dir.iterdir()) == files_before  # nothing kept
+        await bob.files.create(file=("b.jsonl", data), purpose="batch")  # bob has no such quota
+        await alice.files.delete(first.id)  # deleting frees the quota
+        await alice.files.create(file=("b.jsonl", data), purpose="batch")
+    finally:
+        await alice.close()
+        await bob.close()

@@ -219,8 +219,9 @@ async def test_error_shapes(server: FakeVllm) -> None:
     assert nf.value.body == {"message": "The model `nope` does not exist.", "type": "NotFoundError",
                              "param": "model", "code": 404}
     with pytest.raises(openai.BadRequestError) as bad:
-        await c.completions.create(model=MODEL, prompt="hi", max_tokens=131072)
+        await c.completions.create(model=MODEL, prompt=[1] * 131072, max_tokens=1)
     assert bad.value.status_code == 400 and "maximum context length is 131072 tokens" in str(bad.value.body)
+    assert bad.value.body["param"] == "input_tokens"  # type: ignore[index]
     await c.close()
     url = f"{server.url}/v1/chat/completions"
     cases: list[tuple[bytes, str]] = [
@@ -426,3 +427,12 @@ async def test_sigterm_without_timeout_drops_requests() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_max_tokens_beyond_the_context_is_shortened() -> None:
+    """vLLM 0.33 shortens max_tokens to the room the prompt leaves instead of refusing it."""
+    async with serving(max_model_len=64) as s:
+        c = client(s)
+        r = await c.completions.create(model=MODEL, prompt=[1] * 60, max_tokens=100, extra_body={"ignore_eos": True})
+        assert r.usage is not None and r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "length"
+        await c.close()

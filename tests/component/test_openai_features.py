@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import openai
 import pytest
 
 from chirond.daemon import Daemon
@@ -58,6 +59,17 @@ async def test_tools_logprobs_and_json_through_chirond(daemon_factory: Any) -> N
         "type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
     obj = json.loads(r.choices[0].message.content or "")
     assert set(obj) == {"answer", "score"} and isinstance(obj["score"], int)
+    await c.close()
+
+
+async def test_models_retrieve(daemon_factory: Any) -> None:
+    d: Daemon = await daemon_factory()
+    c = client(d)
+    m = await c.models.retrieve(MODEL)
+    assert m.id == MODEL and m.object == "model"
+    assert m.model_dump().get("state") == "live"  # chirond's status fields, as in /v1/models
+    with pytest.raises(openai.NotFoundError, match="llama-8b"):  # the message lists the served ones
+        await c.models.retrieve("org/no-such-model")
     await c.close()
 
 

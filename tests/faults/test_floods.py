@@ -14,7 +14,8 @@ from chirond.control_cli import ControlError, call
 from tests.support import faults as f
 
 FLOOD = 600  # connections, 3x the daemon's limit below
-LIMITS = {"max_connections": 200, "max_connections_per_client": 200, "idle_timeout_s": 5.0, "body_timeout_s": 5.0}
+LIMITS = {"max_connections": 200, "max_connections_per_client": 200, "idle_timeout_s": 5.0, "body_timeout_s": 5.0,
+          "header_timeout_s": 5.0}
 
 
 def rss_mib(pid: int) -> float:

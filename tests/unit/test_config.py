@@ -148,7 +148,7 @@ def test_site_config_sets_every_key_to_its_documented_default() -> None:
     assert set(doc["lifecycle"]) == set(LIFECYCLE_KEYS)
     assert set(doc["batch"]) == set(BATCH_KEYS)
     assert tomllib.loads((ETC / "chirond.toml").read_text())["users"]["quota"] == {
-        "concurrent_interactive": 0, "queued_batch_lines": 0, "tokens_per_day": 0
+        "concurrent_interactive": 0, "queued_batch_lines": 0, "tokens_per_day": 0, "storage_bytes": 0
     }
     for name, model in doc["models"].items():
         assert set(model) == set(MODEL_KEYS), name
