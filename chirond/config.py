@@ -193,6 +193,10 @@ class ModelConfig:
     sim_speedup: float = 1.0
     sim_startup_s: float | None = None  # None: the profile's cold start divided by sim_speedup
     max_wait_s: float | None = None  # a queued request's longest wait for a slot; None: api.max_wait_s
+    # With min_instances = 0: drained after this long without a request, or longer only while the
+    # arrival rate says the next comes sooner than a cold start. None: the model's lead time
+    # (queue wait + start-up), rent or buy.
+    idle_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,6 +623,7 @@ def _model(name: str, t: Table, local: LocalBackendConfig | None) -> ModelConfig
         sim_speedup=t.number("sim_speedup", _M["sim_speedup"]),
         sim_startup_s=t.number("sim_startup_s", 0.0, "non-negative") if "sim_startup_s" in t.data else None,
         max_wait_s=t.number("max_wait_s") if "max_wait_s" in t.data else None,
+        idle_timeout_s=t.number("idle_timeout_s", 0.0, "non-negative") if "idle_timeout_s" in t.data else None,
     )
 
 

@@ -43,7 +43,7 @@ def model_specs(cfg: Config) -> dict[str, ModelSpec]:
     speedup = cfg.daemon.clock_speedup
     return {
         n: ModelSpec(n, m.slo, m.profile, m.min_instances, m.max_instances, startup_s(m) * speedup,
-                     m.initial_instances, m.initial_instances)
+                     m.initial_instances, m.initial_instances, idle_timeout_s=m.idle_timeout_s)
         for n, m in cfg.models.items()
     }
 

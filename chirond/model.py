@@ -168,6 +168,7 @@ class ModelView:
     load: LoadStats
     instances: tuple[InstanceView, ...]
     failures_recent: int = 0  # job failures in the last 10 minutes
+    idle_timeout_s: float | None = None  # min_instances = 0: drain after this long idle (None: lead time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ class ModelSpec:
     startup_s: float  # expected running-to-ready time of one instance (engine start)
     initial_instances: int = 0
     static_instances: int = 0  # what the `static` policy runs (the simulator's scenarios set it)
+    idle_timeout_s: float | None = None  # min_instances = 0: drain after this long idle (None: lead time)
 
 
 def build_snapshot(
@@ -78,6 +79,7 @@ def build_snapshot(
                 batch_queue=n_batch, backlog=groups,
                 batch_mean_output=obs.batch_out_mean[name], load=obs.windows[name].stats(now),
                 instances=tuple(by_model[name]), failures_recent=obs.recent_failures(name, now),
+                idle_timeout_s=m.idle_timeout_s,
             )
         )  # fmt: skip
     return Snapshot(now=now, models=tuple(views), free_gpus=free_gpus)

@@ -236,7 +236,7 @@ class ChirondPolicy(Policy):
             if keep_warm(m):
                 need = max(need, 1)
             else:
-                need, why = 0, why + f", idle {m.load.idle_s:.0f} s > lead {m.lead_time_s:.0f} s"
+                need, why = 0, why + f", idle {m.load.idle_s:.0f} s"
         return max(m.min_instances, min(m.max_instances, need)), why
 
     def _scale(self, m: ModelView, need: int, now: float, low_since: dict[str, float]) -> tuple[list[Action], str]:
@@ -267,10 +267,12 @@ class ChirondPolicy(Policy):
 
 
 def keep_warm(m: ModelView) -> bool:
-    """Scale to zero by rent or buy: an idle instance is kept about as long as a cold start would
-    cost (the model's lead time, queue wait included), the break-even of ski rental, or longer
-    only while the arrival rate says the next request comes sooner than that."""
-    if m.load.idle_s <= m.lead_time_s:
+    """Scale to zero by rent or buy: an idle instance is kept for the model's `idle_timeout_s`,
+    by default about as long as a cold start would cost (the model's lead time, queue wait
+    included: the break-even of ski rental), or longer only while the arrival rate says the next
+    request comes sooner than a cold start."""
+    timeout = m.lead_time_s if m.idle_timeout_s is None else m.idle_timeout_s
+    if m.load.idle_s <= timeout:
         return True
     rate = m.load.rate_10m
     return rate > 0 and 1.0 / rate < m.lead_time_s

@@ -627,3 +627,13 @@ def test_batch_users_and_socket_keys_are_read(tmp_path: Path) -> None:
     assert cfg.users.quota("bob").concurrent_interactive == 2
     assert cfg.users.quota("bob").tokens_per_day == 5
     assert cfg.users.quota("alice").concurrent_interactive == 0
+
+
+def test_idle_timeout_reaches_the_control_loop(tmp_path: Path) -> None:
+    from chirond.fleet import model_specs
+
+    cfg = load(tmp_path, {"models": {"m": {"idle_timeout_s": 90.0}}})
+    assert model_specs(cfg)["m"].idle_timeout_s == 90.0
+    assert model_specs(load(tmp_path, {}))["m"].idle_timeout_s is None  # the lead time
+    with pytest.raises(ConfigError, match=r"models\.m\.idle_timeout_s"):
+        load(tmp_path, {"models": {"m": {"idle_timeout_s": -1}}})

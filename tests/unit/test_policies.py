@@ -409,9 +409,11 @@ def test_chirond_scales_down_only_after_hold() -> None:
     assert drained_at[:2] == [60, 120]  # scale_down_hold_s = 60, one instance at a time
 
 
-def _idle_model(idle_s: float, rate_10m: float = 0.0, min_instances: int = 0) -> ModelView:
+def _idle_model(idle_s: float, rate_10m: float = 0.0, min_instances: int = 0,
+                idle_timeout_s: float | None = None) -> ModelView:
     stats = dataclasses.replace(load(), rate_10m=rate_10m, idle_s=idle_s)
-    return model([inst(1)], min_instances=min_instances, lead_time_s=240.0, stats=stats)
+    m = model([inst(1)], min_instances=min_instances, lead_time_s=240.0, stats=stats)
+    return dataclasses.replace(m, idle_timeout_s=idle_timeout_s)
 
 
 def _drained_by(pol: Policy, m: ModelView, seconds: int) -> bool:
@@ -434,6 +436,9 @@ def test_chirond_scales_an_idle_model_to_zero_after_its_lead_time() -> None:
     assert not _drained_by(pol, _idle_model(idle_s=300.0, rate_10m=0.01), 120)  # next in ~100 s
     assert _drained_by(pol, _idle_model(idle_s=300.0, rate_10m=0.002), 120)  # next in ~500 s
     assert not _drained_by(pol, _idle_model(idle_s=1e9, min_instances=1), 120)
+    # A site's idle_timeout_s replaces the lead time as the idle limit, either way.
+    assert not _drained_by(pol, _idle_model(idle_s=300.0, idle_timeout_s=600.0), 120)
+    assert _drained_by(pol, _idle_model(idle_s=100.0, idle_timeout_s=60.0), 120)
 
 
 def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
