@@ -227,7 +227,7 @@ def daemon_config(
             # guards: lift them so they neither close the client's kept-alive connections nor
             # refuse its bursts.
             "max_connections": 1_000_000, "max_connections_per_client": 1_000_000,
-            "idle_timeout_s": sc.horizon_s, "body_timeout_s": sc.horizon_s,
+            "idle_timeout_s": sc.horizon_s, "header_timeout_s": sc.horizon_s, "body_timeout_s": sc.horizon_s,
         }),
         ("backend.local", {
             "gpus": c.gpus, "port_range": list(port_range),
