@@ -70,6 +70,12 @@ def check_startup(cfg: Config) -> None:
         )
 
 
+def connections_allowed(cap: int = 65536) -> int:
+    """The most `api.max_connections` this process's hard open-files limit allows (at most `cap`)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return cap if hard == resource.RLIM_INFINITY else max(1, min(cap, hard - FD_RESERVE))
+
+
 def raise_open_files_limit(cfg: Config) -> None:
     """The soft open-files limit up to what `api.max_connections` needs (check_startup made sure
     the hard limit allows it)."""

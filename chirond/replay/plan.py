@@ -203,6 +203,7 @@ def daemon_config(
     port_range: tuple[int, int],
     state_dir: Path,
     log_level: str = "info",
+    max_connections: int = 1000,
 ) -> str:
     """The daemon's config for one replay, as TOML text (see docs/scenarios.md, "Replay")."""
     sc, k = plan.scenario, plan.speedup
@@ -225,8 +226,8 @@ def daemon_config(
             "max_wait_s": sc.horizon_s,
             # Every request comes from this one client address, and the simulator has no port
             # guards: lift them so they neither close the client's kept-alive connections nor
-            # refuse its bursts.
-            "max_connections": 1_000_000, "max_connections_per_client": 1_000_000,
+            # refuse its bursts (as many connections as the open-files limit allows, all for it).
+            "max_connections": max_connections, "max_connections_per_client": max_connections,
             "idle_timeout_s": sc.horizon_s, "header_timeout_s": sc.horizon_s, "body_timeout_s": sc.horizon_s,
         }),
         ("backend.local", {

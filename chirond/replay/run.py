@@ -31,6 +31,7 @@ from chirond.replay.result import (
     per_model_extras,
 )
 from chirond.sim.results import RunResult
+from chirond.startup_checks import connections_allowed
 
 DEFAULT_SPEEDUP = 5.0  # sustained by a loaded 2-core machine on benchmarks/scenarios/replay-check.toml
 DEFAULT_LAG_FRACTION = 0.1
@@ -204,7 +205,7 @@ async def replay_one(
     ports = engine_ports(listen)
     cfg_path = run_dir / "chirond.toml"
     cfg_path.write_text(daemon_config(plan, listen_port=listen, port_range=ports, state_dir=state,
-                                      log_level=log_level))
+                                      log_level=log_level, max_connections=connections_allowed()))
     from chirond.config import ConfigError, load_config
 
     try:

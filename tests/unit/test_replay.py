@@ -86,7 +86,8 @@ def test_generated_config_is_valid_and_carries_the_scenario(tmp_path: Path) -> N
     assert (d.clock_speedup, d.tick_s, d.policy, d.backend, d.listen_port) == (10.0, 2.0, "chirond", "local", 45678)
     assert cfg.api.auth == "open"
     # One client address sends everything: the port's connection guards must not cut it off.
-    assert cfg.api.max_connections_per_client >= 100_000 and cfg.api.idle_timeout_s >= plan.scenario.horizon_s
+    assert cfg.api.max_connections_per_client == cfg.api.max_connections == 1000
+    assert cfg.api.idle_timeout_s >= plan.scenario.horizon_s
     assert (loc.gpus, loc.queue_wait_s, loc.time_limit_s, loc.queue_when_full) == (12, (5.0, 20.0), 300.0, True)
     small, big = cfg.models["small"], cfg.models["big"]
     assert (small.min_instances, small.initial_instances, small.max_instances) == (1, 1, 6)
