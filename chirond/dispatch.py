@@ -292,6 +292,7 @@ class Dispatcher:
         if req.first_token is None:
             slot.pending.append(req)
             slot.pending_tokens += req.input_tokens
+            slot.prefill_outstanding()  # prune as we go: bounded whether or not anyone routes by it
         assigned.append(req)
 
     @staticmethod

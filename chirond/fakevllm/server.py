@@ -219,7 +219,7 @@ class FakeVllm:
         self.metrics.max_tokens.observe(max_tokens)
         self.metrics.params_n.observe(1)
         d = self.driver
-        # The engine orders by the request's own priority; the class only names it in metrics.
+        # vLLM has no request classes: the engine orders by the request's priority alone.
         cls = ReqClass.BATCH if self.priority and p.priority > 0 else ReqClass.INTERACTIVE
         r = Request(d.new_id(), self.model, cls, d.now(), p.prompt_tokens, output, priority=p.priority)
         live = Live(r, p.stream, reason)

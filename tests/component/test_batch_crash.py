@@ -7,9 +7,7 @@ unit's cgroup under KillMode=mixed); the local backend starts fresh ones."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import openai
 
 from tests.support import free_port, write_toml
 from tests.support.config import serve_toml
-from tests.support.procs import children, start_serve
+from tests.support.procs import kill9, start_serve
 
 LINES = 3000
 KEY = "crash-test-key-0123456789abcdef"
@@ -42,12 +40,7 @@ class Daemon:
 
     async def kill9(self) -> None:
         assert self.proc is not None
-        engines = children(self.proc.pid)
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        for pid in engines:  # each engine leads its own process group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        await kill9(self.proc)
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

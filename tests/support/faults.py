@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 
 from tests.support import free_port, write_toml
 from tests.support.config import serve_toml
-from tests.support.procs import children, start_serve
+from tests.support.procs import kill9, start_serve
 
 KEY = "fault-test-key-0123456789abcdef"
 MODEL = "llama-8b"
@@ -64,14 +63,8 @@ class ServeProcess:
         raise AssertionError(f"chirond not live after {timeout_s} s: {self.log.read_text()[-3000:]}")
 
     async def kill9(self) -> None:
-        """SIGKILL, then the engines it left (what systemd does to the unit's cgroup)."""
         assert self.proc is not None
-        engines = children(self.proc.pid)
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        for pid in engines:  # each engine leads its own process group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        await kill9(self.proc)
 
     async def stop(self) -> int:
         if self.proc is None or self.proc.returncode is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -38,3 +40,13 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(entry.name))
     return out
+
+
+async def kill9(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a daemon, then the engines it left (what systemd does to the unit's cgroup)."""
+    engines = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    for pid in engines:  # each engine leads its own process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
