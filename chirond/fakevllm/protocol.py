@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from chirond.fakevllm import synthetic
+from chirond.lax_values import lax_int
 from chirond.tokens import count_messages, count_prompt, make_text
 
 VLLM_VERSION = "0.33.0"  # the version the simulated server reports at /version and in its logs
@@ -71,11 +72,12 @@ def _opt_int(body: dict[str, object], key: str, minimum: int | None = None) -> i
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int):
+    n = lax_int(v)  # as pydantic reads it: "10" is 10
+    if n is None or (key in ("logprobs", "top_logprobs") and not isinstance(v, int | float)):
         raise _bad(f"{key}: Input should be a valid integer, got {v!r}", key)
-    if minimum is not None and v < minimum:
-        raise _bad(f"{key} must be at least {minimum}, got {v}.", key)
-    return v
+    if minimum is not None and n < minimum:
+        raise _bad(f"{key} must be at least {minimum}, got {n}.", key)
+    return n
 
 
 def _opt_bool(body: dict[str, object], key: str) -> bool:
