@@ -34,7 +34,7 @@ def unstreamable(endpoint: str, body: Json) -> bool:
 
 @dataclass(slots=True)
 class ParsedRequest:
-    endpoint: str  # "chat" | "completions"
+    endpoint: str  # "chat" | "completions" | "responses" (chirond.serve.responses_request)
     body: Json  # the client's JSON object, unchanged
     model: str
     stream: bool
@@ -46,6 +46,12 @@ class ParsedRequest:
     # Sent upstream unstreamed and relayed whole: a non-streaming request vLLM refuses to stream
     # (`prompt_logprobs`; `use_beam_search`). Not preemptible, no TTFT of its own (docs/serving.md).
     passthrough: bool = False
+
+    @property
+    def preemptible(self) -> bool:
+        """Whether the dispatcher may evict it for interactive work (it then resumes from its text): not a
+        pass-through, not a Responses request (docs/serving.md, "Failures, preemption and what is lost")."""
+        return not self.passthrough and self.endpoint in ENDPOINTS
 
 
 def _show(value: object) -> str:
