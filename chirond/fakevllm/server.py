@@ -217,11 +217,13 @@ class FakeVllm:
             return max_tokens, "length", max_tokens
         return natural, "stop", max_tokens
 
-    def _submit(self, p: GenParams) -> tuple[Live, int]:
-        """Plan a request and hand it to the engine: (its Live, the max_tokens it runs with)."""
+    def _submit(self, p: GenParams, observe_n: int | None = 1) -> tuple[Live, int]:
+        """Plan a request (one sequence) and hand it to the engine: (its Live, the max_tokens it runs
+        with). `observe_n`: the request's n for vLLM's histogram, once per request."""
         output, reason, max_tokens = self._plan(p)
         self.metrics.max_tokens.observe(max_tokens)
-        self.metrics.params_n.observe(1)
+        if observe_n is not None:
+            self.metrics.params_n.observe(observe_n)
         d = self.driver
         # vLLM has no request classes: the engine orders by the request's priority alone.
         cls = ReqClass.BATCH if self.priority and p.priority > 0 else ReqClass.INTERACTIVE
@@ -277,48 +279,56 @@ class FakeVllm:
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         p = await self._read(request, chat)
-        live, _ = self._submit(p)
+        # n > 1: n sequences of the same prompt, each its own engine request (vLLM's n sequences take
+        # n batch slots; this engine model has no prefix cache, so each prefills the prompt).
+        lives = [self._submit(p, observe_n=p.n if i == 0 else None)[0] for i in range(p.n)]
         render = Render(p, self.model, int(time.time()))
-        d = self.driver
         try:
             if p.stream:
-                return await self._stream(request, live, render)
-            while not live.done:
-                await live.wait()
-            if live.reason == "abort":
+                return await self._stream(request, lives, render)
+            for live in lives:
+                while not live.done:
+                    await live.wait()
+            if any(live.reason == "abort" for live in lives):
                 raise ApiError(503, "The request was aborted: the server is shutting down.")
-            return web.json_response(render.full(live.req.output_tokens, live.reason))
+            return web.json_response(render.full([(live.req.output_tokens, live.reason) for live in lives]))
         finally:
-            self._handlers -= 1
-            d.abort(live)  # no-op once finished; otherwise the client left (or we stop): free the slot
+            self._handlers -= len(lives)
+            for live in lives:
+                self.driver.abort(live)  # no-op once finished; otherwise the client left (or we stop)
 
-    async def _stream(self, request: web.Request, live: Live, render: Render) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, lives: list[Live], render: Render) -> web.StreamResponse:
+        """Chunks as the engine makes tokens; with n > 1, each choice's chunks carry its index."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        total = live.req.output_tokens
-        sent = 0
+        sent = [0] * len(lives)
         while True:
-            n = live.avail
-            if n > sent:
-                final = live.done and n == total
-                chunk = render.chunk(sent, n, live.reason if final else None)
-                if sent == 0 and render.p.chat:
-                    chunk = render.role_chunk() + chunk
+            out = []
+            for i, live in enumerate(lives):
+                n = live.avail
+                if n > sent[i]:
+                    final = live.done and n == live.req.output_tokens
+                    chunk = render.chunk(sent[i], n, live.reason if final else None, index=i)
+                    if sent[i] == 0 and render.p.chat:
+                        chunk = render.role_chunk(index=i) + chunk
+                    out.append(chunk)
+                    sent[i] = n
+            if out:
                 try:
-                    await resp.write(chunk.encode())
+                    await resp.write("".join(out).encode())
                 except ConnectionError:  # the client left; the caller aborts the request
                     return resp
-                sent = n
-            if live.done:
+            waiting = next((live for live in lives if not live.done), None)
+            if waiting is None:
                 break
-            await live.wait()
+            await waiting.wait()
         tail = b""
-        if live.reason == "abort":  # vLLM reports errors after the 200 in-band
+        if any(live.reason == "abort" for live in lives):  # vLLM reports errors after the 200 in-band
             tail = (b'data: {"error":{"message":"The request was aborted.","type":"ServiceUnavailableError",'
                     b'"param":null,"code":503}}\n\n')
         elif render.p.include_usage:
-            tail = render.usage_chunk(sent).encode()
+            tail = render.usage_chunk(sum(sent)).encode()
         with contextlib.suppress(ConnectionError):
             await resp.write(tail + b"data: [DONE]\n\n")
             await resp.write_eof()

@@ -277,7 +277,7 @@ class ProxyApi:
             raise oa.ApiError.queue_full(parsed.model, cls.value, limit, self.api.retry_after_s)
         self.hooks.admit(user, parsed, cls)  # per-user quotas: raises a 429 ApiError
         req = self.gateway.new_request(
-            parsed.model, cls, parsed.input_tokens, parsed.max_tokens or 0, self.api.batch_deadline_s
+            parsed.model, cls, parsed.input_tokens, parsed.output_cap, self.api.batch_deadline_s
         )
         req.preemptible = parsed.preemptible
         client = _ClientSide(request, parsed)
@@ -293,7 +293,7 @@ class ProxyApi:
             self.hooks.admit(user, parsed, ReqClass.BATCH)  # the same quotas as an HTTP request: 429 line
         except oa.ApiError as e:
             return e.status, json.dumps(e.body()).encode()
-        req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.max_tokens or 0, None)
+        req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.output_cap, None)
         req.deadline = deadline
         req.preemptible = parsed.preemptible
         try:

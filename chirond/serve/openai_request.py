@@ -46,12 +46,19 @@ class ParsedRequest:
     # Sent upstream unstreamed and relayed whole: a non-streaming request vLLM refuses to stream
     # (`prompt_logprobs`; `use_beam_search`). Not preemptible, no TTFT of its own (docs/serving.md).
     passthrough: bool = False
+    n: int = 1  # choices; each is a sequence the engine generates
 
     @property
     def preemptible(self) -> bool:
-        """Whether the dispatcher may evict it for interactive work (it then resumes from its text): not a
-        pass-through, not a Responses request (docs/serving.md, "Failures, preemption and what is lost")."""
-        return not self.passthrough and self.endpoint in ENDPOINTS
+        """Whether the dispatcher may evict it for interactive work (it then resumes from its text): one
+        choice, not a pass-through, not a Responses request (docs/serving.md, "Failures, preemption and
+        what is lost")."""
+        return not self.passthrough and self.endpoint in ENDPOINTS and self.n == 1
+
+    @property
+    def output_cap(self) -> int:
+        """The output tokens the request may generate, all choices together (0: up to the context)."""
+        return (self.max_tokens or 0) * self.n
 
 
 def _show(value: object) -> str:
@@ -184,9 +191,8 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     """Validate a /v1/chat/completions ("chat") or /v1/completions ("completions") request; raise ApiError.
 
     Stricter than vLLM where chirond's scheduling needs it: `model` is required (vLLM 0.33 falls back to
-    its only model; chirond serves several and routes on the name), `n` must be 1 (the dispatcher sizes,
-    orders and preempts single sequences), one prompt per completions request. Unknown fields pass through,
-    as vLLM accepts them; explicit nulls count as absent, as in vLLM's optional fields."""
+    its only model; chirond serves several and routes on the name), one prompt per completions request.
+    Unknown fields pass through, as vLLM accepts them; explicit nulls count as absent, as in vLLM's optional fields."""
     if endpoint not in ENDPOINTS:
         raise ValueError(f"unknown endpoint {endpoint!r}")
     if len(raw) > max_body_bytes:
@@ -218,15 +224,14 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
                 )
         include_usage = opts.get("include_usage") is True
 
-    n = body.get("n")
-    if n is not None and lax_int(n) != 1:
-        raise ApiError.invalid(
-            "n",
-            f"'n' must be 1, got {_show(n)}: chirond schedules and preempts each request "
-            "as a single sequence; send separate requests for several choices.",
-        )
-    if n is not None:
-        body["n"] = 1
+    n = 1
+    if body.get("n") is not None:
+        got = lax_int(body["n"])
+        if got is None:
+            raise ApiError.invalid("n", f"'n' must be an integer >= 1, got {_show(body['n'])}.")
+        if got < 1:  # vLLM's SamplingParams check, which names no parameter
+            raise ApiError.invalid(None, f"n must be at least 1, got {got}.")
+        body["n"] = n = got
     max_tokens = _opt_int(body, "max_tokens", 1)
     max_completion_tokens = _opt_int(body, "max_completion_tokens", 1)
     _opt_number(body, "temperature", 0.0, 2.0)
@@ -244,8 +249,10 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     else:
         input_tokens = count_prompt(_check_prompt(body))
         cap = max_tokens if max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    passthrough = not stream and unstreamable(endpoint, body)
-    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier, passthrough)
+    # n > 1 is never resumed (a continuation cannot carry n sequences): unstreamed for a non-streaming
+    # client, relayed as it comes for a streaming one (docs/serving.md).
+    passthrough = not stream and (unstreamable(endpoint, body) or n > 1)
+    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier, passthrough, n)
 
 
 def _check_logprobs(endpoint: str, body: Json, stream: bool) -> None:

@@ -46,6 +46,9 @@ CHAT: dict[str, dict[str, Any]] = {
     "temperature-high": {"model": M, "messages": MSGS, "temperature": 3},
     "top-p-zero": {"model": M, "messages": MSGS, "top_p": 0},
     "n-2": {"model": M, "messages": MSGS, "n": 2},
+    "n-0": {"model": M, "messages": MSGS, "n": 0},
+    "n-string-3": {"model": M, "messages": MSGS, "n": "3", "stream": True},
+    "n-fraction": {"model": M, "messages": MSGS, "n": 1.5},
     "stream-options-no-stream": {"model": M, "messages": MSGS, "stream_options": {"include_usage": True}},
     "top-logprobs-without-logprobs": {"model": M, "messages": MSGS, "top_logprobs": 2},
     "top-logprobs-string": {"model": M, "messages": MSGS, "logprobs": True, "top_logprobs": "2"},
@@ -70,12 +73,12 @@ COMPLETIONS: dict[str, dict[str, Any]] = {
     "prompt-logprobs-stream": {"model": M, "prompt": "hi", "prompt_logprobs": 1, "stream": True},
     "prompt-logprobs": {"model": M, "prompt": "hi", "prompt_logprobs": 1},
     "best-of": {"model": M, "prompt": "hi", "best_of": 2},
+    "n-2": {"model": M, "prompt": "hi", "n": 2},
 }
 # (endpoint, label) -> (chirond's verdict, vLLM's verdict, why they differ). Verdicts are
 # "ok" or "400:param".
 DIFFERENCES: dict[tuple[str, str], str] = {
     ("chat", "no-model"): "chirond serves several models and routes on the name; vLLM falls back to its only one",
-    ("chat", "n-2"): "chirond schedules and preempts single sequences; a clear 400 says so",
     ("completions", "two-prompts"): "chirond sizes and schedules one prompt per request",
 }
 

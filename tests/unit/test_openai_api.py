@@ -334,10 +334,10 @@ INVALID = [
     ("completions", _set(prompt=[True]), "prompt", "string, an array of token ids"),
     ("completions", _set(prompt={"text": "a"}), "prompt", "string, an array of token ids"),
     ("completions", _set(prompt=7), "prompt", "string, an array of token ids"),
-    ("chat", _set(n=2), "n", "single sequence"),
-    ("completions", _set(n=4), "n", "single sequence"),
-    ("chat", _set(n=0), "n", "must be 1"),
-    ("chat", _set(n="2"), "n", "must be 1"),
+    ("chat", _set(n=0), None, "at least 1"),
+    ("completions", _set(n=-2), None, "at least 1"),
+    ("chat", _set(n="two"), "n", "integer >= 1"),
+    ("chat", _set(n=1.5), "n", "integer >= 1"),
     ("chat", _set(max_tokens=0), "max_tokens", "integer >= 1"),
     ("chat", _set(max_tokens=1.5), "max_tokens", "integer >= 1"),
     ("completions", _set(max_tokens="ten"), "max_tokens", "integer >= 1"),
@@ -417,6 +417,16 @@ def test_values_read_as_vllm_reads_them(field: str, value: Any, read: Any) -> No
 def test_accepted_as_vllm_accepts(extra: dict[str, Any]) -> None:
     p = parse("chat", chat_body(**extra))
     assert oa.request_class(p, None) is ReqClass.INTERACTIVE
+
+
+@pytest.mark.parametrize(("endpoint", "stream"), [("chat", False), ("chat", True), ("completions", False)])
+def test_several_choices_are_served_never_preempted(endpoint: str, stream: bool) -> None:
+    base = chat_body(max_tokens=10) if endpoint == "chat" else comp_body(max_tokens=10)
+    p = parse(endpoint, {**base, "n": "3", "stream": stream})
+    assert (p.n, p.body["n"], p.output_cap, p.preemptible) == (3, 3, 30, False)
+    assert p.passthrough is not stream  # a non-streaming client gets vLLM's own answer, whole
+    one = parse(endpoint, {**base, "n": 1})
+    assert (one.n, one.output_cap, one.preemptible, one.passthrough) == (1, 10, True, False)
 
 
 def test_empty_prompt_list_goes_to_the_engine() -> None:
