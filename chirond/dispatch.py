@@ -36,7 +36,7 @@ def engine_priority(req: Request, ttft_slo_s: float, short_first_tokens: int) ->
 class Slot:
     """One instance as the dispatcher sees it."""
 
-    __slots__ = ("batch", "batch_cap", "cap", "id", "inter", "model", "pending", "pending_tokens", "pool", "routable")
+    __slots__ = ("batch", "batch_cap", "cap", "id", "inter", "model", "pending", "pool", "routable")
 
     def __init__(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int) -> None:
         self.id = inst_id
@@ -47,23 +47,20 @@ class Slot:
         self.routable = True
         self.inter: dict[int, Request] = {}
         self.batch: dict[int, Request] = {}  # insertion order = dispatch order
-        # Requests sent here in dispatch order, and their prompt tokens, until their first token.
-        self.pending: deque[Request] = deque()
-        self.pending_tokens = 0
+        # Requests sent here that have not had their first token, by id (a request sent here
+        # again after an eviction counts once).
+        self.pending: dict[int, Request] = {}
 
     @property
     def inflight(self) -> int:
         return len(self.inter) + len(self.batch)
 
     def prefill_outstanding(self) -> int:
-        """Prompt tokens sent here and not yet answered. Engines prefill in admission order, so
-        answered ones leave from the front; one that left otherwise (evicted, withdrawn) counts
-        until it reaches the front, an overestimate that lasts one prompt."""
-        p = self.pending
-        while p and (p[0].first_token is not None or p[0].instance != self.id
-                     or (p[0].id not in self.inter and p[0].id not in self.batch)):
-            self.pending_tokens -= p.popleft().input_tokens
-        return self.pending_tokens
+        """Prompt tokens sent here and not yet answered: a request leaves `pending` when it leaves
+        the slot (finished, evicted, withdrawn) and, found here, when it has its first token."""
+        for k in [k for k, r in self.pending.items() if r.first_token is not None]:
+            del self.pending[k]
+        return sum(r.input_tokens for r in self.pending.values())
 
 
 @dataclass
@@ -202,6 +199,7 @@ class Dispatcher:
                 slot.inter.pop(req.id, None)
             else:
                 slot.batch.pop(req.id, None)
+            slot.pending.pop(req.id, None)
         return slot
 
     # ---------------------------------------------------------------- dispatching
@@ -290,9 +288,7 @@ class Dispatcher:
         else:
             slot.batch[req.id] = req
         if req.first_token is None:
-            slot.pending.append(req)
-            slot.pending_tokens += req.input_tokens
-            slot.prefill_outstanding()  # prune as we go: bounded whether or not anyone routes by it
+            slot.pending[req.id] = req  # at most the requests in flight here
         assigned.append(req)
 
     @staticmethod
@@ -344,6 +340,7 @@ class Dispatcher:
         if best is None:
             return None
         victim = best.batch.pop(best_rid)
+        best.pending.pop(best_rid, None)
         victim.preempted += 1
         self.evictions += 1
         self.requeue(victim)

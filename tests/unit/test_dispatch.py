@@ -472,3 +472,26 @@ def test_route_by_prefill_sends_a_new_request_past_a_long_prompt() -> None:
     d.dispatch(M, 1.1)
     assert later.instance == 1
     assert d.slots[1].prefill_outstanding() == 100 and d.slots[2].prefill_outstanding() == 700
+
+
+def test_prefill_outstanding_is_exact_across_eviction_and_return() -> None:
+    # A batch prompt evicted while still in prefill no longer counts on its instance; sent back
+    # there, it counts once; finished, not at all (whatever order the prompts leave in).
+    d = Dispatcher(DispatchRules(route_by_prefill=True), {M: TTFT})
+    d.add_instance(1, M, Pool.MIXED, cap=2, batch_cap=2)
+    b1, b2 = batch(100.0, tokens=20_000), batch(100.0, tokens=5_000)
+    d.enqueue(b1)
+    d.enqueue(b2)
+    d.dispatch(M, 0.0)
+    assert d.slots[1].prefill_outstanding() == 25_000
+    r = inter(1.0, tokens=300)
+    d.enqueue(r)
+    _, evicted = d.dispatch(M, 1.0)
+    assert [v.id for v, _ in evicted] == [b2.id]
+    assert d.slots[1].prefill_outstanding() == 20_300
+    d.complete(r)  # answered before the long prompt ahead of it: no longer outstanding
+    assert d.slots[1].prefill_outstanding() == 20_000
+    d.dispatch(M, 2.0)  # b2 comes back to the only instance
+    assert b2.instance == 1 and d.slots[1].prefill_outstanding() == 25_000
+    b1.first_token = 3.0
+    assert d.slots[1].prefill_outstanding() == 5_000
