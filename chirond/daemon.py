@@ -44,7 +44,6 @@ from chirond.sdnotify import Notifier, watchdog_loop
 from chirond.serve.api import ProxyApi
 from chirond.serve.gateway import Gateway
 from chirond.serve.http_server import GuardedRunner, HttpLimits
-from chirond.serve.tokenize_api import TokenizeRoutes
 from chirond.startup_checks import check_startup, prepare_state_dir, raise_open_files_limit
 from chirond.users import UsageCollector, UserStore
 
@@ -104,8 +103,7 @@ class Daemon:
         a = self.cfg.api
         limits = HttpLimits(a.idle_timeout_s, a.body_timeout_s, a.max_connections, a.max_connections_per_client,
                             a.header_timeout_s)
-        app = self.api.app(self.batch.http.add_routes, TokenizeRoutes(self.api).add_routes)
-        self._runner = GuardedRunner(app, limits, handler_cancellation=True,
+        self._runner = GuardedRunner(self.api.app(self.batch.http.add_routes), limits, handler_cancellation=True,
                                      access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, d.listen_host, d.listen_port, backlog=1024).start()

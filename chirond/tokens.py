@@ -33,6 +33,19 @@ def count_messages(messages: Iterable[dict[str, object]]) -> int:
     return n
 
 
+def count_response_input(items: object, instructions: object = None) -> int:
+    """A Responses API `input` (a string, or items: messages, function calls and their outputs)
+    and its `instructions`, counted as the chat messages the engine's template makes of them."""
+    if isinstance(items, str):
+        items = [{"content": items}]
+    parts: list[dict[str, object]] = [{"content": instructions}] if isinstance(instructions, str) else []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            text = next((item[k] for k in ("content", "arguments", "output") if k in item), None)
+            parts.append({"content": text})
+    return count_messages(parts)
+
+
 def count_prompt(prompt: object) -> int:
     """A completions prompt: a string, a list of token ids, or a one-element list of either."""
     if isinstance(prompt, str):

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from chirond.fakevllm import synthetic
+from chirond.lax_values import lax_int
 from chirond.tokens import count_messages, count_prompt, make_text
 
 VLLM_VERSION = "0.33.0"  # the version the simulated server reports at /version and in its logs
@@ -56,6 +57,7 @@ class GenParams:
     tool: dict[str, Any] | None = None  # the function a tool call answers (chat with `tools`)
     forced: str | None = None  # the whole answer text when the request fixes it (tool arguments, JSON)
     logprobs: int | None = None  # top alternatives per token when log-probabilities are asked for
+    n: int = 1  # choices, each its own sequence
 
     @property
     def plain(self) -> bool:
@@ -71,11 +73,12 @@ def _opt_int(body: dict[str, object], key: str, minimum: int | None = None) -> i
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int):
+    n = lax_int(v)  # as pydantic reads it: "10" is 10
+    if n is None or (key in ("logprobs", "top_logprobs") and not isinstance(v, int | float)):
         raise _bad(f"{key}: Input should be a valid integer, got {v!r}", key)
-    if minimum is not None and v < minimum:
-        raise _bad(f"{key} must be at least {minimum}, got {v}.", key)
-    return v
+    if minimum is not None and n < minimum:
+        raise _bad(f"{key} must be at least {minimum}, got {n}.", key)
+    return n
 
 
 def _opt_bool(body: dict[str, object], key: str) -> bool:
@@ -121,9 +124,9 @@ def parse_generate(body: object, *, chat: bool, served_model: str, header_reques
             raise _bad("The decoder prompt cannot be empty", "prompt")
         prompt_key = dumps(prompt).encode()
         max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if "max_tokens" not in body else _opt_int(body, "max_tokens", 1)
-    n = _opt_int(body, "n", 1)
-    if n is not None and n != 1:
-        raise _bad("n: this simulated server supports n=1 only", "n")
+    n = _opt_int(body, "n")
+    if n is not None and n < 1:
+        raise _bad(f"n must be at least 1, got {n}.")  # SamplingParams' check: no parameter named
     min_tokens = _opt_int(body, "min_tokens", 0) or 0
     if max_tokens is not None and min_tokens > max_tokens:
         raise _bad(f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.",
@@ -154,7 +157,7 @@ def parse_generate(body: object, *, chat: bool, served_model: str, header_reques
                      prompt_tokens=prompt_tokens, prompt_key=prompt_key, max_tokens=max_tokens,
                      min_tokens=min_tokens, ignore_eos=_opt_bool(body, "ignore_eos"), stream=stream,
                      include_usage=include_usage, continuous_usage=continuous, priority=priority,
-                     tool=tool, forced=forced, logprobs=_logprobs(body, chat))
+                     tool=tool, forced=forced, logprobs=_logprobs(body, chat), n=n or 1)
 
 
 def _logprobs(body: dict[str, object], chat: bool) -> int | None:
@@ -258,13 +261,15 @@ class Render:
             obj["usage"] = usage(self.p.prompt_tokens, end)
         return f"data: {dumps(obj)}\n\n"
 
-    def role_chunk(self) -> str:
+    def role_chunk(self, index: int = 0) -> str:
         extra = f',"usage":{dumps(usage(self.p.prompt_tokens, 0))}' if self.p.continuous_usage else ""
-        return (f'{self._head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
+        return (f'{self._head}"choices":[{{"index":{index},"delta":{{"role":"assistant","content":""}},'
                 f'"logprobs":null,"finish_reason":null}}]{extra}}}\n\n')
 
-    def chunk(self, start: int, end: int, finish: str | None) -> str:
-        """Tokens start..end-1; the last chunk of a choice carries its finish reason."""
+    def chunk(self, start: int, end: int, finish: str | None, index: int = 0) -> str:
+        """Tokens start..end-1 of choice `index`; the last chunk of a choice carries its finish reason."""
+        if index:  # the templates are cut for choice 0
+            return self.chunk(start, end, finish).replace('"choices":[{"index":0,', f'"choices":[{{"index":{index},', 1)
         if not self.p.plain:
             return self._rich_chunk(start, end, finish)
         if finish is not None:
@@ -280,7 +285,16 @@ class Render:
     def usage_chunk(self, completion: int) -> str:
         return f'{self._head}"choices":[],"usage":{dumps(usage(self.p.prompt_tokens, completion))}}}\n\n'
 
-    def full(self, completion: int, finish: str) -> dict[str, object]:
+    def full(self, choices: list[tuple[int, str]]) -> dict[str, object]:
+        """The non-streaming answer: one choice per (output tokens, finish reason)."""
+        out, first = self._full_one(*choices[0])
+        out["choices"] = [first, *({**self._full_one(n, reason)[1], "index": i}
+                                   for i, (n, reason) in enumerate(choices[1:], 1))]
+        out["usage"] = {**usage(self.p.prompt_tokens, sum(n for n, _ in choices)), "prompt_tokens_details": None}
+        return out
+
+    def _full_one(self, completion: int, finish: str) -> tuple[dict[str, object], dict[str, object]]:
+        """The answer with one choice, and that choice."""
         finish = self._finish(finish) or finish
         choice: dict[str, object]
         tool = self.p.tool
@@ -306,4 +320,4 @@ class Render:
         if self.p.chat:  # vLLM's CompletionResponse has these per choice only
             out.update(prompt_logprobs=None, prompt_token_ids=None)
         out["kv_transfer_params"] = None
-        return out
+        return out, choice

@@ -44,6 +44,7 @@ from chirond.fakevllm.driver import Driver, Live
 from chirond.fakevllm.lengths import natural_length
 from chirond.fakevllm.metrics import ServerMetrics
 from chirond.fakevllm.protocol import VLLM_VERSION, ApiError, GenParams, Render, context_error, parse_generate
+from chirond.fakevllm.responses import ResponsesRender, parse_responses
 from chirond.model import ReqClass, Request
 from chirond.profiles import Profile, ProfileError, find_profile, load_profile
 
@@ -136,6 +137,7 @@ class FakeVllm:
         else:
             r.add_post("/v1/chat/completions", self._chat)
             r.add_post("/v1/completions", self._completions)
+            r.add_post("/v1/responses", self._responses)
         r.add_post("/tokenize", self._tokenize)
         r.add_post("/detokenize", self._detokenize)
         r.add_get("/v1/models", self._models)
@@ -195,7 +197,7 @@ class FakeVllm:
 
     # ---------------------------------------------------------------- generation
 
-    async def _json(self, request: web.Request) -> object:
+    async def _body(self, request: web.Request) -> object:
         if self.draining:
             raise ApiError(503, "The server is shutting down and cannot accept new requests.")
         media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
@@ -207,8 +209,7 @@ class FakeVllm:
             raise ApiError(400, f"JSON decode error: {e}") from None
 
     async def _read(self, request: web.Request, chat: bool) -> GenParams:
-        body = await self._json(request)
-        return parse_generate(body, chat=chat, served_model=self.model,
+        return parse_generate(await self._body(request), chat=chat, served_model=self.model,
                               header_request_id=request.headers.get("X-Request-Id"),
                               default_request_id=uuid.uuid4().hex)
 
@@ -232,16 +233,16 @@ class FakeVllm:
         return natural, "stop", max_tokens
 
     async def _tokenize(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
+        body = await self._body(request)
         return web.json_response(tokenizer.tokenize(body, served_model=self.model, max_model_len=self.max_model_len))
 
     async def _detokenize(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
+        body = await self._body(request)
         return web.json_response(tokenizer.detokenize(body, served_model=self.model))
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         """One engine request for all the inputs: a prefill of their tokens and no decoding."""
-        p = pooling.parse_embed(await self._json(request), served_model=self.model, max_model_len=self.max_model_len,
+        p = pooling.parse_embed(await self._body(request), served_model=self.model, max_model_len=self.max_model_len,
                                 embedding_size=self.embedding_size,
                                 header_request_id=request.headers.get("X-Request-Id"),
                                 default_request_id=uuid.uuid4().hex)
@@ -262,58 +263,118 @@ class FakeVllm:
             self._handlers -= 1
             d.abort(live)
 
-    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        p = await self._read(request, chat)
+    def _submit(self, p: GenParams, observe_n: int | None = 1) -> tuple[Live, int]:
+        """Plan a request (one sequence) and hand it to the engine: (its Live, the max_tokens it runs
+        with). `observe_n`: the request's n for vLLM's histogram, once per request."""
         output, reason, max_tokens = self._plan(p)
         self.metrics.max_tokens.observe(max_tokens)
-        self.metrics.params_n.observe(1)
+        if observe_n is not None:
+            self.metrics.params_n.observe(observe_n)
         d = self.driver
         # vLLM has no request classes: the engine orders by the request's priority alone.
         cls = ReqClass.BATCH if self.priority and p.priority > 0 else ReqClass.INTERACTIVE
         r = Request(d.new_id(), self.model, cls, d.now(), p.prompt_tokens, output, priority=p.priority)
         live = Live(r, p.stream, reason)
-        render = Render(p, self.model, int(time.time()))
         self._handlers += 1
         d.submit(live)
+        return live, max_tokens
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        p = parse_responses(body, served_model=self.model, header_request_id=request.headers.get("X-Request-Id"),
+                            default_request_id=uuid.uuid4().hex)
+        assert isinstance(body, dict)
+        live, max_tokens = self._submit(p)
+        render = ResponsesRender(p, body, self.model, int(time.time()), max_tokens)
         try:
             if p.stream:
-                return await self._stream(request, live, render)
+                return await self._stream_events(request, live, render)
             while not live.done:
                 await live.wait()
             if live.reason == "abort":
                 raise ApiError(503, "The request was aborted: the server is shutting down.")
-            return web.json_response(render.full(output, reason))
+            return web.json_response(render.full(live.req.output_tokens, live.reason))
         finally:
             self._handlers -= 1
-            d.abort(live)  # no-op once finished; otherwise the client left (or we stop): free the slot
+            self.driver.abort(live)
 
-    async def _stream(self, request: web.Request, live: Live, render: Render) -> web.StreamResponse:
+    async def _stream_events(self, request: web.Request, live: Live, render: ResponsesRender) -> web.StreamResponse:
+        """A Responses stream: vLLM's event sequence, token deltas as the engine makes them."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         total = live.req.output_tokens
         sent = 0
+        try:
+            await resp.write(render.opening().encode())
+            while True:
+                n = live.avail
+                if n > sent:
+                    await resp.write(((render.item_open() if sent == 0 else "") + render.delta(sent, n)).encode())
+                    sent = n
+                if live.done:
+                    break
+                await live.wait()
+            if live.reason == "abort":  # vLLM cuts the stream; a client sees it end without a terminal event
+                return resp
+            await resp.write(render.closing(total, live.reason).encode())
+            await resp.write_eof()
+        except ConnectionError:  # the client left; the caller aborts the request
+            pass
+        return resp
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        p = await self._read(request, chat)
+        # n > 1: n sequences of the same prompt, each its own engine request (vLLM's n sequences take
+        # n batch slots; this engine model has no prefix cache, so each prefills the prompt).
+        lives = [self._submit(p, observe_n=p.n if i == 0 else None)[0] for i in range(p.n)]
+        render = Render(p, self.model, int(time.time()))
+        try:
+            if p.stream:
+                return await self._stream(request, lives, render)
+            for live in lives:
+                while not live.done:
+                    await live.wait()
+            if any(live.reason == "abort" for live in lives):
+                raise ApiError(503, "The request was aborted: the server is shutting down.")
+            return web.json_response(render.full([(live.req.output_tokens, live.reason) for live in lives]))
+        finally:
+            self._handlers -= len(lives)
+            for live in lives:
+                self.driver.abort(live)  # no-op once finished; otherwise the client left (or we stop)
+
+    async def _stream(self, request: web.Request, lives: list[Live], render: Render) -> web.StreamResponse:
+        """Chunks as the engine makes tokens; with n > 1, each choice's chunks carry its index."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        sent = [0] * len(lives)
         while True:
-            n = live.avail
-            if n > sent:
-                final = live.done and n == total
-                chunk = render.chunk(sent, n, live.reason if final else None)
-                if sent == 0 and render.p.chat:
-                    chunk = render.role_chunk() + chunk
+            out = []
+            for i, live in enumerate(lives):
+                n = live.avail
+                if n > sent[i]:
+                    final = live.done and n == live.req.output_tokens
+                    chunk = render.chunk(sent[i], n, live.reason if final else None, index=i)
+                    if sent[i] == 0 and render.p.chat:
+                        chunk = render.role_chunk(index=i) + chunk
+                    out.append(chunk)
+                    sent[i] = n
+            if out:
                 try:
-                    await resp.write(chunk.encode())
+                    await resp.write("".join(out).encode())
                 except ConnectionError:  # the client left; the caller aborts the request
                     return resp
-                sent = n
-            if live.done:
+            waiting = next((live for live in lives if not live.done), None)
+            if waiting is None:
                 break
-            await live.wait()
+            await waiting.wait()
         tail = b""
-        if live.reason == "abort":  # vLLM reports errors after the 200 in-band
+        if any(live.reason == "abort" for live in lives):  # vLLM reports errors after the 200 in-band
             tail = (b'data: {"error":{"message":"The request was aborted.","type":"ServiceUnavailableError",'
                     b'"param":null,"code":503}}\n\n')
         elif render.p.include_usage:
-            tail = render.usage_chunk(sent).encode()
+            tail = render.usage_chunk(sum(sent)).encode()
         with contextlib.suppress(ConnectionError):
             await resp.write(tail + b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -352,7 +413,8 @@ class FakeVllm:
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("Starting vLLM server on %s", self.url)
         log.info("Available routes are:")
-        served = ("/v1/embeddings",) if self.runner == "pooling" else ("/v1/chat/completions", "/v1/completions")
+        served = (("/v1/embeddings",) if self.runner == "pooling"
+                  else ("/v1/chat/completions", "/v1/completions", "/v1/responses"))
         posts = (*served, "/tokenize", "/detokenize")
         for route in (*posts, "/v1/models", "/health", "/ping", "/version", "/load", "/metrics"):
             log.info("Route: %s, Methods: %s", route, "POST" if route in posts else "GET")

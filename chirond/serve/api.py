@@ -32,13 +32,17 @@ from chirond.model import ReqClass, Request
 from chirond.ops import status_page
 from chirond.serve import openai_api as oa
 from chirond.serve import request_id
+from chirond.serve import responses_request as rq
+from chirond.serve import responses_stream as rs
 from chirond.serve.embeddings import EMBEDDINGS, check_task, parse_embeddings
 from chirond.serve.gateway import Gateway, Job
 from chirond.serve.http_errors import error_middleware
+from chirond.serve.tokenize_api import TokenizeRoutes
 from chirond.serve.unavailable import Unavailable
 
-CHAT, COMPLETIONS = "chat", "completions"
-_PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions", EMBEDDINGS: "/v1/embeddings"}
+CHAT, COMPLETIONS, RESPONSES = "chat", "completions", rq.RESPONSES
+_PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions", RESPONSES: "/v1/responses",
+          EMBEDDINGS: "/v1/embeddings"}
 _JSON = {"Content-Type": "application/json"}
 # Response headers of an answered request (docs/serving.md): seconds from arrival at chirond to an
 # instance slot, and the part of it spent while no instance of the model was ready (a cold start).
@@ -97,6 +101,7 @@ class _ClientSide:
         self.parsed = parsed
         self.resp: web.StreamResponse | None = None
         self.acc = oa.StreamAccumulator()  # what the client has seen, over every attempt
+        self.events: rs.EventAccumulator | None = None  # a Responses stream: the current attempt's events
         self.resume: oa.Resume | None = None  # set when an attempt continues a cut one
         self.headers: dict[str, str] = {}  # added to the response (queue time) once known
         self.data_sent = False
@@ -180,7 +185,9 @@ class ProxyApi:
         request_id.install(app, self._answered)  # outermost: ids and the access line for every answer, errors too
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        TokenizeRoutes(self).add_routes(app)  # /tokenize, /detokenize
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model:.+}", self.model)  # names may hold '/' (org/name)
         app.router.add_get("/health", self.health)
@@ -246,6 +253,9 @@ class ProxyApi:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, COMPLETIONS)
 
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, RESPONSES)
+
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, EMBEDDINGS)
 
@@ -254,11 +264,13 @@ class ProxyApi:
         if not self.accepting:
             raise oa.ApiError.unavailable("chirond is shutting down", self.api.retry_after_s)
         raw = await request.read()
-        ctype = request.headers.get("Content-Type")
-        if endpoint == EMBEDDINGS:
-            parsed = parse_embeddings(raw, ctype, self.api.max_body_bytes)
+        ctype, limit = request.headers.get("Content-Type"), self.api.max_body_bytes
+        if endpoint == RESPONSES:
+            parsed = rq.parse_responses(raw, ctype, limit)
+        elif endpoint == EMBEDDINGS:
+            parsed = parse_embeddings(raw, ctype, limit)
         else:
-            parsed = oa.parse_request(endpoint, raw, ctype, self.api.max_body_bytes)
+            parsed = oa.parse_request(endpoint, raw, ctype, limit)
         request.get("access", {}).update({"user": user, "model": parsed.model})
         if parsed.model not in self.cfg.models:
             raise oa.ApiError.unknown_model(parsed.model, sorted(self.cfg.models))
@@ -276,9 +288,9 @@ class ProxyApi:
             raise oa.ApiError.queue_full(parsed.model, cls.value, limit, self.api.retry_after_s)
         self.hooks.admit(user, parsed, cls)  # per-user quotas: raises a 429 ApiError
         req = self.gateway.new_request(
-            parsed.model, cls, parsed.input_tokens, parsed.max_tokens or 0, self.api.batch_deadline_s
+            parsed.model, cls, parsed.input_tokens, parsed.output_cap, self.api.batch_deadline_s
         )
-        req.preemptible = not parsed.passthrough
+        req.preemptible = parsed.preemptible
         client = _ClientSide(request, parsed)
         try:
             return await self._run(self.gateway.admit(req), client, user)
@@ -295,9 +307,9 @@ class ProxyApi:
             self.hooks.admit(user, parsed, ReqClass.BATCH)  # the same quotas as an HTTP request: 429 line
         except oa.ApiError as e:
             return e.status, json.dumps(e.body()).encode()
-        req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.max_tokens or 0, None)
+        req = self.gateway.new_request(parsed.model, ReqClass.BATCH, parsed.input_tokens, parsed.output_cap, None)
         req.deadline = deadline
-        req.preemptible = not parsed.passthrough
+        req.preemptible = parsed.preemptible
         try:
             resp = await self._run(self.gateway.admit(req), _ClientSide(None, parsed), user)
         except oa.ApiError as e:
@@ -350,8 +362,12 @@ class ProxyApi:
                 self.gateway.requeue(job)
                 continue
             prio = self.upstream.upstream_priority(inst_id, job.req)
-            if client.resume is None:
-                body: bytes | None = oa.upstream_body(parsed, job.req.model, prio)
+            body: bytes | None
+            if parsed.endpoint == RESPONSES:  # never resumed: an attempt starts afresh while the client saw nothing
+                body = rq.upstream_body(parsed, job.req.model, prio) if not client.started else None
+                client.events = rs.EventAccumulator()
+            elif client.resume is None:
+                body = oa.upstream_body(parsed, job.req.model, prio)
             else:
                 body = oa.resume_body(parsed, client.acc, job.req.model, prio)
             if body is None:
@@ -468,6 +484,8 @@ class ProxyApi:
                     return _Outcome("error", upstream_status=up.status, upstream_body=data)
                 if parsed.passthrough:
                     return await self._whole(job, up)
+                if client.events is not None:
+                    return await self._relay_events(job, up, client, client.events)
                 parser = oa.SseParser()
                 done = False
                 async for data in up.content.iter_any():
@@ -520,8 +538,40 @@ class ProxyApi:
             self.hooks.on_first_token(job)
         return _Outcome("whole", upstream_body=data)
 
+    async def _relay_events(self, job: Job, up: aiohttp.ClientResponse, client: _ClientSide,
+                            acc: rs.EventAccumulator) -> _Outcome:
+        """A Responses stream: each event relayed as vLLM framed it (a streaming client), or kept until
+        the terminal event's response object (a non-streaming one)."""
+        parser = oa.SseParser()
+        async for data in up.content.iter_any():
+            frames: list[bytes] = []
+            for payload in parser.feed(data):
+                if payload == oa.DONE:
+                    continue
+                event = oa.parse_chunk(payload)
+                if acc.feed(event) and job.req.first_token is None:
+                    job.req.first_token = self.clock()
+                    self.hooks.on_first_token(job)
+                if acc.error is not None:
+                    return _Outcome("broken" if client.started else "retry", oa.ApiError.from_error_object(acc.error))
+                if client.parsed.stream:
+                    frames.append(rs.event_frame(event.get("type"), payload))
+            if frames:
+                await client.send(frames)
+        if not acc.finished:
+            kind = "broken" if client.started else "retry"
+            return _Outcome(kind, oa.ApiError.upstream("the instance closed the stream early"))
+        return _Outcome("done")
+
     async def _done(self, job: Job, client: _ClientSide) -> web.StreamResponse:
         job.req.finish = self.clock()
+        if client.events is not None:
+            job.req.output_tokens = client.events.tokens
+            if client.parsed.stream:
+                await client.send([], eof=True)
+                assert client.resp is not None
+                return client.resp
+            return web.json_response(client.events.final, headers=client.headers)
         job.req.output_tokens = client.acc.tokens
         if client.parsed.stream:
             await client.send([oa.SSE_DONE], eof=True)
@@ -532,7 +582,8 @@ class ProxyApi:
     async def _fail(self, client: _ClientSide, err: oa.ApiError) -> web.StreamResponse:
         if client.resp is None:
             raise err
-        await client.send([oa.error_event(err)], eof=True)
+        events = client.events
+        await client.send([oa.error_event(err) if events is None else rs.error_event(err, events.sequence)], eof=True)
         return client.resp
 
 

@@ -23,9 +23,10 @@ EMBEDDINGS = "embeddings"
 # What chirond relays: JSON answers. vLLM's "bytes"/"bytes_only" answer a binary stream instead.
 ENCODING_FORMATS = ("float", "base64")
 # Which endpoints a model of each task serves (config `task`, vLLM's task names).
-TASK_ENDPOINTS = {"generate": ("chat", "completions"), "embed": (EMBEDDINGS,)}
+TASK_ENDPOINTS = {"generate": ("chat", "completions", "responses"), "embed": (EMBEDDINGS,)}
 _TASK_WORDS = {"generate": "a generative model (chat and completions)", "embed": "an embedding model"}
-_ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", EMBEDDINGS: "/v1/embeddings"}
+_ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses",
+                   EMBEDDINGS: "/v1/embeddings"}
 
 
 def _count_input(value: object) -> int | None:

@@ -62,7 +62,7 @@ class ApiError(Exception):
         return cls(400, f"We could not parse the JSON body of your request: {detail}", code="invalid_json")
 
     @classmethod
-    def invalid(cls, param: str, message: str) -> ApiError:
+    def invalid(cls, param: str | None, message: str) -> ApiError:
         return cls(400, message, param=param, code="invalid_value")
 
     @classmethod

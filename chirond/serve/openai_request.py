@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from chirond import jsonbounds
+from chirond.lax_values import lax_int, lax_number
 from chirond.model import ReqClass
 from chirond.serve.openai_errors import ApiError, Json
 from chirond.tokens import count_messages, count_prompt
 
 ENDPOINTS = ("chat", "completions")
-SERVICE_TIERS = ("auto", "default", "flex", "priority")
+# OpenAI's tiers (vLLM's responses endpoint takes these only; its chat and completions ignore the field).
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+# The roles OpenAI and vLLM name; vLLM takes any other string too (a custom message), so chirond does.
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 BATCH_HEADER_VALUES = frozenset({"batch", "flex"})
 # vLLM's default for /v1/completions when max_tokens is absent (chat has none: up to the context limit).
@@ -31,7 +34,7 @@ def unstreamable(endpoint: str, body: Json) -> bool:
 
 @dataclass(slots=True)
 class ParsedRequest:
-    endpoint: str  # "chat" | "completions"
+    endpoint: str  # "chat" | "completions" | "responses" (chirond.serve.responses_request)
     body: Json  # the client's JSON object, unchanged
     model: str
     stream: bool
@@ -43,6 +46,19 @@ class ParsedRequest:
     # Sent upstream unstreamed and relayed whole: a non-streaming request vLLM refuses to stream
     # (`prompt_logprobs`; `use_beam_search`). Not preemptible, no TTFT of its own (docs/serving.md).
     passthrough: bool = False
+    n: int = 1  # choices; each is a sequence the engine generates
+
+    @property
+    def preemptible(self) -> bool:
+        """Whether the dispatcher may evict it for interactive work (it then resumes from its text): one
+        choice, not a pass-through, not a Responses request (docs/serving.md, "Failures, preemption and
+        what is lost")."""
+        return not self.passthrough and self.endpoint in ENDPOINTS and self.n == 1
+
+    @property
+    def output_cap(self) -> int:
+        """The output tokens the request may generate, all choices together (0: up to the context)."""
+        return (self.max_tokens or 0) * self.n
 
 
 def _show(value: object) -> str:
@@ -52,10 +68,6 @@ def _show(value: object) -> str:
 
 def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _reject_constant(name: str) -> object:
@@ -78,21 +90,30 @@ def _load_object(raw: bytes) -> Json:
 
 
 def _opt_int(body: Json, name: str, minimum: int) -> int | None:
+    """An optional integer field read as vLLM reads it ("10" is 10); the body gets the integer, so
+    chirond and the engine see the same value."""
     v = body.get(name)
     if v is None:
         return None
-    if not _is_int(v) or v < minimum:
+    n = lax_int(v)
+    if n is None or n < minimum:
         raise ApiError.invalid(name, f"'{name}' must be an integer >= {minimum}, got {_show(v)}.")
-    return int(v)
+    body[name] = n
+    return n
 
 
-def _opt_number(body: Json, name: str, low: float, high: float, low_open: bool = False) -> None:
+def _opt_number(body: Json, name: str, low: float, high: float, low_open: bool = False,
+                param: str | None = "") -> None:
+    """An optional number in a range; `param` names the field in the 400 (default: `name`; None as vLLM's
+    sampling checks, which name no parameter)."""
     v = body.get(name)
     if v is None:
         return
-    if not _is_number(v) or v > high or v < low or (low_open and v == low):
+    x = lax_number(v)
+    if x is None or x > high or x < low or (low_open and x == low):
         span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ApiError.invalid(name, f"'{name}' must be a number in {span}, got {_show(v)}.")
+        raise ApiError.invalid(name if param == "" else param, f"'{name}' must be a number in {span}, got {_show(v)}.")
+    body[name] = x
 
 
 def _opt_bool(body: Json, name: str) -> bool | None:
@@ -117,9 +138,9 @@ def _check_messages(body: Json) -> list[Json]:
         if not isinstance(m, dict):
             raise ApiError.invalid(p, f"'{p}' must be an object with 'role' and 'content', got {_show(m)}.")
         role = m.get("role")
-        if not isinstance(role, str) or role not in ROLES:
+        if not isinstance(role, str):
             raise ApiError.invalid(
-                f"{p}.role", f"'{p}.role' must be one of {', '.join(sorted(ROLES))}; got {_show(role)}."
+                f"{p}.role", f"'{p}.role' must be a string such as {', '.join(sorted(ROLES))}; got {_show(role)}."
             )
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
@@ -142,9 +163,10 @@ def _check_prompt(body: Json) -> object:
     prompt = body.get("prompt")
     if prompt is None:
         raise ApiError.missing("prompt", "a string or an array of token ids")
-    if isinstance(prompt, str) or _is_token_ids(prompt):
-        return prompt
-    if isinstance(prompt, list) and len(prompt) == 1 and (isinstance(prompt[0], str) or _is_token_ids(prompt[0])):
+    if isinstance(prompt, str) or _is_token_ids(prompt) or prompt == []:
+        return prompt  # []: vLLM's model takes it and the engine answers its own 400
+    if isinstance(prompt, list) and len(prompt) == 1 and (isinstance(prompt[0], str) or _is_token_ids(prompt[0])
+                                                          or prompt[0] == []):
         return prompt
     if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
         raise ApiError.invalid(
@@ -169,9 +191,8 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     """Validate a /v1/chat/completions ("chat") or /v1/completions ("completions") request; raise ApiError.
 
     Stricter than vLLM where chirond's scheduling needs it: `model` is required (vLLM 0.33 falls back to
-    its only model; chirond serves several and routes on the name), `n` must be 1 (the dispatcher sizes,
-    orders and preempts single sequences), one prompt per completions request. Unknown fields pass through,
-    as vLLM accepts them; explicit nulls count as absent, as in vLLM's optional fields."""
+    its only model; chirond serves several and routes on the name), one prompt per completions request.
+    Unknown fields pass through, as vLLM accepts them; explicit nulls count as absent, as in vLLM's optional fields."""
     if endpoint not in ENDPOINTS:
         raise ValueError(f"unknown endpoint {endpoint!r}")
     if len(raw) > max_body_bytes:
@@ -203,26 +224,24 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
                 )
         include_usage = opts.get("include_usage") is True
 
-    n = body.get("n")
-    if n is not None and not (_is_int(n) and n == 1):
-        raise ApiError.invalid(
-            "n",
-            f"'n' must be 1, got {_show(n)}: chirond schedules and preempts each request "
-            "as a single sequence; send separate requests for several choices.",
-        )
+    n = 1
+    if body.get("n") is not None:
+        got = lax_int(body["n"])
+        if got is None:
+            raise ApiError.invalid("n", f"'n' must be an integer >= 1, got {_show(body['n'])}.")
+        if got < 1:  # vLLM's SamplingParams check, which names no parameter
+            raise ApiError.invalid(None, f"n must be at least 1, got {got}.")
+        body["n"] = n = got
     max_tokens = _opt_int(body, "max_tokens", 1)
     max_completion_tokens = _opt_int(body, "max_completion_tokens", 1)
     _opt_number(body, "temperature", 0.0, 2.0)
     _opt_number(body, "top_p", 0.0, 1.0, low_open=True)
     for name in ("presence_penalty", "frequency_penalty"):
-        _opt_number(body, name, -2.0, 2.0)
+        _opt_number(body, name, -2.0, 2.0, param=None)  # vLLM's SamplingParams check names no parameter
     _check_logprobs(endpoint, body, stream)
 
-    tier = body.get("service_tier")
-    if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
-        raise ApiError.invalid(
-            "service_tier", f"'service_tier' must be one of {', '.join(SERVICE_TIERS)}; got {_show(tier)}."
-        )
+    # vLLM's chat and completions models have no service_tier: any value passes; chirond acts on "flex".
+    tier = body.get("service_tier") if isinstance(body.get("service_tier"), str) else None
 
     if endpoint == "chat":
         input_tokens = count_messages(_check_messages(body))
@@ -230,12 +249,18 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     else:
         input_tokens = count_prompt(_check_prompt(body))
         cap = max_tokens if max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    passthrough = not stream and unstreamable(endpoint, body)
-    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier, passthrough)
+    # n > 1 is never resumed (a continuation cannot carry n sequences): unstreamed for a non-streaming
+    # client, relayed as it comes for a streaming one (docs/serving.md).
+    passthrough = not stream and (unstreamable(endpoint, body) or n > 1)
+    return ParsedRequest(endpoint, body, model, stream, include_usage, input_tokens, cap, tier, passthrough, n)
 
 
 def _check_logprobs(endpoint: str, body: Json, stream: bool) -> None:
     """vLLM's own checks (its wording), so such a request is refused here, not after a trip to an engine."""
+    for name in ("prompt_logprobs", "top_logprobs" if endpoint == "chat" else "logprobs"):
+        v = body.get(name)
+        if v is not None and not isinstance(v, int | float):  # vLLM checks the raw value (no "2")
+            raise ApiError.invalid(name, f"`{name}` must be an integer.")
     prompt_logprobs = body.get("prompt_logprobs")
     if stream and _is_int(prompt_logprobs) and (prompt_logprobs > 0 or prompt_logprobs == -1):
         raise ApiError.invalid("prompt_logprobs", "`prompt_logprobs` are not available when `stream=True`.")

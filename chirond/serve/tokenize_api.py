@@ -8,12 +8,47 @@ chirond's engine key (chirond/engine_guard.py), so this is the only way in."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import aiohttp
 from aiohttp import web
 
+from chirond.config import ApiConfig, Config
 from chirond.serve import openai_api as oa
-from chirond.serve.api import ProxyApi
+from chirond.serve.gateway import Gateway
 from chirond.serve.openai_request import _is_token_ids, _load_object, _media_type_ok, _show
+from chirond.serve.unavailable import Unavailable
+
+
+class _Upstream(Protocol):
+    def instance_url(self, inst_id: int) -> str | None: ...
+
+    def unavailable(self, model: str) -> Unavailable | None: ...
+
+
+class _Status(Protocol):
+    def model_status(self) -> list[dict[str, Any]]: ...
+
+
+class Proxy(Protocol):
+    """What the routes use of chirond.serve.api.ProxyApi (which adds them to its app)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def api(self) -> ApiConfig: ...
+    @property
+    def gateway(self) -> Gateway: ...
+    @property
+    def upstream(self) -> _Upstream: ...
+    @property
+    def status(self) -> _Status: ...
+    @property
+    def session(self) -> aiohttp.ClientSession | None: ...
+    @property
+    def accepting(self) -> bool: ...
+
+    def authenticate(self, request: web.Request) -> str: ...
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -46,7 +81,7 @@ def check_tokenize(path: str, body: oa.Json) -> str:
 class TokenizeRoutes:
     """The two routes, on the proxy's auth, config, dispatcher view and engine session."""
 
-    def __init__(self, proxy: ProxyApi) -> None:
+    def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
     def add_routes(self, app: web.Application) -> None:

@@ -50,6 +50,8 @@ async def _answers(s: FakeVllm) -> list[dict[str, Any]]:
         ("chat-json", "/v1/chat/completions", {"messages": MSGS, "max_tokens": 100, "response_format": {
             "type": "json_schema", "json_schema": {"name": "answer", "schema": WEATHER["function"]["parameters"]}}}),
         ("completion-logprobs", "/v1/completions", {"prompt": "Say hello", "max_tokens": 4, "logprobs": 2}),
+        ("chat-n", "/v1/chat/completions", {"messages": MSGS, "max_tokens": 3, "n": 3}),
+        ("completion-n", "/v1/completions", {"prompt": "Say hello", "max_tokens": 3, "n": 2, "ignore_eos": True}),
     ]
     async with aiohttp.ClientSession() as h:
         for label, path, body in requests:

@@ -1,11 +1,14 @@
-"""Fault injection (issue 13): the state directory on a small tmpfs fills up mid-batch and is
-freed again, or is read-only when the daemon starts; each time every accepted line is answered exactly
-once, no usage record is lost, and the daemon serves again without a restart."""
+"""Fault injection (issue 13): the state directory on a small tmpfs fills up mid-batch or while a
+large batch validates and is freed again, or is read-only when the daemon starts; each time every
+accepted line is answered exactly once, no usage record is lost, and the daemon serves again
+without a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,8 +17,9 @@ import aiohttp
 from tests.support import faults as f
 
 
-def fill(dirpath: Path) -> Path:
-    """Fills the file system of `dirpath` to the last byte; returns the filler file."""
+def fill(dirpath: Path, room: int = 0) -> Path:
+    """Fills the file system of `dirpath` to the last byte, then gives `room` bytes back; returns
+    the filler file."""
     filler = dirpath / "filler.bin"
     with filler.open("wb") as out, contextlib.suppress(OSError):
         for _ in range(10_000):  # bounded: 10,000 MiB, far past the tmpfs size
@@ -25,6 +29,8 @@ def fill(dirpath: Path) -> Path:
         for _ in range(1 << 16):
             out.write(b"\0" * 512)
             out.flush()
+    if room:
+        os.truncate(filler, max(0, filler.stat().st_size - room))
     return filler
 
 
@@ -66,6 +72,50 @@ async def test_full_disk_mid_batch_then_freed(tmp_path: Path) -> None:
             rc = await d.stop()
         assert rc == 0, d.log.read_text()[-2000:]
         assert f.usage_requests(state) >= n  # every answered line's usage was recorded
+
+
+async def test_full_disk_while_a_large_batch_validates_then_freed(tmp_path: Path) -> None:
+    # The upload fits; then the disk is left with too little room for the batch's rows, so the
+    # validation itself runs into the full disk (not the create, which needs one page).
+    n, bad_every = 4000, 50
+    bad = {i for i in range(n) if i % bad_every == 7}
+    with f.tmpfs(tmp_path / "state", "64m") as state:
+        cfg, port = f.write_config(tmp_path, state)
+        d = f.ServeProcess(cfg, port, tmp_path / "daemon.log")
+        await d.start()
+        c = d.client()
+        try:
+            path = tmp_path / "in.jsonl"
+            lines = [f.chat_line(i) for i in range(n)]
+            for i in bad:  # refused by validation: they must come back in the error file, once
+                lines[i] = lines[i].replace(f'"{f.MODEL}"', '"no-such-model"')
+            path.write_text("\n".join(lines) + "\n")
+            up = await c.files.create(file=path.open("rb"), purpose="batch")
+            filler = fill(state, room=256 << 10)
+            b = await c.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions",
+                                       completion_window="24h")
+            for _ in range(300):  # bounded: until a validation attempt has failed on the full disk
+                if f"validating {b.id} failed" in d.log.read_text():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("validation never met the full disk: " + d.log.read_text()[-2000:])
+            assert (await c.batches.retrieve(b.id)).status == "validating"  # not failed: retried
+            await f.serves(d)  # health and chat while full (their usage waits in memory)
+            filler.unlink()  # space returns: no restart
+            done = await f.wait_batch(c, b.id)
+            assert done.status == "completed", done
+            await f.answered_once(c, done, n)
+            assert done.request_counts.failed == len(bad)
+            errors = (await c.files.content(done.error_file_id)).text.splitlines()  # type: ignore[arg-type]
+            assert sorted(json.loads(x)["custom_id"] for x in errors) == sorted(f"req-{i}" for i in bad)
+            assert {json.loads(x)["error"]["code"] for x in errors} == {"model_not_found"}
+            await f.serves(d)
+        finally:
+            await c.close()
+            rc = await d.stop()
+        assert rc == 0, d.log.read_text()[-2000:]
+        assert f.usage_requests(state) >= n - len(bad) + 2  # the lines and both chats
 
 
 async def test_read_only_state_dir_refuses_start_then_serves_once_writable(tmp_path: Path) -> None:

@@ -1,0 +1,31 @@
+"""Scalars as pydantic's lax mode reads them, which is how vLLM's request models read a request:
+"10" is an integer, "0.5" a number. chirond's checks and fake-vllm use these, so both take what
+vLLM takes (tests/conformance/test_request_verdicts.py holds them to it). Pure."""
+
+from __future__ import annotations
+
+import re
+
+_INT_TEXT = re.compile(r"[+-]?\d+(?:_\d+)*(?:\.0*)?")
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:_\d+)*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def lax_int(v: object) -> int | None:
+    """`v` as pydantic's lax mode reads an integer field (vLLM's request models): an int, a bool, an
+    integral float, or a string holding an integer ("10", " 10 ", "1_0", "10.0"); None otherwise."""
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else None
+    if isinstance(v, str) and _INT_TEXT.fullmatch(v.strip()):
+        return int(float(v.strip().replace("_", "")))
+    return None
+
+
+def lax_number(v: object) -> float | None:
+    """`v` as pydantic's lax mode reads a float field: a number, a bool or a numeric string; None otherwise."""
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v.strip()):
+        return float(v.strip().replace("_", ""))
+    return None
