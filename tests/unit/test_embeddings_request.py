@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from chirond.check_config import config_warnings
 from chirond.config import ConfigError, load_config
 from chirond.engines import engine_command
 from chirond.model import EngineArgs
@@ -106,3 +107,14 @@ def test_task_key_and_the_engine_command(tmp_path: Path) -> None:
     sim = engine_command(replace(m, command=()), args)
     assert sim[sim.index("--runner") + 1] == "pooling"
     assert "--runner" not in engine_command(replace(m, command=(), task="generate"), args)
+
+
+def test_check_config_warns_when_the_runner_contradicts_the_task(tmp_path: Path) -> None:
+    cmd = 'command = ["vllm", "serve", "m", "--port", "{port}", "--runner", "pooling"]\n'
+    path = tmp_path / "c.toml"
+    path.write_text(TOML + cmd)
+    (w,) = [x for x in config_warnings(load_config(path)) if "--runner" in x]
+    assert "models.e5.command" in w and "'generate'" in w
+    path.write_text(TOML + 'task = "embed"\n' + cmd)
+    # An embedding model's command needs neither --runner trouble nor tool-call flags.
+    assert [x for x in config_warnings(load_config(path)) if "--runner" in x or "tools" in x] == []
