@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from chirond.model import BacklogGroup, DispatchRules, Ordering, Pool, ReqClass, Request, Routing
+from chirond.model import BacklogGroup, DispatchRules, Ordering, Pool, PromptBudget, ReqClass, Request, Routing
 
 BATCH_PRIORITY = 1 << 53  # batch work goes after every interactive request inside the engine
 
@@ -36,34 +36,35 @@ def engine_priority(req: Request, ttft_slo_s: float, short_first_tokens: int) ->
 class Slot:
     """One instance as the dispatcher sees it."""
 
-    __slots__ = ("batch", "batch_cap", "cap", "id", "inter", "model", "pending", "pending_tokens", "pool", "routable")
+    __slots__ = ("batch", "batch_cap", "cap", "id", "inter", "model", "pending", "pool", "prompt_budget", "routable")
 
-    def __init__(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int) -> None:
+    def __init__(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int,
+                 prompt_budget: PromptBudget | None = None) -> None:
         self.id = inst_id
         self.model = model
         self.pool = pool
         self.cap = cap
         self.batch_cap = batch_cap
         self.routable = True
+        # Long batch prompts wait while these prompt tokens here await their first token (None:
+        # no limit), so no wall of them stands before an interactive prompt.
+        self.prompt_budget = prompt_budget
         self.inter: dict[int, Request] = {}
         self.batch: dict[int, Request] = {}  # insertion order = dispatch order
-        # Requests sent here in dispatch order, and their prompt tokens, until their first token.
-        self.pending: deque[Request] = deque()
-        self.pending_tokens = 0
+        # Requests sent here that have not had their first token, by id (a request sent here
+        # again after an eviction counts once).
+        self.pending: dict[int, Request] = {}
 
     @property
     def inflight(self) -> int:
         return len(self.inter) + len(self.batch)
 
     def prefill_outstanding(self) -> int:
-        """Prompt tokens sent here and not yet answered. Engines prefill in admission order, so
-        answered ones leave from the front; one that left otherwise (evicted, withdrawn) counts
-        until it reaches the front, an overestimate that lasts one prompt."""
-        p = self.pending
-        while p and (p[0].first_token is not None or p[0].instance != self.id
-                     or (p[0].id not in self.inter and p[0].id not in self.batch)):
-            self.pending_tokens -= p.popleft().input_tokens
-        return self.pending_tokens
+        """Prompt tokens sent here and not yet answered: a request leaves `pending` when it leaves
+        the slot (finished, evicted, withdrawn) and, found here, when it has its first token."""
+        for k in [k for k, r in self.pending.items() if r.first_token is not None]:
+            del self.pending[k]
+        return sum(r.input_tokens for r in self.pending.values())
 
 
 @dataclass
@@ -168,8 +169,9 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- instances
 
-    def add_instance(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int | None = None) -> None:
-        slot = Slot(inst_id, model, pool, cap, cap if batch_cap is None else batch_cap)
+    def add_instance(self, inst_id: int, model: str, pool: Pool, cap: int, batch_cap: int | None = None,
+                     prompt_budget: PromptBudget | None = None) -> None:
+        slot = Slot(inst_id, model, pool, cap, cap if batch_cap is None else batch_cap, prompt_budget)
         self.slots[inst_id] = slot
         self.queues[model].slots.append(slot)
 
@@ -202,6 +204,7 @@ class Dispatcher:
                 slot.inter.pop(req.id, None)
             else:
                 slot.batch.pop(req.id, None)
+            slot.pending.pop(req.id, None)
         return slot
 
     # ---------------------------------------------------------------- dispatching
@@ -230,7 +233,7 @@ class Dispatcher:
             self._pop_interactive(q, req)
             self._assign(slot, req, now, assigned)
         while q.batch:
-            slot = self._slot_for_batch(q.slots, shared)
+            slot = self._slot_for_batch(q.slots, shared, q.batch[0][3].input_tokens)
             if slot is None:
                 break
             self._assign(slot, self._pop_batch(q), now, assigned)
@@ -290,9 +293,7 @@ class Dispatcher:
         else:
             slot.batch[req.id] = req
         if req.first_token is None:
-            slot.pending.append(req)
-            slot.pending_tokens += req.input_tokens
-            slot.prefill_outstanding()  # prune as we go: bounded whether or not anyone routes by it
+            slot.pending[req.id] = req  # at most the requests in flight here
         assigned.append(req)
 
     @staticmethod
@@ -344,6 +345,7 @@ class Dispatcher:
         if best is None:
             return None
         victim = best.batch.pop(best_rid)
+        best.pending.pop(best_rid, None)
         victim.preempted += 1
         self.evictions += 1
         self.requeue(victim)
@@ -351,13 +353,16 @@ class Dispatcher:
         return best
 
     @staticmethod
-    def _slot_for_batch(slots: list[Slot], shared: bool) -> Slot | None:
+    def _slot_for_batch(slots: list[Slot], shared: bool, prompt_tokens: int) -> Slot | None:
         # Batch pool first, then mixed headroom (up to each instance's batch cap); fill the
         # fullest one first so spare instances can drain and be released.
         best: Slot | None = None
         best_key = (9, 2.0)
         for s in slots:
             if not s.routable or s.inflight >= s.cap or len(s.batch) >= s.batch_cap:
+                continue
+            budget = s.prompt_budget
+            if budget is not None and prompt_tokens >= budget.long_tokens and s.prefill_outstanding() >= budget.tokens:
                 continue
             if shared or s.pool is Pool.BATCH:
                 rank = 0

@@ -238,6 +238,15 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptBudget:
+    """A long batch prompt (at least `long_tokens`) is sent to an instance only while the prompt
+    tokens there still awaiting their first token number under `tokens`."""
+
+    long_tokens: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class EngineArgs:
     """The engine flags a policy asks for when it launches an instance (vLLM: --max-num-seqs,
     --max-num-batched-tokens, --scheduling-policy priority with interactive requests first)."""

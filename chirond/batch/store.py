@@ -1,8 +1,9 @@
 """One module on purpose, though past 600 lines: `BatchStore` keeps the batch_* rows and their
 in-memory mirror (open batches, per-(batch, model) queues, leases, per-user counts) in step under one
 lock, each change one transaction paired with its in-memory update, and files, batches, lines and
-result files all share that state (output files are files; a deleted input file's bytes stay while
-an open batch reads its lines). Split by table, that one discipline would be spread over modules.
+result files all share that state (output files are files; deleting the input file of an open batch
+cancels that batch in the same transaction, so its bytes can go at once). Split by table, that one
+discipline would be spread over modules.
 
 The durable store of the Files and Batches API: uploaded files, batches, and every batch line
 with its result, in the batch_* tables of chirond.db (chirond.db owns the file and its schema; WAL,
@@ -51,6 +52,8 @@ QUEUED, OUTPUT, ERROR = 0, 1, 2
 FETCH = 256  # rows read from the table at a time per (batch, model) queue
 INSERT_CHUNK = 20_000  # rows per validation transaction: short write locks for the runner
 MAX_BATCH_ERRORS = 100  # line errors kept in a failed batch's `errors`
+DELETED_CHECK = 1024  # validation looks this often (lines) whether its input file was deleted
+INPUT_DELETED = "input_file_deleted"
 ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")
 
 _BATCH_COLS = (
@@ -159,6 +162,7 @@ class _Batch:
     file_lines: int = 0  # lines of its input file: what it will queue, counted while it validates
     validated: bool = True  # its lines are rows; False from creation until validation ends (even if
     # it is cancelled meanwhile: a cancelled batch still reports every line, in its error file)
+    input_deleted: bool = False  # cancelled because its input file was deleted (kept in `errors`)
 
 
 _Row = tuple[int, str, int, bytes]  # rowid, custom_id, tokens, the line's bytes
@@ -222,9 +226,10 @@ class _Queue:
 
 def _read_lines(path: Path, rows: list[tuple[int, str, int, int, int]]) -> list[_Row]:
     """The lines' bytes from the input file: one read of the span they cover (lines of one model
-    are mostly contiguous), else one read each. The file is kept while its batch runs."""
+    are mostly contiguous), else one read each. The file is there: deleting it cancels its batch
+    (BatchStore.delete_file) under the lock this runs under."""
     lo, hi = rows[0][3], rows[-1][3] + rows[-1][4]
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # no handle outlives the call: a deleted file's space is freed at once
         if hi - lo <= 8 * 2**20:
             f.seek(lo)
             span = f.read(hi - lo)
@@ -275,6 +280,17 @@ def _error_of(r: LineResult) -> dict:
     if isinstance(err, dict):
         return {"code": err.get("code") or err.get("type"), "message": err.get("message")}
     return {"code": "upstream_error", "message": f"the model server answered HTTP {r.status_code}"}
+
+
+_DELETED_DOC = json.dumps({"object": "list", "data": [{
+    "code": INPUT_DELETED, "param": "input_file_id", "line": None,
+    "message": "the input file was deleted before the batch ended; lines not answered by then are in the error file",
+}]})  # fmt: skip
+
+
+def _says_deleted(errors: str | None) -> bool:
+    """A batch's `errors` records that delete_file cancelled it."""
+    return errors is not None and any(e.get("code") == INPUT_DELETED for e in json.loads(errors).get("data", []))
 
 
 def _not_found(kind: str, ident: str, param: str = "id") -> StoreError:
@@ -446,16 +462,16 @@ class BatchStore:
         marks = ",".join("?" * len(ACTIVE))
         rows = self._db.execute(
             f"SELECT bkey, id, user, endpoint, expires_at, status, target, total, completed + failed, input_file_id, "
-            f"in_progress_at FROM batch_batches WHERE status IN ({marks}) ORDER BY bkey",
+            f"in_progress_at, errors FROM batch_batches WHERE status IN ({marks}) ORDER BY bkey",
             ACTIVE,
         ).fetchall()
         sizes = dict(self._db.execute("SELECT id, lines FROM batch_files").fetchall())
-        for bkey, bid, user, endpoint, deadline, status, target, total, done, fid, started in rows:
+        for bkey, bid, user, endpoint, deadline, status, target, total, done, fid, started, errors in rows:
             # Validation sets in_progress_at, also for a batch cancelled while it validated.
             validated = target is not None or (status != "validating" and (started is not None or total > 0))
             self._batches[bid] = _Batch(
                 bkey, bid, user, endpoint, deadline, status, target, total, done, input_file_id=fid,
-                file_lines=int(sizes.get(fid, 0)), validated=validated,
+                file_lines=int(sizes.get(fid, 0)), validated=validated, input_deleted=_says_deleted(errors),
             )
         by_key = {b.bkey: b for b in self._batches.values() if b.status == "in_progress" and b.target is None}
         for bkey, model, n, tokens, first in self._db.execute(
@@ -547,11 +563,30 @@ class BatchStore:
         return self.files_dir / file_id
 
     def delete_file(self, user: str, file_id: str) -> dict:
+        """The file goes at once, its space with it. A batch that still needs it (validating or in
+        progress) is cancelled in the same transaction: lines already answered stay in its output,
+        the others end in its error file as input_file_deleted, and its `errors` says why. The store
+        holds no handle on an input file between calls, and validation notices the deletion within
+        DELETED_CHECK lines and closes its own."""
         with self._lock:
             self._file_row(user, file_id)
-            self._db.execute("DELETE FROM batch_files WHERE id = ?", (file_id,))
-            if not self._in_use(file_id):  # else kept until its batch ends: its lines are read from it
-                (self.files_dir / file_id).unlink(missing_ok=True)
+            readers = [
+                b for b in self._batches.values()
+                if b.input_file_id == file_id and b.status in ("validating", "in_progress") and b.target is None
+            ]  # fmt: skip
+            now = self.clock()
+            with _tx(self._db):
+                self._db.execute("DELETE FROM batch_files WHERE id = ?", (file_id,))
+                for b in readers:
+                    self._db.execute(
+                        "UPDATE batch_batches SET status = 'cancelling', cancelling_at = ?, errors = ? WHERE bkey = ?",
+                        (now, _DELETED_DOC, b.bkey),
+                    )
+            for b in readers:
+                b.status, b.input_deleted = "cancelling", True
+                self._drop_queues(b, leases=False)  # running lines are aborted by the runner
+                log.info("batch %s: its input file %s was deleted; cancelling it", b.id, file_id)
+            (self.files_dir / file_id).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 
     def storage_bytes(self, user: str) -> int:
@@ -770,6 +805,8 @@ class BatchStore:
                     idx = off = 0
                     limit = self.limits.max_line_bytes
                     for lineno, (raw, size) in enumerate(_bounded_lines(f, limit), 1):
+                        if lineno % DELETED_CHECK == 0 and os.fstat(f.fileno()).st_nlink == 0:
+                            break  # deleted (delete_file cancelled the batch): close it, free its space
                         at, off = off, off + size
                         if raw is not None and not raw.strip():
                             continue
@@ -1109,6 +1146,8 @@ class BatchStore:
             "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
             "cancelled": ("batch_cancelled", "This request was not executed: the batch was cancelled."),
         }.get(target, ("", ""))
+        if target == "cancelled" and b.input_deleted:
+            code, msg = INPUT_DELETED, "This request was not executed: the batch's input file was deleted first."
         lo = b.bkey << IDX_BITS
         if code:
             with self._lock:
@@ -1169,7 +1208,7 @@ class BatchStore:
                 not self._in_use(fid)
                 and self._db.execute("SELECT 1 FROM batch_files WHERE id = ?", (fid,)).fetchone() is None
             ):
-                (self.files_dir / fid).unlink(missing_ok=True)  # deleted while the batch ran
+                (self.files_dir / fid).unlink(missing_ok=True)  # expired (file_ttl_s) while the batch ran
 
     def _write_results(
         self, db: sqlite3.Connection, lo: int, hi: int, out_id: str | None, err_id: str | None

@@ -206,7 +206,8 @@ class ControlLoop:
         """First healthy: it joins the dispatcher with the policy's initial cap."""
         inst.ready_at = now
         cap, batch_cap = self.policy.initial_cap(inst.model, inst.pool)
-        self.dispatcher.add_instance(inst.id, inst.model, inst.pool, cap, batch_cap)
+        budget = self.policy.prompt_budget(inst.model, self.specs[inst.model].slo)
+        self.dispatcher.add_instance(inst.id, inst.model, inst.pool, cap, batch_cap, budget)
         self.actuator.kick(inst.model)
         return cap, batch_cap
 

@@ -15,6 +15,7 @@ from chirond.model import (
     InstanceView,
     ModelView,
     Pool,
+    PromptBudget,
     Slo,
     Snapshot,
 )
@@ -42,6 +43,11 @@ class Policy(ABC):
         """(cap, batch_cap) of a new instance until the policy sets another."""
         cap = self.profiles[model].max_num_seqs
         return cap, cap
+
+    def prompt_budget(self, model: str, slo: Slo) -> PromptBudget | None:
+        """How many prompt tokens awaiting their first token an instance of `model` may hold
+        before it is sent no more long batch prompts (None: no limit, as behind a plain proxy)."""
+        return None
 
     def initial_instances(self, model: str, initial: int, static: int) -> int:
         return initial

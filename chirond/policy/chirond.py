@@ -12,6 +12,8 @@ Per request (dispatch rules and engine flags):
   `dispatch.engine_priority`); batch work after all of them.
 - Routing by prefill work: to the instance with the least prompt work outstanding
   (`route_by_prefill`).
+- No wall of long batch prompts (`prompt_budget`): a long batch prompt goes to an instance only
+  while the prompts there awaiting their first token prefill within a share of the TTFT SLO.
 - The prefill chunk (`engine_args`): sized to the TPOT SLO, or vLLM's own when the mean prompt's
   prefill takes over `long_prompt_share` of the TTFT SLO.
 
@@ -56,6 +58,7 @@ from chirond.model import (
     ModelView,
     Ordering,
     Pool,
+    PromptBudget,
     Routing,
     SetBatchCap,
     Slo,
@@ -89,6 +92,8 @@ class ChirondPolicy(Policy):
         "short_first_tokens": 4096.0,
         "route_by_prefill": 1.0,
         "long_prompt_share": 0.25,
+        "batch_prefill_share": 0.25,
+        "long_batch_prompt_share": 0.1,
     }
 
     def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
@@ -110,6 +115,17 @@ class ChirondPolicy(Policy):
         if mean_input > 0 and prof.prefill_s(mean_input) > self.params["long_prompt_share"] * slo.ttft_s:
             chunk = prof.max_num_batched_tokens
         return EngineArgs(prof.max_num_seqs, max(256, min(prof.max_num_batched_tokens, chunk)), priority=True)
+
+    def prompt_budget(self, model: str, slo: Slo) -> PromptBudget:
+        """Long batch prompts (prefill over `long_batch_prompt_share` of the TTFT SLO) are sent to
+        an instance only while the prompts there awaiting their first token prefill within
+        `batch_prefill_share` of it: vLLM finishes a running prompt before it starts a waiting one,
+        whatever the priorities, so a wall of long batch prompts admitted at once (a backlog at
+        start, a new instance) would hold every interactive prompt behind it. Short ones are not
+        limited: measured, limiting them costs the interactive class (docs/policies.md)."""
+        prof = self.profiles[model]
+        return PromptBudget(_tokens_within(prof, self.params["long_batch_prompt_share"] * slo.ttft_s),
+                            _tokens_within(prof, self.params["batch_prefill_share"] * slo.ttft_s))
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
         st = state if isinstance(state, ChirondState) else ChirondState({})
@@ -276,6 +292,15 @@ def keep_warm(m: ModelView) -> bool:
         return True
     rate = m.load.rate_10m
     return rate > 0 and 1.0 / rate < m.lead_time_s
+
+
+def _tokens_within(prof: Profile, seconds: float) -> int:
+    """The longest prompt that prefills within `seconds` (prefill time grows with length)."""
+    lo, hi = 1, 1 << 20
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if prof.prefill_s(mid) <= seconds else (lo, mid - 1)
+    return lo
 
 
 def _mean_batch_input(m: ModelView) -> float:

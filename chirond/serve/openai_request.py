@@ -187,6 +187,21 @@ def _media_type_ok(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
+def load_body(raw: bytes, content_type: str | None, max_body_bytes: int) -> tuple[Json, str]:
+    """A generation request's JSON object and its `model`, which chirond requires (413, 415, 400)."""
+    if len(raw) > max_body_bytes:
+        raise ApiError.too_large(max_body_bytes, len(raw))
+    if not _media_type_ok(content_type):
+        raise ApiError.unsupported_media_type(content_type)
+    body = _load_object(raw)
+    model = body.get("model")
+    if model is None:
+        raise ApiError.missing("model", "the name of a served model")
+    if not isinstance(model, str) or not model:
+        raise ApiError.invalid("model", f"'model' must be a non-empty string, got {_show(model)}.")
+    return body, model
+
+
 def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_bytes: int) -> ParsedRequest:
     """Validate a /v1/chat/completions ("chat") or /v1/completions ("completions") request; raise ApiError.
 
@@ -195,17 +210,7 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     Unknown fields pass through, as vLLM accepts them; explicit nulls count as absent, as in vLLM's optional fields."""
     if endpoint not in ENDPOINTS:
         raise ValueError(f"unknown endpoint {endpoint!r}")
-    if len(raw) > max_body_bytes:
-        raise ApiError.too_large(max_body_bytes, len(raw))
-    if not _media_type_ok(content_type):
-        raise ApiError.unsupported_media_type(content_type)
-    body = _load_object(raw)
-
-    model = body.get("model")
-    if model is None:
-        raise ApiError.missing("model", "the name of a served model")
-    if not isinstance(model, str) or not model:
-        raise ApiError.invalid("model", f"'model' must be a non-empty string, got {_show(model)}.")
+    body, model = load_body(raw, content_type, max_body_bytes)
 
     stream = bool(_opt_bool(body, "stream"))
     opts = body.get("stream_options")

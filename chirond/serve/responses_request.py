@@ -11,12 +11,11 @@ from chirond.serve.openai_errors import ApiError, Json
 from chirond.serve.openai_request import (
     SERVICE_TIERS,
     ParsedRequest,
-    _load_object,
-    _media_type_ok,
     _opt_bool,
     _opt_int,
     _opt_number,
     _show,
+    load_body,
 )
 from chirond.serve.openai_stream import _dumps
 from chirond.tokens import count_response_input
@@ -34,16 +33,7 @@ STATEFUL = {
 
 def parse_responses(raw: bytes, content_type: str | None, max_body_bytes: int) -> ParsedRequest:
     """Validate a /v1/responses request; raise ApiError (400/413/415)."""
-    if len(raw) > max_body_bytes:
-        raise ApiError.too_large(max_body_bytes, len(raw))
-    if not _media_type_ok(content_type):
-        raise ApiError.unsupported_media_type(content_type)
-    body = _load_object(raw)
-    model = body.get("model")
-    if model is None:
-        raise ApiError.missing("model", "the name of a served model")
-    if not isinstance(model, str) or not model:
-        raise ApiError.invalid("model", f"'model' must be a non-empty string, got {_show(model)}.")
+    body, model = load_body(raw, content_type, max_body_bytes)
     for name, why in STATEFUL.items():
         if body.get(name) not in (None, False):
             raise ApiError.invalid(name, why)

@@ -48,6 +48,9 @@ class FixedPolicy(Policy):
     def initial_instances(self, model: str, initial: int, static: int) -> int:
         return self.counts.get(model, 0)
 
+    def prompt_budget(self, model: str, slo: Any) -> Any:
+        return self.inner.prompt_budget(model, slo)
+
     def engine_args(self, model: str, slo: Any, mean_input: float = 0.0) -> Any:
         return self.inner.engine_args(model, slo, mean_input)
 

@@ -5,7 +5,10 @@ the parameter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from typing import Any
 
 import aiohttp
@@ -13,7 +16,9 @@ import openai
 import pytest
 
 from chirond.daemon import Daemon
+from tests.support.daemon import ready_count
 from tests.support.openai_cases import client
+from tests.support.wait import wait_for
 
 MODEL = "llama-8b"
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
@@ -113,3 +118,36 @@ async def test_langchain_chat_openai_with_the_responses_api(daemon_factory: Any)
     assert len(chunks) > 1 and streamed
     calls = await llm.bind_tools([WEATHER]).ainvoke("Weather in Paris?")
     assert [tc["name"] for tc in calls.tool_calls] == ["get_weather"]
+
+
+async def test_a_lost_instance_restarts_a_waiting_answer_and_ends_a_started_stream(daemon_factory: Any) -> None:
+    d: Daemon = await daemon_factory(daemon__policy="static", model__sim_speedup=1.0)
+    c = client(d)
+
+    def kill_the_instance() -> None:
+        (inst,) = [i for i in d.instances.values() if i.routable]
+        assert inst.job_id is not None
+        os.kill(int(inst.job_id.split("-")[1]), signal.SIGKILL)
+
+    # A started stream cannot be resumed: it ends with an error event, on which the openai client raises.
+    s = await c.responses.create(model=MODEL, input="hi", max_output_tokens=400, stream=True,
+                                 extra_body={"ignore_eos": True})
+    deltas = 0
+    with pytest.raises(openai.APIError, match=r"mid-stream|closed the stream|connection"):
+        async for ev in s:
+            if ev.type == "response.output_text.delta":
+                deltas += 1
+                if deltas == 3:
+                    kill_the_instance()
+    assert deltas >= 3
+    await wait_for(lambda: ready_count(d) >= 1 and all(i.routable for i in d.instances.values()), 30,
+                   "a replacement instance")
+    # A non-streaming client has seen nothing: the failed attempt starts again, from scratch, on the replacement.
+    task = asyncio.create_task(c.responses.create(model=MODEL, input="hi", max_output_tokens=300,
+                                                  extra_body={"ignore_eos": True}))
+    await wait_for(lambda: any(s.inflight for s in d.dispatcher.slots.values()), 10, "the request running")
+    await asyncio.sleep(0.3)
+    kill_the_instance()
+    r = await task
+    assert r.status == "incomplete" and r.usage is not None and r.usage.output_tokens == 300
+    await c.close()

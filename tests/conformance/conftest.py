@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chirond.fakevllm import FakeVllm
+
 ROOT = Path(__file__).resolve().parents[2]
 PROBES = Path(__file__).resolve().parent / "probes"
-PROBE_TIMEOUT_S = 300  # importing vLLM takes 10-30 s on a busy 2-core machine
+PROBE_TIMEOUT_S = 300
+FAKE_MODEL = "llama-8b"  # the name the `fake` fixture serves
+FAKE_MAX_MODEL_LEN = 4096  # importing vLLM takes 10-30 s on a busy 2-core machine
 
 Probe = Callable[..., Any]
 
@@ -65,3 +69,15 @@ def probe(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Probe:
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     return run
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeVllm]:
+    """A fake-vllm server of the 8B profile, serving FAKE_MODEL with FAKE_MAX_MODEL_LEN, 50x fast."""
+    s = FakeVllm(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml", FAKE_MODEL, speedup=50,
+                 max_model_len=FAKE_MAX_MODEL_LEN)
+    await s.start("127.0.0.1", 0, startup_s=0.0)
+    try:
+        yield s
+    finally:
+        await s.stop()

@@ -5,12 +5,11 @@ difference too (the models accept extra keys, so validation alone would not see 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from chirond.fakevllm import FakeVllm
 
@@ -21,16 +20,6 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]},
                                      "days": {"type": "integer", "minimum": 1}},
     "required": ["city", "unit", "days"]}}}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVllm]:
-    s = FakeVllm(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml", MODEL, speedup=50, max_model_len=4096)
-    await s.start("127.0.0.1", 0, startup_s=0.0)
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 async def _answers(s: FakeVllm) -> list[dict[str, Any]]:

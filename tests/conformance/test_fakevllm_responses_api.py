@@ -7,17 +7,16 @@ indices and sequence numbers, the terminal event and its status."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from chirond.fakevllm import FakeVllm
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = "llama-8b"
+MODEL = "llama-8b"  # what the `fake` fixture serves (conftest.py), with a context of 4096
 MAX_MODEL_LEN = 4096
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -34,16 +33,6 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "json": {"input": "Judge", "max_output_tokens": 100, "text": {"format": {
         "type": "json_schema", "name": "verdict", "schema": WEATHER["parameters"]}}},
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVllm]:
-    s = FakeVllm(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml", MODEL, speedup=50, max_model_len=MAX_MODEL_LEN)
-    await s.start("127.0.0.1", 0, startup_s=0.0)
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 async def _answers(s: FakeVllm) -> list[dict[str, Any]]:

@@ -10,14 +10,12 @@ this sshd lets root in with a key of the test's own (PermitRootLogin prohibit-pa
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import openai
 import pytest
 
@@ -40,33 +38,16 @@ from chirond.stats import ArrivalWindow
 from tests.support import PROFILE_8B, wait_for
 from tests.support.loopback import LoopbackCluster, run
 from tests.support.slurm_daemon import ACTIVE, tagged_jobs
-from tests.support.sshd import ThrowawaySshd
+from tests.support.sshd import RootSshd, root_sshd_problem
 
 MODEL = "llama-8b"
 STALE_AFTER_S = 2.0
 
 
-
-
-class RootSshd(ThrowawaySshd):
-    """A throwaway sshd that lets root in with the test's own key."""
-
-    def __init__(self, c: LoopbackCluster, workdir: Path) -> None:
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        self.key_file = workdir / "id_ed25519"
-        key.write_private_key(str(self.key_file))
-        self.key_file.chmod(0o600)
-        auth = workdir / "authorized_keys"
-        auth.write_bytes(key.export_public_key())
-        auth.chmod(0o600)
-        super().__init__(c, workdir, ["AllowUsers root", "PermitRootLogin prohibit-password",
-                                      f"AuthorizedKeysFile {auth}", "StrictModes no"])
-
-
 @pytest.fixture
 def root_sshd(loopback_cluster: LoopbackCluster, tmp_path: Path) -> Iterator[RootSshd]:
-    if os.geteuid() != 0 or not os.access(loopback_cluster.state_dir / "ssh" / "ssh_host_ed25519_key", os.R_OK):
-        pytest.skip("needs root (its own sshd letting root in, and the loopback sshd's host key)")
+    if (problem := root_sshd_problem(loopback_cluster)) is not None:
+        pytest.skip(problem)
     d = RootSshd(loopback_cluster, tmp_path)
     d.start()
     try:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,22 @@ class ServeProcess:
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.url, api_key=KEY, max_retries=0, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp: Path, state_dir: Path) -> AsyncIterator[tuple[ServeProcess, openai.AsyncOpenAI]]:
+    """A started `chirond serve` (write_config's) on `state_dir` and a client; stopped at the end,
+    which must exit 0."""
+    cfg, port = write_config(tmp, state_dir)
+    d = ServeProcess(cfg, port, tmp / "daemon.log")
+    await d.start()
+    c = d.client()
+    try:
+        yield d, c
+    finally:
+        await c.close()
+        rc = await d.stop()
+    assert rc == 0, d.log.read_text()[-2000:]
 
 
 def chat_line(i: int, max_tokens: int = 4) -> str:

@@ -11,8 +11,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import asyncssh
 
 from tests.support.loopback import LoopbackCluster
 from tests.support.net import free_port
@@ -59,6 +61,33 @@ class ThrowawaySshd:
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=5)
         self.proc = None
+
+
+class RootSshd(ThrowawaySshd):
+    """A throwaway sshd that lets root in with the test's own key (`key_file`): Slurm jobs then run
+    as root, who can run this interpreter. Sessions get HOME=`workdir`/home, so root's own rc files
+    (bash reads ~/.bashrc under sshd; a slow one delays every command) stay out, plus `env`."""
+
+    def __init__(self, c: LoopbackCluster, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        self.key_file = workdir / "id_ed25519"
+        key.write_private_key(str(self.key_file))
+        self.key_file.chmod(0o600)
+        auth = workdir / "authorized_keys"
+        auth.write_bytes(key.export_public_key())
+        auth.chmod(0o600)
+        home = workdir / "home"
+        home.mkdir(exist_ok=True)
+        setenv = " ".join(f"{k}={v}" for k, v in {"HOME": str(home), **(env or {})}.items())
+        super().__init__(c, workdir, ["AllowUsers root", "PermitRootLogin prohibit-password",
+                                      f"AuthorizedKeysFile {auth}", "StrictModes no", f"SetEnv {setenv}"])
+
+
+def root_sshd_problem(c: LoopbackCluster) -> str | None:
+    """Why this process cannot run a RootSshd, or None."""
+    if os.geteuid() != 0 or not os.access(c.state_dir / "ssh" / "ssh_host_ed25519_key", os.R_OK):
+        return "needs root (its own sshd letting root in, and the loopback sshd's host key)"
+    return None
 
 
 def _descendants(pid: int) -> list[int]:

@@ -513,19 +513,70 @@ def test_completions_endpoint(store: BatchStore) -> None:
     assert x.url == "/v1/completions" and x.input_tokens == 5 and x.body["prompt"] == "abcd" * 5
 
 
-def test_input_file_deleted_while_its_batch_runs(store: BatchStore) -> None:
-    fid = upload(store, "alice", [chat_line(f"r{i}") for i in range(3)])
-    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
-    store.validate(bid)
-    store.delete_file("alice", fid)
+def test_input_file_deleted_while_its_batch_runs_frees_it_and_cancels_the_rest(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Deleting the input of a running batch frees its bytes at once; answered lines stay, the rest
+    # (queued, or leased and then aborted) end in the error file as input_file_deleted, also when the
+    # daemon restarts in between.
+    s = open_store(tmp_path, clock)
+    fid = upload(s, "alice", [chat_line(f"r{i}") for i in range(5)])
+    bid = s.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
+    s.validate(bid)
+    a, b = s.next_lines("m1", 2)
+    s.record([ok(a)])
+    assert s.storage_bytes("alice") > 0
+    s.delete_file("alice", fid)
+    assert not (s.files_dir / fid).exists() and s.storage_bytes("alice") == 0
     with pytest.raises(StoreError):
-        store.get_file("alice", fid)
-    assert (store.files_dir / fid).exists()  # the queued lines are read from it
-    assert drain(store) == 3
-    assert store.tick() == [bid]
-    assert not (store.files_dir / fid).exists()
-    out = read_jsonl(store, "alice", store.get_batch("alice", bid)["output_file_id"])
-    assert [x["custom_id"] for x in out] == ["r0", "r1", "r2"]
+        s.get_file("alice", fid)
+    bt = s.get_batch("alice", bid)
+    assert bt["status"] == "cancelling" and bt["errors"]["data"][0]["code"] == "input_file_deleted"
+    assert s.next_lines("m1", 10) == []  # nothing more is read from it
+    s.release([b])  # the runner aborts what still ran
+    s._db.close()  # a restart before the batch ended
+    s2 = open_store(tmp_path, clock)
+    assert s2.tick() == [bid]
+    bt = s2.get_batch("alice", bid)
+    assert bt["status"] == "cancelled" and bt["request_counts"] == {"total": 5, "completed": 1, "failed": 4}
+    out = read_jsonl(s2, "alice", bt["output_file_id"])
+    err = read_jsonl(s2, "alice", bt["error_file_id"])
+    assert [x["custom_id"] for x in out] == ["r0"]
+    assert [x["custom_id"] for x in err] == ["r1", "r2", "r3", "r4"]
+    assert {x["error"]["code"] for x in err} == {"input_file_deleted"}
+    s2.close()
+
+
+def test_input_file_deleted_while_it_validates_is_closed_early(
+    store: BatchStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validation holds the one handle on an input file that lasts: it notices the deletion within
+    # DELETED_CHECK lines and closes it. The lines it had read are reported once, the rest never
+    # were accepted.
+    monkeypatch.setattr(store_mod, "DELETED_CHECK", 4)
+    fid = upload(store, "alice", [chat_line(f"r{i}") for i in range(200)], chunk=4096)
+    path = store.files_dir / fid
+    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
+    real_check, seen = store_mod.check_line, []
+
+    def check_and_delete(raw: bytes, lineno: int, *args: Any) -> Any:
+        seen.append(lineno)
+        if lineno == 10:
+            store.delete_file("alice", fid)
+        return real_check(raw, lineno, *args)
+
+    monkeypatch.setattr(store_mod, "check_line", check_and_delete)
+    store.validate(bid)
+    assert not path.exists()
+    assert len(seen) < 10 + 4, len(seen)  # stopped within DELETED_CHECK lines of the delete
+    store.tick()
+    bt = store.get_batch("alice", bid)
+    assert bt["status"] == "cancelled"
+    n = bt["request_counts"]["total"]
+    assert n == len(seen) and bt["request_counts"]["failed"] == n
+    err = read_jsonl(store, "alice", bt["error_file_id"])
+    assert sorted(x["custom_id"] for x in err) == sorted(f"r{i}" for i in range(n))
+    assert {x["error"]["code"] for x in err} == {"input_file_deleted"}
 
 
 def test_expiry_in_chunks_survives_a_crash_between_them(

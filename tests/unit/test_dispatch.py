@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from chirond.dispatch import Dispatcher
-from chirond.model import BacklogGroup, DispatchRules, Ordering, Pool, ReqClass, Request, Routing
+from chirond.model import BacklogGroup, DispatchRules, Ordering, Pool, PromptBudget, ReqClass, Request, Routing
 
 M = "m"
 TTFT = 2.0
@@ -472,3 +472,52 @@ def test_route_by_prefill_sends_a_new_request_past_a_long_prompt() -> None:
     d.dispatch(M, 1.1)
     assert later.instance == 1
     assert d.slots[1].prefill_outstanding() == 100 and d.slots[2].prefill_outstanding() == 700
+
+
+def test_prefill_outstanding_is_exact_across_eviction_and_return() -> None:
+    # A batch prompt evicted while still in prefill no longer counts on its instance; sent back
+    # there, it counts once; finished, not at all (whatever order the prompts leave in).
+    d = Dispatcher(DispatchRules(route_by_prefill=True), {M: TTFT})
+    d.add_instance(1, M, Pool.MIXED, cap=2, batch_cap=2)
+    b1, b2 = batch(100.0, tokens=20_000), batch(100.0, tokens=5_000)
+    d.enqueue(b1)
+    d.enqueue(b2)
+    d.dispatch(M, 0.0)
+    assert d.slots[1].prefill_outstanding() == 25_000
+    r = inter(1.0, tokens=300)
+    d.enqueue(r)
+    _, evicted = d.dispatch(M, 1.0)
+    assert [v.id for v, _ in evicted] == [b2.id]
+    assert d.slots[1].prefill_outstanding() == 20_300
+    d.complete(r)  # answered before the long prompt ahead of it: no longer outstanding
+    assert d.slots[1].prefill_outstanding() == 20_000
+    d.dispatch(M, 2.0)  # b2 comes back to the only instance
+    assert b2.instance == 1 and d.slots[1].prefill_outstanding() == 25_000
+    b1.first_token = 3.0
+    assert d.slots[1].prefill_outstanding() == 5_000
+
+
+def test_prompt_budget_holds_long_batch_prompts_back_not_short_ones() -> None:
+    # A 10k-token batch prompt already awaits its first token: the next long one (at least 4k
+    # tokens) waits in chirond's queue while 8k or more are outstanding; a short one still goes;
+    # once the first has its first token, the long one goes too. Without a budget it goes at once.
+    for budget in (PromptBudget(long_tokens=4_000, tokens=8_000), None):
+        d = Dispatcher(DispatchRules(), {M: TTFT})
+        d.add_instance(1, M, Pool.MIXED, cap=16, prompt_budget=budget)
+        first = batch(100.0, tokens=10_000)
+        d.enqueue(first)
+        d.dispatch(M, 0.0)
+        long_ = batch(100.0, arrival=1.0, tokens=6_000)
+        d.enqueue(long_)
+        d.dispatch(M, 1.0)
+        assert (long_.instance is None) == (budget is not None)
+        if budget is None:
+            continue
+        short = batch(50.0, arrival=2.0, tokens=500)  # earlier deadline: first in line
+        d.enqueue(short)
+        d.dispatch(M, 2.0)
+        assert short.instance == 1 and long_.instance is None
+        first.first_token = 3.0
+        short.first_token = 3.0
+        d.dispatch(M, 3.0)
+        assert long_.instance == 1

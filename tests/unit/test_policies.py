@@ -609,3 +609,14 @@ def test_chirond_prefill_chunk_grows_with_long_prompts() -> None:
     assert pol.engine_args("m70", slo, mean_input=20_000).max_num_batched_tokens == P70.max_num_batched_tokens
     never = policy("chirond", long_prompt_share=1e9)
     assert never.engine_args("m70", slo, mean_input=20_000).max_num_batched_tokens == 512
+
+
+def test_chirond_prompt_budget_is_prefill_time_against_the_ttft_slo() -> None:
+    # Long batch prompts: those whose prefill takes over 10 % of the TTFT SLO; the budget: the
+    # prompt tokens that prefill within 25 % of it (the profile's prefill time, attention included).
+    slo = Slo(ttft_s=8.0, tpot_s=0.1)
+    b = policy("chirond").prompt_budget("m8", slo)
+    assert b is not None
+    assert P8.prefill_s(b.long_tokens) <= 0.8 < P8.prefill_s(b.long_tokens + 1)
+    assert P8.prefill_s(b.tokens) <= 2.0 < P8.prefill_s(b.tokens + 1)
+    assert policy("static").prompt_budget("m8", slo) is None

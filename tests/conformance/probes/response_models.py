@@ -5,9 +5,8 @@ the model does not declare (vLLM's models allow extra keys; a key vLLM never sen
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
-from vllm_cli import answer, read_payload
+from vllm_cli import answer, extras, read_payload
 
 warnings.simplefilter("ignore")
 
@@ -27,19 +26,6 @@ MODELS: dict[str, type[BaseModel]] = {
     "error": ErrorResponse, "model_list": ModelList, "model_card": ModelCard,
     "embedding": EmbeddingResponse, "tokenize": TokenizeResponse, "detokenize": DetokenizeResponse,
 }
-
-
-def extras(obj: Any, path: str) -> list[str]:
-    """Keys a validated model holds beyond its declared fields, anywhere inside it."""
-    out: list[str] = []
-    if isinstance(obj, BaseModel):
-        out += [f"{path}.{k}: not a field of {type(obj).__name__}" for k in (obj.model_extra or {})]
-        for name in type(obj).model_fields:
-            out += extras(getattr(obj, name), f"{path}.{name}")
-    elif isinstance(obj, list):
-        for i, x in enumerate(obj):
-            out += extras(x, f"{path}[{i}]")
-    return out
 
 
 result = {}

@@ -17,7 +17,7 @@ import json
 import warnings
 from typing import Any
 
-from vllm_cli import answer, read_payload
+from vllm_cli import answer, extras, read_payload
 
 warnings.simplefilter("ignore")
 
@@ -50,18 +50,6 @@ VLLM_EVENTS: dict[str, type[BaseModel]] = {
 }
 ANY_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 RANDOM = ("id", "item_id", "call_id", "created_at")
-
-
-def extras(obj: Any, path: str) -> list[str]:
-    out: list[str] = []
-    if isinstance(obj, BaseModel):
-        out += [f"{path}.{k}: not a field of {type(obj).__name__}" for k in (obj.model_extra or {})]
-        for name in type(obj).model_fields:
-            out += extras(getattr(obj, name), f"{path}.{name}")
-    elif isinstance(obj, list):
-        for i, x in enumerate(obj):
-            out += extras(x, f"{path}[{i}]")
-    return out
 
 
 def shape(obj: Any) -> Any:

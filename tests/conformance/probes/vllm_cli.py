@@ -1,5 +1,6 @@
-"""Shared by the probes (run by the vLLM environment's python, never by chirond's): a `vllm serve`
-command line parsed the way `vllm serve` parses it."""
+"""Shared by the probes (run by the vLLM environment's python, never by chirond's): their JSON in and
+out, a `vllm serve` command line parsed the way `vllm serve` parses it, and the keys of an answer
+that a validated vLLM model does not declare."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def _after_serve(argv: list[str]) -> list[str]:
         if arg == "vllm.entrypoints.openai.api_server":
             return argv[i + 1:]
     raise SystemExit(f"not a vllm serve command: {argv}")
+
+
+def extras(obj: Any, path: str) -> list[str]:
+    """Keys a validated pydantic model holds beyond its declared fields, anywhere inside it (vLLM's
+    models allow extra keys, so validation alone would not see a key vLLM never sends)."""
+    from pydantic import BaseModel
+
+    out: list[str] = []
+    if isinstance(obj, BaseModel):
+        out += [f"{path}.{k}: not a field of {type(obj).__name__}" for k in (obj.model_extra or {})]
+        for name in type(obj).model_fields:
+            out += extras(getattr(obj, name), f"{path}.{name}")
+    elif isinstance(obj, list):
+        for i, x in enumerate(obj):
+            out += extras(x, f"{path}[{i}]")
+    return out
