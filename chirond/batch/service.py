@@ -50,7 +50,8 @@ class BatchService:
         self.store = BatchStore(db or Database(db_path(state)), state / "files", limits, list(cfg.models))
         self.runner = BatchRunner(self.store, self._execute, self._window, cfg.models)
         self._stored: dict[str, list[tuple[float, int, int]]] = {}  # the store's backlog per model
-        self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines, storage_quota)
+        self.http = BatchApi(self.store, api.authenticate, self.runner.created, check_lines, storage_quota,
+                             write_timeout_s=cfg.api.body_timeout_s)
 
     def open(self) -> None:
         """Opens the store (again is a no-op); raises chirond.db.SchemaError for a file it cannot use."""

@@ -9,6 +9,7 @@ it); another user's file or batch is a 404, as if it did not exist. This module 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from chirond import jsonbounds
 from chirond.batch.store import BatchStore, StoreError
 from chirond.serve.http_errors import storage_error
 from chirond.serve.openai_api import ApiError
+
+log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
@@ -81,7 +84,11 @@ class BatchApi:
         on_batch_created: Callable[[str], None],
         check_lines_quota: Callable[[str, int], str | None] | None = None,
         storage_quota: Callable[[str], tuple[int, str]] | None = None,
+        write_timeout_s: float = 30.0,
     ) -> None:
+        """`write_timeout_s`: a download the client stops reading is cut off after this long without
+        progress (api.body_timeout_s), so it cannot hold a file open, nor a deleted file's space."""
+        self.write_timeout_s = write_timeout_s
         self.storage_quota = storage_quota  # user -> (bytes allowed, its config key); 0 = unlimited
         self.store = store
         self.auth = auth
@@ -255,7 +262,13 @@ class BatchApi:
                 chunk = await asyncio.to_thread(f.read, _CHUNK)
                 if not chunk:
                     break
-                await resp.write(chunk)
+                try:
+                    await asyncio.wait_for(resp.write(chunk), self.write_timeout_s)
+                except TimeoutError:
+                    log.info("download of %s stalled for %g s: connection closed", obj["id"], self.write_timeout_s)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
             await resp.write_eof()
         return resp
 

@@ -5,7 +5,9 @@ is the runner's job): the test plays the runner by leasing and recording lines i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,25 +96,36 @@ def quota(user: str, lines: int) -> str | None:
     return f"{user} may queue {QUOTA_LINES} lines; this file has {lines}" if lines > QUOTA_LINES else None
 
 
+@contextlib.asynccontextmanager
+async def serving(api: BatchApi) -> AsyncIterator[int]:
+    """The routes of `api` on 127.0.0.1; yields the port."""
+    app = web.Application(middlewares=[error_middleware(1 << 20)])
+    api.add_routes(app)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     files_dir = tmp_path / "files"
     store = BatchStore(tmp_path / "chirond.db", files_dir, BatchLimits(max_file_bytes=MAX_FILE), [MODEL])
     store.open()
     srv = Server(store, "", files_dir)
-    app = web.Application(middlewares=[error_middleware(1 << 20)])
-    BatchApi(store, auth, srv.created.append, quota).add_routes(app)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     try:
-        yield srv
+        async with serving(BatchApi(store, auth, srv.created.append, quota)) as port:
+            srv.url = f"http://127.0.0.1:{port}/v1"
+            try:
+                yield srv
+            finally:
+                for c in srv.clients:
+                    await c.close()
     finally:
-        for c in srv.clients:
-            await c.close()
-        await runner.cleanup()
         store.close()
 
 
@@ -144,6 +157,56 @@ async def test_files_roundtrip_and_isolation(server: Server) -> None:
         await alice.files.retrieve(f.id)
     with pytest.raises(openai.NotFoundError):
         await alice.files.content(f.id)
+
+
+def open_by_this_process(path: Path) -> bool:
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(str(path)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+async def test_a_download_nobody_reads_is_cut_off_and_lets_a_deleted_file_go(tmp_path: Path) -> None:
+    # A client that asks for a large file and then stops reading would keep it open (and, once the
+    # file is deleted, its space taken) for as long as it likes: after write_timeout_s without
+    # progress the connection is closed and the file with it.
+    store = BatchStore(tmp_path / "chirond.db", tmp_path / "files", BatchLimits(max_file_bytes=64 << 20), [MODEL])
+    store.open()
+    try:
+        up = store.new_upload()
+        line = json.dumps(chat_line("x" * 400)).encode() + b"\n"
+        for _ in range((32 << 20) // len(line)):  # 32 MiB: far more than the sockets' buffers hold
+            up.write(line)
+        fid = up.commit("alice", "big.jsonl", "batch")["id"]
+        path = store.files_dir / fid
+        async with serving(BatchApi(store, auth, lambda b: None, write_timeout_s=1.0)) as port:
+            await stall_a_download_then_delete(store, port, fid, path)
+    finally:
+        store.close()
+
+
+async def stall_a_download_then_delete(store: BatchStore, port: int, fid: str, path: Path) -> None:
+    """Asks for the file, reads the status line and nothing more, deletes the file; the server
+    must then let go of it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /v1/files/{fid}/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-alice\r\n\r\n"
+                 .encode())
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")  # and then not another byte is read
+    for _ in range(100):  # bounded: until the server is stuck writing with the file open
+        if open_by_this_process(path):
+            break
+        await asyncio.sleep(0.05)
+    assert open_by_this_process(path)
+    store.delete_file("alice", fid)
+    for _ in range(200):  # bounded: the stalled download is cut off, the deleted file closed
+        if not open_by_this_process(path):
+            break
+        await asyncio.sleep(0.1)
+    assert not open_by_this_process(path)
+    writer.close()
 
 
 async def test_files_list_pages(server: Server) -> None:

@@ -45,3 +45,4 @@ async def test_a_stopped_engine_loses_nothing_and_serving_resumes(tmp_path: Path
     finally:
         await c.close()
         assert await d.stop() == 0
+    assert f.usage_requests(tmp_path / "state") >= n + 1  # the lines and serves()' chat: no usage lost
