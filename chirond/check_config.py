@@ -91,7 +91,12 @@ def _vllm_command_warnings(m: ModelConfig, sends_priority: bool) -> list[str]:
     """What a `vllm serve` command lacks that chirond's traffic needs."""
     where = key_path("models", m.name, "command")
     out = []
-    if _flag_value(m.command, "--enable-auto-tool-choice") is None or not _flag_value(m.command, "--tool-call-parser"):
+    runner = _flag_value(m.command, "--runner")
+    if runner not in (None, "auto", "pooling" if m.task == "embed" else "generate"):
+        out.append(f"{where} sets --runner {runner} but the model's task is {m.task!r}: its engine will not serve "
+                   f"{'/v1/embeddings' if m.task == 'embed' else 'chat and completions'} (set task, or drop --runner)")
+    if m.task == "generate" and (_flag_value(m.command, "--enable-auto-tool-choice") is None
+                                 or not _flag_value(m.command, "--tool-call-parser")):
         out.append(f"{where} cannot serve `tools`: vLLM answers 400 to every chat request with tools unless the "
                    "command has --enable-auto-tool-choice and --tool-call-parser (Llama 3.1: llama3_json)")
     if sends_priority and _flag_value(m.command, "--scheduling-policy") not in ("{scheduling_policy}", "priority"):

@@ -197,6 +197,9 @@ class ModelConfig:
     # arrival rate says the next comes sooner than a cold start. None: the model's lead time
     # (queue wait + start-up), rent or buy.
     idle_timeout_s: float | None = None
+    # What the model serves, in vLLM's task names: "generate" (chat and completions) or "embed"
+    # (/v1/embeddings; the engine runs with vLLM's `--runner pooling`). docs/serving.md.
+    task: str = "generate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,7 @@ AUTH_MODES = ("keys", "open")
 SSH_METRICS = ("ssh", "direct")
 SSH_TRAFFIC = ("direct", "tunnel")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TASKS = ("generate", "embed")
 PLACEHOLDERS = (
     "model",
     "port",
@@ -624,6 +628,7 @@ def _model(name: str, t: Table, local: LocalBackendConfig | None) -> ModelConfig
         sim_startup_s=t.number("sim_startup_s", 0.0, "non-negative") if "sim_startup_s" in t.data else None,
         max_wait_s=t.number("max_wait_s") if "max_wait_s" in t.data else None,
         idle_timeout_s=t.number("idle_timeout_s", 0.0, "non-negative") if "idle_timeout_s" in t.data else None,
+        task=t.string("task", _M["task"], TASKS),
     )
 
 

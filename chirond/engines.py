@@ -34,13 +34,14 @@ def engine_command(m: ModelConfig, args: EngineArgs, host: str = "127.0.0.1") ->
             for k, v in values.items():
                 arg = arg.replace("{" + k + "}", v)
             out.append(arg)
-        return guarded(tuple(out))
+        return guarded(pooling(tuple(out), m.task))
+    runner = ("--runner", "pooling") if m.task == "embed" else ()
     return (
         sys.executable, "-m", "chirond", "fake-vllm",
         "--profile", values["profile"], "--model", m.name, "--host", host, "--port", "{port}",
         "--max-num-seqs", values["max_num_seqs"], "--max-num-batched-tokens", values["max_num_batched_tokens"],
         "--scheduling-policy", values["scheduling_policy"],
-        "--speedup", repr(m.sim_speedup), "--startup-s", repr(startup_s(m)),
+        "--speedup", repr(m.sim_speedup), "--startup-s", repr(startup_s(m)), *runner,
     )  # fmt: skip
 
 
@@ -53,6 +54,15 @@ def is_vllm_server(argv: tuple[str, ...] | list[str]) -> bool:
         if arg in _VLLM_MODULES and i > 0 and argv[i - 1] == "-m":
             return True
     return False
+
+
+def pooling(argv: tuple[str, ...], task: str) -> tuple[str, ...]:
+    """An embedding model's vLLM command with `--runner pooling` added when the site's command does
+    not choose a runner itself: vLLM then serves /v1/embeddings (converting a causal LM with its
+    `--convert auto`) and no generation routes. Other tasks and commands unchanged."""
+    if task != "embed" or not is_vllm_server(argv) or any(a == "--runner" or a.startswith("--runner=") for a in argv):
+        return argv
+    return (*argv, "--runner", "pooling")
 
 
 def guarded(argv: tuple[str, ...]) -> tuple[str, ...]:

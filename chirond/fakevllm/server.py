@@ -39,7 +39,7 @@ from prometheus_client import generate_latest
 
 from chirond.engine import Engine
 from chirond.engine_guard import authorized
-from chirond.fakevllm import synthetic
+from chirond.fakevllm import pooling, synthetic, tokenizer
 from chirond.fakevllm.driver import Driver, Live
 from chirond.fakevllm.lengths import natural_length
 from chirond.fakevllm.metrics import ServerMetrics
@@ -60,6 +60,8 @@ DESCRIPTION = (
 )
 
 DEFAULT_MAX_MODEL_LEN = 131072
+DEFAULT_EMBEDDING_SIZE = 4096  # the hidden size of Llama 3.1 8B: its vectors under vLLM's --convert embed
+RUNNERS = ("generate", "pooling")
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STOP_GRACE_S = 0.05  # how long stop() lets a handler finish what it is writing before cancelling it
 STATS_LOG_INTERVAL_S = 10.0  # vLLM's VLLM_LOG_STATS_INTERVAL
@@ -81,6 +83,8 @@ class FakeVllm:
         api_keys: Sequence[str] = (),
         seed: int = 0,
         min_emit_interval: float = 0.005,
+        runner: str = "generate",
+        embedding_size: int = DEFAULT_EMBEDDING_SIZE,
     ) -> None:
         if not isinstance(profile, Profile):
             profile = load_profile(profile)
@@ -88,8 +92,12 @@ class FakeVllm:
             raise ValueError(f"speedup must be positive, got {speedup}")
         if scheduling_policy not in ("fcfs", "priority"):
             raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {scheduling_policy!r}")
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
         self.profile = profile
         self.model = model
+        self.runner = runner  # vLLM's --runner: "generate" (chat, completions) or "pooling" (embeddings)
+        self.embedding_size = embedding_size
         self.speedup = speedup
         self.max_model_len = max_model_len
         self.seed = seed
@@ -122,9 +130,16 @@ class FakeVllm:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024**2)
         r = app.router
-        r.add_post("/v1/chat/completions", self._chat)
-        r.add_post("/v1/completions", self._completions)
-        r.add_post("/v1/responses", self._responses)
+        # As vLLM registers them: generation routes on a generative model, /v1/embeddings on a
+        # pooling one (the other kind's routes answer 404 Not Found); tokenizing on both.
+        if self.runner == "pooling":
+            r.add_post("/v1/embeddings", self._embeddings)
+        else:
+            r.add_post("/v1/chat/completions", self._chat)
+            r.add_post("/v1/completions", self._completions)
+            r.add_post("/v1/responses", self._responses)
+        r.add_post("/tokenize", self._tokenize)
+        r.add_post("/detokenize", self._detokenize)
         r.add_get("/v1/models", self._models)
         r.add_get("/health", self._health)
         r.add_route("*", "/ping", self._health)
@@ -216,6 +231,37 @@ class FakeVllm:
         if natural > max_tokens:
             return max_tokens, "length", max_tokens
         return natural, "stop", max_tokens
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        return web.json_response(tokenizer.tokenize(body, served_model=self.model, max_model_len=self.max_model_len))
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        return web.json_response(tokenizer.detokenize(body, served_model=self.model))
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """One engine request for all the inputs: a prefill of their tokens and no decoding."""
+        p = pooling.parse_embed(await self._body(request), served_model=self.model, max_model_len=self.max_model_len,
+                                embedding_size=self.embedding_size,
+                                header_request_id=request.headers.get("X-Request-Id"),
+                                default_request_id=uuid.uuid4().hex)
+        d = self.driver
+        cls = ReqClass.BATCH if self.priority and p.priority > 0 else ReqClass.INTERACTIVE
+        # One output token: the engine model finishes a request at its first token, as pooling does.
+        r = Request(d.new_id(), self.model, cls, d.now(), max(1, sum(p.tokens)), 1, priority=p.priority)
+        live = Live(r, False, "stop")
+        self._handlers += 1
+        d.submit(live)
+        try:
+            while not live.done:
+                await live.wait()
+            if live.reason == "abort":
+                raise ApiError(503, "The request was aborted: the server is shutting down.")
+            return web.json_response(pooling.embed_response(p, self.model, self.embedding_size))
+        finally:
+            self._handlers -= 1
+            d.abort(live)
 
     def _submit(self, p: GenParams, observe_n: int | None = 1) -> tuple[Live, int]:
         """Plan a request (one sequence) and hand it to the engine: (its Live, the max_tokens it runs
@@ -367,9 +413,11 @@ class FakeVllm:
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("Starting vLLM server on %s", self.url)
         log.info("Available routes are:")
-        for route in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models", "/health", "/ping",
-                      "/version", "/load", "/metrics"):
-            log.info("Route: %s, Methods: %s", route, "POST" if route.endswith(("completions", "responses")) else "GET")
+        served = (("/v1/embeddings",) if self.runner == "pooling"
+                  else ("/v1/chat/completions", "/v1/completions", "/v1/responses"))
+        posts = (*served, "/tokenize", "/detokenize")
+        for route in (*posts, "/v1/models", "/health", "/ping", "/version", "/load", "/metrics"):
+            log.info("Route: %s, Methods: %s", route, "POST" if route in posts else "GET")
         uvicorn_log.info("Started server process [%d]", os.getpid())
         uvicorn_log.info("Waiting for application startup.")
         uvicorn_log.info("Application startup complete.")
@@ -444,6 +492,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="require 'Authorization: Bearer KEY' on every path but /health and /metrics, as chirond's engine "
       "guard makes vLLM do (repeatable; default: $VLLM_API_KEY)")
     a("--seed", type=int, default=0, help="seed of the simulated answer lengths (default 0)")
+    a("--runner", choices=RUNNERS, default="generate",
+      help="vLLM --runner: generate serves chat and completions (default); pooling serves /v1/embeddings")
+    a("--embedding-size", type=int, default=DEFAULT_EMBEDDING_SIZE, metavar="N",
+      help=f"length of the vectors of --runner pooling (default {DEFAULT_EMBEDDING_SIZE})")
 
 
 def setup_logging() -> None:
@@ -464,7 +516,7 @@ def main(args: argparse.Namespace) -> int:
     except ProfileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+    for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "embedding_size"):
         v = getattr(args, name)
         if v is not None and v < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1, got {v}", file=sys.stderr)
@@ -476,7 +528,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging()
     server = FakeVllm(profile, args.model, speedup=args.speedup, max_num_seqs=args.max_num_seqs,
                       max_num_batched_tokens=args.max_num_batched_tokens, scheduling_policy=args.scheduling_policy,
-                      max_model_len=args.max_model_len, seed=args.seed,
+                      max_model_len=args.max_model_len, seed=args.seed, runner=args.runner,
+                      embedding_size=args.embedding_size,
                       api_keys=args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))
     startup_s = args.startup_s if args.startup_s is not None else profile.cold_start_s / args.speedup
     loop_factory = None

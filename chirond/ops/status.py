@@ -44,6 +44,7 @@ def model_status(
             "state": state, "instances": counts, "eta_s": None if eta is None else round(eta, 1),
             "queue": {"interactive": qi, "batch": qb},
             "slo": {"ttft_s": m.slo.ttft_s, "tpot_s": m.slo.tpot_s},
+            "task": m.task,  # vLLM's task name: "generate" (chat, completions) or "embed" (embeddings)
         })  # fmt: skip
     return out
 

@@ -34,12 +34,15 @@ from chirond.serve import openai_api as oa
 from chirond.serve import request_id
 from chirond.serve import responses_request as rq
 from chirond.serve import responses_stream as rs
+from chirond.serve.embeddings import EMBEDDINGS, check_task, parse_embeddings
 from chirond.serve.gateway import Gateway, Job
 from chirond.serve.http_errors import error_middleware
+from chirond.serve.tokenize_api import TokenizeRoutes
 from chirond.serve.unavailable import Unavailable
 
 CHAT, COMPLETIONS, RESPONSES = "chat", "completions", rq.RESPONSES
-_PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions", RESPONSES: "/v1/responses"}
+_PATHS = {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions", RESPONSES: "/v1/responses",
+          EMBEDDINGS: "/v1/embeddings"}
 _JSON = {"Content-Type": "application/json"}
 # Response headers of an answered request (docs/serving.md): seconds from arrival at chirond to an
 # instance slot, and the part of it spent while no instance of the model was ready (a cold start).
@@ -183,6 +186,8 @@ class ProxyApi:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        TokenizeRoutes(self).add_routes(app)  # /tokenize, /detokenize
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model:.+}", self.model)  # names may hold '/' (org/name)
         app.router.add_get("/health", self.health)
@@ -251,6 +256,9 @@ class ProxyApi:
     async def responses(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, RESPONSES)
 
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, EMBEDDINGS)
+
     async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         user = self.authenticate(request)
         if not self.accepting:
@@ -259,11 +267,14 @@ class ProxyApi:
         ctype, limit = request.headers.get("Content-Type"), self.api.max_body_bytes
         if endpoint == RESPONSES:
             parsed = rq.parse_responses(raw, ctype, limit)
+        elif endpoint == EMBEDDINGS:
+            parsed = parse_embeddings(raw, ctype, limit)
         else:
             parsed = oa.parse_request(endpoint, raw, ctype, limit)
         request.get("access", {}).update({"user": user, "model": parsed.model})
         if parsed.model not in self.cfg.models:
             raise oa.ApiError.unknown_model(parsed.model, sorted(self.cfg.models))
+        check_task(endpoint, parsed.model, self.cfg.models[parsed.model].task)
         cls = oa.request_class(parsed, request.headers.get(self.api.batch_header))
         request.get("access", {})["class"] = cls.value
         why = self.upstream.unavailable(parsed.model)
@@ -290,6 +301,9 @@ class ProxyApi:
         """Run one batch line (not streamed; `deadline` on the daemon's clock) through the same
         queues, preemption, resume and retries as a client's request: (HTTP status, JSON body)."""
         try:
+            m = self.cfg.models.get(parsed.model)
+            if m is not None:
+                check_task(parsed.endpoint, parsed.model, m.task)
             self.hooks.admit(user, parsed, ReqClass.BATCH)  # the same quotas as an HTTP request: 429 line
         except oa.ApiError as e:
             return e.status, json.dumps(e.body()).encode()
@@ -509,11 +523,14 @@ class ProxyApi:
             return _Outcome("broken" if client.started else "retry", e)
 
     async def _whole(self, job: Job, up: aiohttp.ClientResponse) -> _Outcome:
-        """An unstreamed answer, read whole; its first token is its last (no TTFT of its own)."""
+        """An unstreamed answer, read whole; its first token is its last (no TTFT of its own). Its
+        usage is the engine's count (an embedding's prompt tokens are all it bills)."""
         data = await up.read()
         try:
             usage = json.loads(data).get("usage") or {}
             job.req.output_tokens = int(usage.get("completion_tokens") or 0)
+            if isinstance(usage.get("prompt_tokens"), int):
+                job.req.input_tokens = usage["prompt_tokens"]
         except (ValueError, AttributeError, TypeError):
             return _Outcome("retry", oa.ApiError.upstream("the instance's answer is not JSON"))
         if job.req.first_token is None:

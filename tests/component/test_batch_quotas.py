@@ -4,7 +4,6 @@ against the quota), and at batch creation."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import openai
 import pytest
 
 from chirond.daemon import Daemon
+from tests.support.daemon import wait_batch
 
 MODEL = "llama-8b"
 QUOTA = 50
@@ -33,11 +33,7 @@ async def test_tokens_per_day_holds_for_batch_lines(daemon_factory: Any, tmp_pat
         path.write_text("\n".join(line(i) for i in range(20)) + "\n")
         f = await alice.files.create(file=path.open("rb"), purpose="batch")
         b = await alice.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        for _ in range(600):  # bounded: 60 s
-            b = await alice.batches.retrieve(b.id)
-            if b.status in ("completed", "failed", "expired", "cancelled"):
-                break
-            await asyncio.sleep(0.1)
+        b = await wait_batch(alice, b.id)
         assert b.status == "completed"
         out = [json.loads(x) for x in (await alice.files.content(b.output_file_id)).text.splitlines()]
         errors = [json.loads(x) for x in (await alice.files.content(b.error_file_id)).text.splitlines()]

@@ -23,6 +23,9 @@ BASE = {
     "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
     "/v1/completions": {"model": MODEL, "prompt": "hi", "max_tokens": 2},
     "/v1/responses": {"model": MODEL, "input": "hi", "max_output_tokens": 2},
+    "/v1/embeddings": {"model": MODEL, "input": "hi"},  # parsed, then 400: llama-8b is generative
+    "/tokenize": {"model": MODEL, "prompt": "hi"},
+    "/detokenize": {"model": MODEL, "tokens": [1, 2]},
     "/v1/batches": {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"},
 }
 JSON_ROUTES = sorted(p for p, ops in SPEC["paths"].items() if "requestBody" in ops.get("post", {})
@@ -78,7 +81,8 @@ def test_the_description_names_only_routes_the_app_serves(tmp_path: Path) -> Non
     served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     described = {(m, p) for p, ops in SPEC["paths"].items() for m in ops}
     assert described <= served, described - served
-    assert JSON_ROUTES == ["/v1/batches", "/v1/chat/completions", "/v1/completions", "/v1/responses"]
+    assert JSON_ROUTES == ["/detokenize", "/tokenize", "/v1/batches", "/v1/chat/completions", "/v1/completions",
+                           "/v1/embeddings", "/v1/responses"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

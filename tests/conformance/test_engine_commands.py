@@ -48,5 +48,9 @@ def test_rendered_commands_parse_and_resolve(probe: Callable[..., Any], tmp_path
         assert r["disable_log_stats"] is False, label  # it would remove every vllm:* metric
         # Llama 3.1 chat with `tools` needs auto tool choice and its parser, or vLLM answers 400.
         assert (r["enable_auto_tool_choice"], r["tool_call_parser"]) == (True, "llama3_json"), label
+        # An embedding model runs vLLM's pooling runner, the Llama checkpoint converted to embed.
+        want = ("pooling", "embed") if label.endswith(":embed") else ("generate", "none")
+        assert (r["runner"], r["convert"]) == want, label
+    assert any(label.endswith(":embed") for label, _ in commands)
     for label, _ in controls:
         assert "error" in got[label], (label, got[label])

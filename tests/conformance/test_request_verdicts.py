@@ -12,6 +12,7 @@ from typing import Any
 from chirond.serve.openai_errors import ApiError
 from chirond.serve.openai_request import parse_request
 from chirond.serve.openai_stream import _dumps
+from tests.support.verdicts import differences
 
 M = "llama-8b"
 MSGS = [{"role": "user", "content": "hi"}]
@@ -97,11 +98,5 @@ def chirond_verdict(endpoint: str, body: dict[str, Any]) -> str:
 def test_same_verdict_as_vllm(probe: Callable[..., Any]) -> None:
     corpus = [("chat", k, v) for k, v in CHAT.items()] + [("completions", k, v) for k, v in COMPLETIONS.items()]
     theirs = probe("request_verdicts", [{"label": f"{e}:{k}", "endpoint": e, "body": b} for e, k, b in corpus])
-    found = {}
-    for endpoint, label, body in corpus:
-        t = theirs[f"{endpoint}:{label}"]
-        vllm = "ok" if t["ok"] else f"400:{t['param']}"
-        ours = chirond_verdict(endpoint, body)
-        if ours != vllm:
-            found[(endpoint, label)] = f"chirond {ours}, vLLM {vllm} ({t.get('why', '')})"
+    found = differences(corpus, theirs, chirond_verdict)
     assert sorted(found) == sorted(DIFFERENCES), "\n".join(f"{k}: {v}" for k, v in sorted(found.items()))

@@ -42,6 +42,16 @@ def make_config(tmp: Path, **over: Any) -> Config:
     )
 
 
+EMBED_MODEL = "e5-8b"
+
+
+def with_embedding_model(cfg: Config, name: str = EMBED_MODEL) -> Config:
+    """`cfg` plus an embedding model (`task = "embed"`) like its first model: fake-vllm serves it
+    with `--runner pooling`."""
+    first = next(iter(cfg.models.values()))
+    return replace(cfg, models={**cfg.models, name: replace(first, name=name, task="embed")})
+
+
 # A Slurm-backed daemon with the static policy and one model "m" (min 1): for a daemon over FakeBackend.
 SLURM_STATIC_TOML = """
 [daemon]

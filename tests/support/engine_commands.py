@@ -5,6 +5,7 @@ exactly as `chirond.engines.engine_command` renders it for a launch."""
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from chirond.config import ModelConfig, load_config
@@ -34,12 +35,15 @@ def example_models(tmp: Path) -> list[tuple[str, ModelConfig]]:
 
 def rendered_commands(tmp: Path) -> list[tuple[str, list[str]]]:
     """(label, argv with {port} filled) for every example command x policy; the engine flags come
-    from the policy for the model's own profile and SLO."""
+    from the policy for the model's own profile and SLO. Each command is also rendered for the model
+    as an embedding model (`task = "embed"`, label ending ":embed"), under the first policy."""
     out = []
     for label, m in example_models(tmp):
-        for policy_name in REGISTRY:
+        for i, policy_name in enumerate(REGISTRY):
             policy = make_policy(policy_name, {m.name: m.profile})
             args = policy.engine_args(m.name, m.slo)
-            argv = [a.replace("{port}", "8000") for a in engine_command(m, args, host="0.0.0.0")]
-            out.append((f"{label}:{policy_name}", argv))
+            for task in ("generate", "embed") if i == 0 else ("generate",):
+                rendered = engine_command(replace(m, task=task), args, host="0.0.0.0")
+                argv = [a.replace("{port}", "8000") for a in rendered]
+                out.append((f"{label}:{policy_name}{':embed' if task == 'embed' else ''}", argv))
     return out

@@ -46,6 +46,7 @@ def resolve(argv: list[str]) -> dict[str, object]:
         "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
         "enable_auto_tool_choice": args.enable_auto_tool_choice, "tool_call_parser": args.tool_call_parser,
         "middleware": list(args.middleware), "disable_log_stats": args.disable_log_stats,
+        "runner": cfg.model_config.runner_type, "convert": cfg.model_config.convert_type,
         "cache_config_info": {k: str(v) for k, v in cfg.cache_config.metrics_info().items()},
     }
 

@@ -16,12 +16,15 @@ from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
     ChatCompletionStreamResponse,
 )
 from vllm.entrypoints.openai.completion.protocol import CompletionResponse, CompletionStreamResponse  # noqa: E402
+from vllm.entrypoints.pooling.embed.protocol import EmbeddingResponse  # noqa: E402
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard, ModelList  # noqa: E402
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeResponse, TokenizeResponse  # noqa: E402
 
 MODELS: dict[str, type[BaseModel]] = {
     "chat": ChatCompletionResponse, "chat_chunk": ChatCompletionStreamResponse,
     "completion": CompletionResponse, "completion_chunk": CompletionStreamResponse,
     "error": ErrorResponse, "model_list": ModelList, "model_card": ModelCard,
+    "embedding": EmbeddingResponse, "tokenize": TokenizeResponse, "detokenize": DetokenizeResponse,
 }
 
 
