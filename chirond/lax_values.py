@@ -29,3 +29,20 @@ def lax_number(v: object) -> float | None:
     if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v.strip()):
         return float(v.strip().replace("_", ""))
     return None
+
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(v: object) -> bool | None:
+    """`v` as pydantic's lax mode reads a boolean field: a bool, 0 or 1 (int or float), or one of
+    "true"/"false", "yes"/"no", "on"/"off", "t"/"f", "y"/"n", "1"/"0" in any case; None otherwise."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        low = v.lower()
+        return True if low in _TRUE else False if low in _FALSE else None
+    return None

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from chirond.fakevllm import synthetic
-from chirond.lax_values import lax_int
+from chirond.lax_values import lax_bool, lax_int
 from chirond.tokens import count_messages, count_prompt, make_text
 
 VLLM_VERSION = "0.33.0"  # the version the simulated server reports at /version and in its logs
@@ -85,9 +85,10 @@ def _opt_bool(body: dict[str, object], key: str) -> bool:
     v = body.get(key)
     if v is None:
         return False
-    if not isinstance(v, bool):
+    b = lax_bool(v)  # as pydantic reads it: "yes" is true
+    if b is None:
         raise _bad(f"{key}: Input should be a valid boolean, got {v!r}", key)
-    return v
+    return b
 
 
 def parse_generate(body: object, *, chat: bool, served_model: str, header_request_id: str | None,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from chirond import jsonbounds
-from chirond.lax_values import lax_int, lax_number
+from chirond.lax_values import lax_bool, lax_int, lax_number
 from chirond.model import ReqClass
 from chirond.serve.openai_errors import ApiError, Json
 from chirond.tokens import count_messages, count_prompt
@@ -117,12 +117,15 @@ def _opt_number(body: Json, name: str, low: float, high: float, low_open: bool =
 
 
 def _opt_bool(body: Json, name: str) -> bool | None:
+    """An optional boolean read as vLLM reads it ("yes" and 1 are true); the body gets the bool."""
     v = body.get(name)
     if v is None:
         return None
-    if not isinstance(v, bool):
+    b = lax_bool(v)
+    if b is None:
         raise ApiError.invalid(name, f"'{name}' must be a boolean, got {_show(v)}.")
-    return v
+    body[name] = b
+    return b
 
 
 def _check_messages(body: Json) -> list[Json]:
@@ -223,11 +226,11 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
             raise ApiError.invalid("stream_options", f"'stream_options' must be an object, got {_show(opts)}.")
         for key in ("include_usage", "continuous_usage_stats"):
             v = opts.get(key)
-            if v is not None and not isinstance(v, bool):
+            if v is not None and lax_bool(v) is None:
                 raise ApiError.invalid(
                     f"stream_options.{key}", f"'stream_options.{key}' must be a boolean, got {_show(v)}."
                 )
-        include_usage = opts.get("include_usage") is True
+        include_usage = lax_bool(opts.get("include_usage")) is True
 
     n = 1
     if body.get("n") is not None:

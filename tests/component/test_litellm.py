@@ -5,6 +5,7 @@ reaches for nothing beyond 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -38,18 +39,28 @@ def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
     return _getaddrinfo(host, *args, **kwargs)
 
 
-socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-socket.getaddrinfo = _guarded_getaddrinfo
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Only here: every other test of the run keeps the real socket functions."""
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.getaddrinfo = _guarded_getaddrinfo
+    try:
+        yield
+    finally:
+        socket.socket.connect = _connect  # type: ignore[method-assign]
+        socket.getaddrinfo = _getaddrinfo
+
+
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no download at import
 os.environ["LITELLM_TELEMETRY"] = "False"
-litellm: Any = pytest.importorskip("litellm")
+with _loopback_only():
+    litellm: Any = pytest.importorskip("litellm")
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _no_network_beyond_loopback() -> Iterator[None]:
-    yield
-    socket.socket.connect = _connect  # type: ignore[method-assign]
-    socket.getaddrinfo = _getaddrinfo
+    with _loopback_only():
+        yield
 
 CHAT_MODEL = "llama-8b"
 MSGS = [{"role": "user", "content": "Say hello"}]

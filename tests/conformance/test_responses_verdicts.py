@@ -36,6 +36,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "top-p-two": {"model": M, "input": "hi", "top_p": 2},
     "frequency-penalty-low": {"model": M, "input": "hi", "frequency_penalty": -3},
     "store-string": {"model": M, "input": "hi", "store": "maybe"},
+    "store-no": {"model": M, "input": "hi", "store": "no"},
+    "stream-yes": {"model": M, "input": "hi", "stream": "yes"},
     "input-empty": {"model": M, "input": []},
     "input-item-not-object": {"model": M, "input": [5]},
     "presence-penalty-high": {"model": M, "input": "hi", "presence_penalty": 3},

@@ -353,15 +353,15 @@ INVALID = [
     ("completions", _set(logprobs="2"), "logprobs", "must be an integer"),
     ("chat", _set(top_p=0), "top_p", "(0, 1]"),
     ("chat", _set(top_p=1.01), "top_p", "(0, 1]"),
-    ("chat", _set(stream="yes"), "stream", "boolean"),
-    ("chat", _set(stream=1), "stream", "boolean"),
+    ("chat", _set(stream="maybe"), "stream", "boolean"),
+    ("chat", _set(stream=2), "stream", "boolean"),
     ("chat", _set(stream_options={"include_usage": True}), "stream_options", "when `stream=True`"),
     ("completions", _set(stream=False, stream_options={}), "stream_options", "when `stream=True`"),
     ("chat", _set(stream=True, stream_options=[1]), "stream_options", "object"),
-    ("chat", _set(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage", "boolean"),
+    ("chat", _set(stream=True, stream_options={"include_usage": "sure"}), "stream_options.include_usage", "boolean"),
     (
         "chat",
-        _set(stream=True, stream_options={"continuous_usage_stats": 1}),
+        _set(stream=True, stream_options={"continuous_usage_stats": 3}),
         "stream_options.continuous_usage_stats",
         "boolean",
     ),
@@ -400,7 +400,7 @@ def test_valid_messages(messages: list[dict[str, Any]]) -> None:
     ("field", "value", "read"),
     [("max_tokens", "10", 10), ("max_tokens", " 1_0 ", 10), ("max_tokens", "10.0", 10), ("max_tokens", 10.0, 10),
      ("max_tokens", True, 1), ("max_completion_tokens", "7", 7), ("temperature", "0.5", 0.5),
-     ("temperature", False, 0.0), ("n", "1", 1)],
+     ("temperature", False, 0.0), ("n", "1", 1), ("stream", "yes", True), ("stream", 0, False)],
 )
 def test_values_read_as_vllm_reads_them(field: str, value: Any, read: Any) -> None:
     """pydantic's lax mode, as vLLM's request models: the body sent on carries the value read."""
