@@ -51,8 +51,11 @@ class Slot:
         self.prompt_budget = prompt_budget
         self.inter: dict[int, Request] = {}
         self.batch: dict[int, Request] = {}  # insertion order = dispatch order
-        # Requests sent here that have not had their first token, by id (a request sent here
-        # again after an eviction counts once).
+        # Requests sent here that have not had their first token, by id (one evicted before it
+        # and sent back counts once). Not counted: a request resumed after its first token (its
+        # prompt plus text so far is prefilled again), and counted until it ends: one relayed
+        # unstreamed (its first token is its last). Both worlds count alike but for the second,
+        # which only the daemon has.
         self.pending: dict[int, Request] = {}
 
     @property

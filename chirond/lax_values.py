@@ -18,7 +18,7 @@ def lax_int(v: object) -> int | None:
     if isinstance(v, float):
         return int(v) if v.is_integer() else None
     if isinstance(v, str) and _INT_TEXT.fullmatch(v.strip()):
-        return int(float(v.strip().replace("_", "")))
+        return int(v.strip().split(".")[0].replace("_", ""))  # exact: float() would overflow or round
     return None
 
 

@@ -574,6 +574,11 @@ class BatchStore:
                 b for b in self._batches.values()
                 if b.input_file_id == file_id and b.status in ("validating", "in_progress") and b.target is None
             ]  # fmt: skip
+            # cancelled while it validated: it still reads the file, and now stops short of its end
+            stopped = [
+                b for b in self._batches.values()
+                if b.input_file_id == file_id and b.status == "cancelling" and not b.validated and b.target is None
+            ]  # fmt: skip
             now = self.clock()
             with _tx(self._db):
                 self._db.execute("DELETE FROM batch_files WHERE id = ?", (file_id,))
@@ -582,6 +587,10 @@ class BatchStore:
                         "UPDATE batch_batches SET status = 'cancelling', cancelling_at = ?, errors = ? WHERE bkey = ?",
                         (now, _DELETED_DOC, b.bkey),
                     )
+                for b in stopped:
+                    self._db.execute("UPDATE batch_batches SET errors = ? WHERE bkey = ?", (_DELETED_DOC, b.bkey))
+            for b in stopped:
+                b.input_deleted = True
             for b in readers:
                 b.status, b.input_deleted = "cancelling", True
                 self._drop_queues(b, leases=False)  # running lines are aborted by the runner

@@ -118,11 +118,14 @@ class ChirondPolicy(Policy):
 
     def prompt_budget(self, model: str, slo: Slo) -> PromptBudget:
         """Long batch prompts (prefill over `long_batch_prompt_share` of the TTFT SLO) are sent to
-        an instance only while the prompts there awaiting their first token prefill within
-        `batch_prefill_share` of it: vLLM finishes a running prompt before it starts a waiting one,
-        whatever the priorities, so a wall of long batch prompts admitted at once (a backlog at
-        start, a new instance) would hold every interactive prompt behind it. Short ones are not
-        limited: measured, limiting them costs the interactive class (docs/policies.md)."""
+        an instance only while the prompt tokens there awaiting their first token are fewer than
+        one prompt that prefills in `batch_prefill_share` of it (several shorter prompts prefill
+        somewhat faster: the limit errs on the safe side). vLLM finishes a running prompt before
+        it starts a waiting one, whatever the priorities, so a wall of long batch prompts admitted
+        at once (a backlog at start, a new instance) would hold every interactive prompt behind
+        it. Short ones are not limited themselves (measured, limiting them costs the interactive
+        class: docs/policies.md), but EDF order is kept: a short one due after a held long one
+        waits with it."""
         prof = self.profiles[model]
         return PromptBudget(_tokens_within(prof, self.params["long_batch_prompt_share"] * slo.ttft_s),
                             _tokens_within(prof, self.params["batch_prefill_share"] * slo.ttft_s))

@@ -216,6 +216,10 @@ def parse_request(endpoint: str, raw: bytes, content_type: str | None, max_body_
     body, model = load_body(raw, content_type, max_body_bytes)
 
     stream = bool(_opt_bool(body, "stream"))
+    # Booleans chirond itself reads later (a resumed request's body, pass-through) as vLLM reads
+    # them: "false" must not be truthy there.
+    for flag in ("echo", "continue_final_message", "add_generation_prompt", "use_beam_search"):
+        _opt_bool(body, flag)
     opts = body.get("stream_options")
     include_usage = False
     if opts is not None:

@@ -113,7 +113,10 @@ class TokenizeRoutes:
             if url is None:
                 continue
             try:
-                async with p.session.post(url + request.path, data=raw) as up:
+                # a tokenizer answers at once: a hung engine must not hold the client for the
+                # session's 600-s read timeout
+                timeout = aiohttp.ClientTimeout(total=p.api.body_timeout_s)
+                async with p.session.post(url + request.path, data=raw, timeout=timeout) as up:
                     data = await up.read()
                     if up.status < 500 and up.status not in (401, 429):  # vLLM's answer, 4xx included
                         return web.Response(body=data, status=up.status, headers=_JSON)

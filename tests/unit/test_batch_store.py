@@ -579,6 +579,36 @@ def test_input_file_deleted_while_it_validates_is_closed_early(
     assert {x["error"]["code"] for x in err} == {"input_file_deleted"}
 
 
+def test_input_deleted_after_a_cancel_during_validation_says_so(
+    store: BatchStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled while it validates, then its input deleted: validation stops short, and the batch
+    # says why its total is short; every line it read is reported once, as input_file_deleted.
+    monkeypatch.setattr(store_mod, "DELETED_CHECK", 4)
+    fid = upload(store, "alice", [chat_line(f"r{i}") for i in range(200)], chunk=4096)
+    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
+    real_check, seen = store_mod.check_line, []
+
+    def check_cancel_delete(raw: bytes, lineno: int, *args: Any) -> Any:
+        seen.append(lineno)
+        if lineno == 5:
+            store.cancel("alice", bid)
+        if lineno == 10:
+            store.delete_file("alice", fid)
+        return real_check(raw, lineno, *args)
+
+    monkeypatch.setattr(store_mod, "check_line", check_cancel_delete)
+    store.validate(bid)
+    store.tick()
+    bt = store.get_batch("alice", bid)
+    assert bt["status"] == "cancelled" and bt["errors"] is not None
+    assert "deleted" in json.dumps(bt["errors"])
+    n = bt["request_counts"]["total"]
+    assert n == len(seen) and bt["request_counts"]["failed"] == n
+    err = read_jsonl(store, "alice", bt["error_file_id"])
+    assert {x["error"]["code"] for x in err} == {"input_file_deleted"}
+
+
 def test_expiry_in_chunks_survives_a_crash_between_them(
     tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

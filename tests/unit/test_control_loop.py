@@ -259,3 +259,23 @@ def test_the_tick_line_prints_actions_readably() -> None:
     (line,) = loop.log
     assert line.startswith("t=5.0 m[") and line.endswith("| scripted | launch 2 m (mixed, replacing 1)")
     assert format_action(SetBatchCap(3, 8, 2)) == "cap 3=8/2" and format_action(Drain(4)) == "drain 4"
+
+
+def test_a_ready_instance_joins_with_the_policys_prompt_budget() -> None:
+    # The limit on long batch prompts holds from the moment an instance joins the dispatcher
+    # (a backlog would fill it before the next tick), for the policy and its fixed deployments.
+    from chirond.model import PromptBudget
+    from chirond.sim.frontier import FixedPolicy
+
+    budget = PromptBudget(long_tokens=1000, tokens=5000)
+
+    class Budgeted(Scripted):
+        def prompt_budget(self, model: str, slo: Slo) -> PromptBudget | None:
+            return budget
+
+    for policy in (Budgeted(), FixedPolicy(Budgeted(), {"m": 1})):
+        dispatcher = Dispatcher(policy.rules, {"m": SLO.ttft_s})
+        specs = {"m": ModelSpec("m", SLO, P8, 0, 3, 60.0, 1, 1)}
+        loop = ControlLoop(policy, dispatcher, specs, Recorder(), dispatcher_backlog(dispatcher), TIMEOUTS)
+        inst = ready_instance(loop)
+        assert dispatcher.slots[inst.id].prompt_budget == budget

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
+from chirond.lax_values import lax_int
 from chirond.model import ReqClass
 from chirond.serve import openai_api as oa
 from chirond.tokens import count_messages, count_prompt, count_text
@@ -400,7 +401,8 @@ def test_valid_messages(messages: list[dict[str, Any]]) -> None:
     ("field", "value", "read"),
     [("max_tokens", "10", 10), ("max_tokens", " 1_0 ", 10), ("max_tokens", "10.0", 10), ("max_tokens", 10.0, 10),
      ("max_tokens", True, 1), ("max_completion_tokens", "7", 7), ("temperature", "0.5", 0.5),
-     ("temperature", False, 0.0), ("n", "1", 1), ("stream", "yes", True), ("stream", 0, False)],
+     ("temperature", False, 0.0), ("n", "1", 1), ("stream", "yes", True), ("stream", 0, False),
+     ("echo", "false", False), ("continue_final_message", "no", False), ("use_beam_search", "0", False)],
 )
 def test_values_read_as_vllm_reads_them(field: str, value: Any, read: Any) -> None:
     """pydantic's lax mode, as vLLM's request models: the body sent on carries the value read."""
@@ -1039,3 +1041,14 @@ def test_resumed_completions_stream_twice() -> None:
     c = Completion.model_validate(oa.assemble_response(p, acc, "m"))
     assert c.choices[0].text == " Paris.\n" and c.choices[0].logprobs is not None
     assert c.choices[0].logprobs.text_offset == [0, 6, 7]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "n"])
+def test_an_integer_of_400_digits_is_read_exactly(field: str) -> None:
+    # float() would overflow (OverflowError: a 500) or round it; read exactly, it is taken as
+    # pydantic takes it, or refused with a 400.
+    assert lax_int("9" * 400) == int("9" * 400)
+    try:
+        assert parse("chat", chat_body(**{field: "9" * 400})).body[field] == int("9" * 400)
+    except oa.ApiError as e:
+        assert e.status == 400
