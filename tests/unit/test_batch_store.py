@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -547,27 +547,35 @@ def test_input_file_deleted_while_its_batch_runs_frees_it_and_cancels_the_rest(
     s2.close()
 
 
+def validate_with_events(
+    store: BatchStore, monkeypatch: pytest.MonkeyPatch, events: dict[int, Callable[[str, str], object]]
+) -> tuple[str, str, list[int]]:
+    """Validates a 200-line batch of alice's, running `events[n](file_id, batch_id)` as validation
+    reaches line n (DELETED_CHECK 4). Returns (file id, batch id, the line numbers read)."""
+    monkeypatch.setattr(store_mod, "DELETED_CHECK", 4)
+    fid = upload(store, "alice", [chat_line(f"r{i}") for i in range(200)], chunk=4096)
+    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
+    real_check, seen = store_mod.check_line, []
+
+    def check_with_events(raw: bytes, lineno: int, *args: Any) -> Any:
+        seen.append(lineno)
+        if lineno in events:
+            events[lineno](fid, bid)
+        return real_check(raw, lineno, *args)
+
+    monkeypatch.setattr(store_mod, "check_line", check_with_events)
+    store.validate(bid)
+    return fid, bid, seen
+
+
 def test_input_file_deleted_while_it_validates_is_closed_early(
     store: BatchStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Validation holds the one handle on an input file that lasts: it notices the deletion within
     # DELETED_CHECK lines and closes it. The lines it had read are reported once, the rest never
     # were accepted.
-    monkeypatch.setattr(store_mod, "DELETED_CHECK", 4)
-    fid = upload(store, "alice", [chat_line(f"r{i}") for i in range(200)], chunk=4096)
-    path = store.files_dir / fid
-    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
-    real_check, seen = store_mod.check_line, []
-
-    def check_and_delete(raw: bytes, lineno: int, *args: Any) -> Any:
-        seen.append(lineno)
-        if lineno == 10:
-            store.delete_file("alice", fid)
-        return real_check(raw, lineno, *args)
-
-    monkeypatch.setattr(store_mod, "check_line", check_and_delete)
-    store.validate(bid)
-    assert not path.exists()
+    fid, bid, seen = validate_with_events(store, monkeypatch, {10: lambda f, b: store.delete_file("alice", f)})
+    assert not (store.files_dir / fid).exists()
     assert len(seen) < 10 + 4, len(seen)  # stopped within DELETED_CHECK lines of the delete
     store.tick()
     bt = store.get_batch("alice", bid)
@@ -584,21 +592,10 @@ def test_input_deleted_after_a_cancel_during_validation_says_so(
 ) -> None:
     # Cancelled while it validates, then its input deleted: validation stops short, and the batch
     # says why its total is short; every line it read is reported once, as input_file_deleted.
-    monkeypatch.setattr(store_mod, "DELETED_CHECK", 4)
-    fid = upload(store, "alice", [chat_line(f"r{i}") for i in range(200)], chunk=4096)
-    bid = store.create_batch("alice", fid, "/v1/chat/completions", "24h", None)["id"]
-    real_check, seen = store_mod.check_line, []
-
-    def check_cancel_delete(raw: bytes, lineno: int, *args: Any) -> Any:
-        seen.append(lineno)
-        if lineno == 5:
-            store.cancel("alice", bid)
-        if lineno == 10:
-            store.delete_file("alice", fid)
-        return real_check(raw, lineno, *args)
-
-    monkeypatch.setattr(store_mod, "check_line", check_cancel_delete)
-    store.validate(bid)
+    _, bid, seen = validate_with_events(store, monkeypatch, {
+        5: lambda f, b: store.cancel("alice", b),
+        10: lambda f, b: store.delete_file("alice", f),
+    })
     store.tick()
     bt = store.get_batch("alice", bid)
     assert bt["status"] == "cancelled" and bt["errors"] is not None

@@ -17,6 +17,7 @@ from chirond.model import (
     InstanceState,
     Launch,
     Pool,
+    PromptBudget,
     ReqClass,
     Request,
     SetBatchCap,
@@ -26,6 +27,7 @@ from chirond.model import (
 )
 from chirond.policy.base import Policy
 from chirond.profiles import load_profile
+from chirond.sim.frontier import FixedPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 P8 = load_profile(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
@@ -264,9 +266,6 @@ def test_the_tick_line_prints_actions_readably() -> None:
 def test_a_ready_instance_joins_with_the_policys_prompt_budget() -> None:
     # The limit on long batch prompts holds from the moment an instance joins the dispatcher
     # (a backlog would fill it before the next tick), for the policy and its fixed deployments.
-    from chirond.model import PromptBudget
-    from chirond.sim.frontier import FixedPolicy
-
     budget = PromptBudget(long_tokens=1000, tokens=5000)
 
     class Budgeted(Scripted):
