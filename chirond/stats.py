@@ -65,6 +65,7 @@ class ArrivalWindow:
         recent_c = count[-burst_history_s:]
         recent_t = tokens[-burst_history_s:]
         w = self.burst_window_s
+        busy = np.flatnonzero(count)
         if len(recent_t) >= w:
             ct = np.concatenate([[0.0], np.cumsum(recent_t)])
             cc = np.concatenate([[0.0], np.cumsum(recent_c)])
@@ -84,4 +85,7 @@ class ArrivalWindow:
             burst_requests=burst_reqs,
             burst_window_s=float(w),
             idle_s=max(0.0, now - self._last_arrival),
+            recent=tuple(zip((self.history_s - 1 - busy).tolist(), count[busy].tolist(), tokens[busy].tolist(),
+                             strict=True)),
+            recent_span_s=max(1.0, min(now, float(self.history_s))),
         )
