@@ -47,7 +47,14 @@ def _simulate(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from chirond.sim.compare import compare
-    from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_summary
+    from chirond.sim.report import (
+        print_table,
+        summarize,
+        write_markdown,
+        write_plots,
+        write_run_logs,
+        write_summary,
+    )
     from chirond.sim.scenario import ScenarioError, load_scenario
 
     console = Console(stderr=False)
@@ -103,8 +110,8 @@ def _simulate(args: argparse.Namespace) -> int:
             plots.append(fr.plot(summaries, front["frontier"], front["ceiling"], out / "frontier.png",
                                  f"{sc.name} (seed {results[0].seed}): policies against fixed deployments"))
         write_markdown(summaries, out / "summary.md", plots)
-        (out / "decisions.log").write_text("\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n")
-        console.print(f"wrote {path}, {out / 'summary.md'}, decisions.log and {len(plots)} plots in {out}")
+        logs = ", ".join(p.name for p in write_run_logs(results, out))
+        console.print(f"wrote {path}, {out / 'summary.md'}, {logs} and {len(plots)} plots in {out}")
     return 0
 
 
@@ -198,7 +205,8 @@ def chirond_parser() -> argparse.ArgumentParser:
         description=(
             "Run scaling policies side by side on one scenario (a TOML file, see benchmarks/scenarios/): "
             "same workload, same simulated Slurm partition, the daemon's own dispatcher and policy code. "
-            "Prints a table; with --out, writes summary.json, summary.md, decisions.log and PNG plots."
+            "Prints a table; with --out, writes summary.json, summary.md, decisions.log, requests.csv "
+            "(one row per request) and PNG plots."
         ),
     )
     s.add_argument("scenario", help="a scenario TOML file, or a shipped scenario's name (paper-small)")

@@ -60,8 +60,6 @@ class ArrivalWindow:
         order = (np.arange(sec - self.history_s + 1, sec + 1)) % self.history_s
         count = self._count[order]
         tokens = self._tokens[order]
-        span = max(1.0, min(now, 60.0))
-        span10 = max(1.0, min(now, 600.0))
         recent_c = count[-burst_history_s:]
         recent_t = tokens[-burst_history_s:]
         w = self.burst_window_s
@@ -74,11 +72,15 @@ class ArrivalWindow:
             burst_tokens, burst_reqs = float(bt[bi]), float(cc[bi + w] - cc[bi])
         else:
             burst_tokens, burst_reqs = float(recent_t.sum()), float(recent_c.sum())
+        # Always over the whole minute and ten minutes, never "since the start": the daemon's clock
+        # is monotonic (hours at any start), the simulator's starts at 0 with its first arrival, and
+        # the two must read the same traffic alike (dividing by `now` there read one request at t = 0
+        # as one a second, and launched an instance the daemon never launched).
         return LoadStats(
-            rate_1m=float(count[-60:].sum()) / span,
-            rate_10m=float(count[-600:].sum()) / span10,
-            prompt_tokens_1m=float(tokens[-60:].sum()) / span,
-            prompt_tokens_10m=float(tokens[-600:].sum()) / span10,
+            rate_1m=float(count[-60:].sum()) / 60.0,
+            rate_10m=float(count[-600:].sum()) / 600.0,
+            prompt_tokens_1m=float(tokens[-60:].sum()) / 60.0,
+            prompt_tokens_10m=float(tokens[-600:].sum()) / 600.0,
             mean_input=self._mean_input,
             mean_output=self._mean_output,
             burst_prompt_tokens=burst_tokens,

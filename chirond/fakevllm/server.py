@@ -389,6 +389,7 @@ class FakeVllm:
         log.info("vLLM API server version %s (simulated by chirond fake-vllm)", VLLM_VERSION)
         log.info("Simulating %s on %dx %s (profile %s), served as %r, speedup %g", p.model, p.tensor_parallel,
                  p.gpu, p.name, self.model, self.speedup)
+        log.info("Simulated start-up: %.2f s to go", startup_s)
         if startup_s > 0:
             load_s = p.weights_gb / p.storage_gbps / self.speedup
             await asyncio.sleep(min(load_s, startup_s))
@@ -477,7 +478,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--speedup", type=float, default=1.0, metavar="K",
       help="run the engine model K times faster than the wall clock (default 1)")
     a("--startup-s", type=float, default=None, metavar="S",
-      help="simulated start-up before the port accepts connections (default: the profile's cold start / K)")
+      help="simulated start-up before the port accepts connections, counted from the process's start, "
+      "interpreter and imports included, as a real engine's (default: the profile's cold start / K)")
     a("--max-num-seqs", type=int, default=None, metavar="M", help="vLLM --max-num-seqs (default: the profile's)")
     a("--max-num-batched-tokens", type=int, default=None, metavar="T",
       help="vLLM --max-num-batched-tokens (default: the profile's)")
@@ -532,6 +534,9 @@ def main(args: argparse.Namespace) -> int:
                       embedding_size=args.embedding_size,
                       api_keys=args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []))
     startup_s = args.startup_s if args.startup_s is not None else profile.cold_start_s / args.speedup
+    age = process_age_s()  # what the interpreter's start and the imports took is part of the start-up
+    log.info("Start-up: %.2f s from the process's start, %.2f s of it spent already", startup_s, age)
+    startup_s = max(0.0, startup_s - age)
     loop_factory = None
     with contextlib.suppress(ImportError):
         import uvloop
@@ -539,6 +544,27 @@ def main(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(server, args.host, args.port, startup_s, args.shutdown_timeout))
+
+
+def process_age_s() -> float:
+    """Wall seconds since this process started (Linux's /proc; 0 where unknown)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = Path("/proc/uptime").read_text()
+    except OSError:
+        return 0.0
+    return age_from_proc(stat, uptime, os.sysconf("SC_CLK_TCK"))
+
+
+def age_from_proc(stat: str, uptime: str, ticks_per_s: int) -> float:
+    """A process's age from its /proc/PID/stat line (field 22: start time in clock ticks after
+    boot) and /proc/uptime; 0 if either does not parse. The command name may hold spaces and
+    parentheses: the fields are counted after its last ')'."""
+    try:
+        start = int(stat.rsplit(")", 1)[1].split()[19]) / ticks_per_s
+        return max(0.0, float(uptime.split()[0]) - start)
+    except (IndexError, ValueError):
+        return 0.0
 
 
 async def _serve(server: FakeVllm, host: str, port: int, startup_s: float, shutdown_timeout: float) -> int:

@@ -170,6 +170,7 @@ def build_result(
         return _counter(final, base, **labels) - _counter(start_sample, base, **labels)
 
     requests = request_columns(reqs, names)
+    requests["preempted"][:] = -1  # not known: the client does not see evictions and retries
     launches = policy_launches(plan, final)
     result = RunResult(
         scenario=plan.scenario.name,

@@ -301,7 +301,14 @@ def merge_summary(summary: dict[str, Any], extras: Extras) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_summary
+    from chirond.sim.report import (
+        print_table,
+        summarize,
+        write_markdown,
+        write_plots,
+        write_run_logs,
+        write_summary,
+    )
     from chirond.sim.scenario import ScenarioError, build_workload, load_scenario
 
     console = Console()
@@ -349,10 +356,10 @@ def main(args: argparse.Namespace) -> int:
     path = write_summary(summaries, out)
     plots = [] if args.no_plots else write_plots(results, out)
     write_markdown(summaries, out / "summary.md", plots)
-    (out / "decisions.log").write_text("\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n")
+    logs = ", ".join(p.name for p in write_run_logs(results, out))
     (out / "replay.json").write_text(json.dumps({"scenario": str(sc.path), "speedup": args.speedup, "seed": seed,
                                                  "policies": policies}, indent=1) + "\n")
-    console.print(f"wrote {path}, {out / 'summary.md'}, decisions.log and {len(plots)} plots in {out}")
+    console.print(f"wrote {path}, {out / 'summary.md'}, {logs} and {len(plots)} plots in {out}")
     if not all(s["trustworthy"] for s in summaries) and not args.allow_lag:
         return EXIT_LAG
     return 0

@@ -58,10 +58,13 @@ class SimCluster:
     def gpus_in_use(self) -> int:
         return sum(n.gpus - n.free for n in self.nodes)
 
-    def submit(self, gpus: int, now: float) -> Job:
+    def queue_wait(self) -> float:
+        """The next job's wait in the queue (one draw per job, in submission order)."""
         lo, hi = self.queue_wait_s
-        wait = float(self.rng.uniform(lo, hi)) if hi > lo else lo
-        job = Job(self._next_id, gpus, now, now + wait)
+        return float(self.rng.uniform(lo, hi)) if hi > lo else lo
+
+    def submit(self, gpus: int, now: float) -> Job:
+        job = Job(self._next_id, gpus, now, now + self.queue_wait())
         self._next_id += 1
         self.jobs[job.id] = job
         self.pending.append(job)

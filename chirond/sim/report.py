@@ -6,6 +6,7 @@ plots, the raw results). Everything is vectorised: a run may hold about a millio
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -269,6 +270,47 @@ def write_markdown(summaries: list[dict[str, Any]], out_path: Path, plots: list[
         lines += [f"![{Path(p).stem}]({rel})", ""]
     out_path.write_text("\n".join(lines))
     return out_path
+
+
+REQUEST_FIELDS = ("policy", "id", "model", "class", "arrival_s", "first_token_s", "finish_s", "deadline_s",
+                  "input_tokens", "output_tokens", "preempted", "ttft_s", "tpot_s", "slo_met")
+
+
+def write_requests(results: Sequence[RunResult], out_path: Path) -> Path:
+    """A CSV with one row per request of every run, by arrival: what it asked, when it was
+    answered (seconds since the run's start, blank where never), and whether it met its SLO
+    (`summarize`'s rule). Ids are the workload's, so a simulation and a replay of one scenario and
+    seed join on (model, id)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def num(x: float) -> str:
+        return "" if math.isnan(x) else f"{x:.6f}"
+
+    with out_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUEST_FIELDS)
+        for r in results:
+            req, m = r.requests, _Metrics(r)
+            met = m.int_met | m.batch_met
+            for i in np.argsort(req["arrival"], kind="stable"):
+                pre = int(req["preempted"][i])
+                w.writerow((r.policy, int(req["id"][i]), r.models[int(req["model"][i])],
+                            "interactive" if req["cls"][i] == INTERACTIVE else "batch",
+                            num(req["arrival"][i]), num(req["first_token"][i]), num(req["finish"][i]),
+                            num(req["deadline"][i]), int(req["input_tokens"][i]), int(req["output_tokens"][i]),
+                            "" if pre < 0 else pre, num(m.ttft[i]) if m.interactive[i] else "",
+                            num(m.tpot[i]) if m.interactive[i] else "", int(met[i])))
+    return out_path
+
+
+def write_run_logs(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
+    """decisions.log (every run's tick lines) and requests.csv in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "decisions.log"
+    log.write_text("\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n")
+    return [log, write_requests(results, out_dir / "requests.csv")]
 
 
 # ---------------------------------------------------------------- plots

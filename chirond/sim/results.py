@@ -21,8 +21,9 @@ class RunResult:
     models: list[str]  # index i in `requests["model"]` is models[i]
     slos: dict[str, Slo]
     # Per-request columns, all the same length:
-    #   model (int16 index), cls (int8: 0 interactive, 1 batch), arrival, first_token, finish,
-    #   deadline (float64, NaN where absent), input_tokens, output_tokens, preempted (int32)
+    #   id (int64: the workload's request id, the same in `simulate` and `replay`), model (int16
+    #   index), cls (int8: 0 interactive, 1 batch), arrival, first_token, finish, deadline (float64,
+    #   NaN where absent), input_tokens, output_tokens, preempted (int32; -1: not known)
     requests: dict[str, np.ndarray]
     # Timeline, one sample per control tick: "t" and, per model M,
     #   "M/interactive", "M/mixed", "M/batch" (ready instances per pool), "M/starting", "M/pending",
@@ -51,6 +52,7 @@ def request_columns(reqs: Sequence[Request], models: Sequence[str]) -> dict[str,
         return np.array([math.nan if (v := f(r)) is None else v for r in reqs], dtype=np.float64)
 
     return {
+        "id": np.array([r.id for r in reqs], dtype=np.int64),
         "model": np.array([index[r.model] for r in reqs], dtype=np.int16),
         "cls": np.array([0 if r.cls is ReqClass.INTERACTIVE else 1 for r in reqs], dtype=np.int8),
         "arrival": col(lambda r: r.arrival),

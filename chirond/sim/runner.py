@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from chirond.control.loop import ControlLoop, Timeouts
 from chirond.control.snapshot import ModelSpec, dispatcher_backlog
 from chirond.dispatch import Dispatcher
 from chirond.engine import Engine
-from chirond.model import EngineArgs, InstanceState, Pool, ReqClass, Request, Slo
+from chirond.model import EngineArgs, InstanceState, Launch, Pool, ReqClass, Request, Slo
 from chirond.policy.base import Policy
 from chirond.profiles import Profile
 from chirond.sim.cluster import Job, SimCluster
@@ -120,7 +121,7 @@ class Simulation:
         self._dirty: set[str] = set()
         self._touched: set[int] = set()
         self._warm = False  # launches start at once, warm (the instances present at t = 0)
-        self._fleet_launched_at = 0.0
+        self._fleet: deque[tuple[float, float]] = deque()  # their (queue wait, cold start), in launch order
         self._jobs: list[tuple[str, Job]] = []  # every job with its model, for GPU-hours per model
 
     # ---------------------------------------------------------------- events
@@ -146,11 +147,12 @@ class Simulation:
         assert isinstance(inst, SimInstance)
         now = inst.launched_at
         if self._warm:
-            inst.job = self.cluster.start_now(inst.gpus, now, since=self._fleet_launched_at)
+            wait, cold = self._fleet.popleft()
+            inst.job = self.cluster.start_now(inst.gpus, 0.0, since=now + wait)
             if inst.job is None:
                 return False
-            self._running(inst, now)
-            self.control.ready(inst, now)
+            self._running(inst, now + wait)
+            self.control.ready(inst, now + wait + cold)
         else:
             inst.job = self.cluster.submit(inst.gpus, now)
             self._push(inst.job.eligible_at, _CLUSTER)
@@ -207,23 +209,13 @@ class Simulation:
 
     def run(self) -> RunResult:
         t_wall = time.perf_counter()
-        initial = self.control.initial_launches({})
-        # The instances present at t = 0 are ready, so they were launched earlier, as a daemon
-        # launches its initial fleet: the workload meets it once the slowest is ready (the mean
-        # queue wait and the longest cold start before t = 0; `chirond replay` starts its trace at
-        # that moment too). Their job time limits count from then.
-        lo, hi = self.cluster.queue_wait_s
-        slowest = max((self.models[a.model].cold_start_s for a in initial), default=0.0)
-        self._fleet_launched_at = -((lo + hi) / 2 + slowest)
-        self._warm = True
-        for act in initial:
-            self.control.launch(act, 0.0, counted=False)
-        self._warm = False
+        launched_at = self._start_fleet(self.control.initial_launches({}))
         for at, node, down in self.failures:
             idx = node if node is not None else int(self.rng.integers(0, len(self.cluster.nodes)))
             self._push(at, _NODE_DOWN, idx)
             self._push(at + down, _NODE_UP, idx)
-        self._push(0.0, _TICK)
+        # The control loop has ticked since the fleet's launch (with nothing to do before t = 0).
+        self._push(launched_at % self.tick_s if self.tick_s > 0 else 0.0, _TICK)
 
         reqs = self.requests
         n_req = len(reqs)
@@ -253,6 +245,21 @@ class Simulation:
             assert isinstance(inst, SimInstance) and inst.job is not None
             self.cluster.end(inst.job, end, "run over")
         return self._result(end, time.perf_counter() - t_wall)
+
+    def _start_fleet(self, initial: list[Launch]) -> float:
+        """The instances present at t = 0, launched as a daemon launches its initial fleet: each
+        waits in the queue (its wait drawn as every job's, in launch order, as `chirond replay`'s
+        local backend draws them) and starts cold; the workload meets the fleet once the slowest
+        is ready (`chirond replay` starts its trace then). So they were launched before t = 0,
+        their time limits count from when each started running, their GPU time from t = 0."""
+        self._fleet = deque((self.cluster.queue_wait(), self.models[a.model].cold_start_s)
+                            for a in initial for _ in range(a.count))
+        launched_at = -max((w + c for w, c in self._fleet), default=0.0)
+        self._warm = True
+        for act in initial:
+            self.control.launch(act, launched_at, counted=False)
+        self._warm = False
+        return launched_at
 
     def _event(self, kind: int, a: int, b: int, t: float) -> None:
         if kind == _ENGINE:

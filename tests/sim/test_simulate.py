@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chirond.cluster.local import LocalBackend
+from chirond.config import LocalBackendConfig
+from chirond.policy import make_policy
 from chirond.profiles import load_profile
-from chirond.sim.compare import compare, run_one
+from chirond.sim.compare import compare, run_one, setups
 from chirond.sim.report import summarize
 from chirond.sim.results import RunResult
-from chirond.sim.scenario import load_scenario
+from chirond.sim.runner import Simulation
+from chirond.sim.scenario import build_workload, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
@@ -236,3 +240,32 @@ def test_short_time_limit_triggers_replacements(tmp_path: Path) -> None:
     assert ch.failures == 0
     assert ch.gpu_hours_lower_bound <= ch.gpu_hours <= 8 * ch.end_s / 3600
     assert summarize(ch)["batch_attainment"] == 1.0
+
+
+def test_the_initial_fleet_starts_as_the_daemon_starts_it(tmp_path: Path) -> None:
+    # `chirond replay` starts the daemon, whose initial instances wait in the local backend's
+    # emulated queue and start cold; the trace begins when the slowest is ready, and the control
+    # loop has ticked every tick_s since the daemon started. The simulator starts its fleet the same
+    # way, and draws every job's queue wait from the same sequence as that backend, in launch order.
+    path = tmp_path / "s.toml"
+    path.write_text(scenario_text(cluster_extra="queue_wait_s = [0, 30]\ntime_limit_s = 400", duration_s=1000)
+                    .replace("[models.llama-8b]\n", "[models.llama-8b]\ninitial_instances = 2\n"))
+    sc = load_scenario(path)
+    models, cluster, profiles = setups(sc)
+    work = build_workload(sc, np.random.default_rng(sc.seed))
+    sim = Simulation(scenario=sc.name, models=models, cluster=cluster, requests=[r for rs in work.values() for r in rs],
+                     policy=make_policy("static", profiles, {}), policy_name="static", seed=sc.seed,
+                     horizon_s=sc.horizon_s, tick_s=sc.tick_s)
+    res = sim.run()
+    local = LocalBackend(LocalBackendConfig(queue_wait_s=(0.0, 30.0), seed=sc.seed), tmp_path)
+    draws = [local._queue_wait() for _ in range(len(sim.cluster.jobs))]  # the backend's next waits, in order
+    jobs = sorted(sim.cluster.jobs.values(), key=lambda j: j.id)
+    cold = models[0].cold_start_s
+    initial, later = jobs[:2], jobs[2:]
+    launched_at = -max(d + cold for d in draws[:2])  # the slowest is ready at t = 0
+    assert [j.limit_from for j in initial] == pytest.approx([launched_at + d for d in draws[:2]])
+    assert later and [j.eligible_at - j.submitted for j in later] == pytest.approx(draws[2:])
+    # Decisions fall on the daemon's tick grid, which started with the launch (the log prints 0.1 s)
+    first = float(res.log[0].split()[0][2:])
+    ticks = (first - launched_at) / sc.tick_s
+    assert ticks == pytest.approx(round(ticks), abs=0.05 / sc.tick_s)

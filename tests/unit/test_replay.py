@@ -3,6 +3,7 @@ result built from a recording, and the lag verdict. Nothing here starts a proces
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -23,7 +24,7 @@ from chirond.replay.plan import (
     window_for,
 )
 from chirond.replay.result import batch_finish_times, build_result, integrate_hours, timeline
-from chirond.sim.report import summarize
+from chirond.sim.report import summarize, write_requests
 from chirond.sim.scenario import ScenarioError, load_scenario
 from chirond.tokens import count_prompt
 
@@ -204,6 +205,25 @@ def test_result_has_the_simulators_shape(tmp_path: Path) -> None:
     assert list(tl["small/mixed"]) == [1.0, 2.0, 1.0]
     assert list(tl["small/pending"]) == [0.0, 1.0, 0.0]
     assert list(tl["small/queue_interactive"]) == [3.0, 3.0, 3.0]
+
+
+def test_replayed_requests_keep_the_workloads_ids(tmp_path: Path) -> None:
+    # so that requests.csv of a replay and of the simulation join request by request
+    plan = plan_for(tmp_path, speedup=10.0)
+    k = plan.speedup
+    sent = [Sent(r.arrival / k, sent=r.arrival / k, first=r.arrival / k + 0.05, finish=r.arrival / k + 0.1,
+                 status=200, tokens=r.output_tokens) for r in plan.interactive]
+    batches = [BatchRun(b, "batch_1", 0.0, "completed", [(1.0, 10)], {f"r{r.id}": 200 for r in b.requests})
+               for b in plan.batches]
+    start = _sample(1, 0, 0, 1)
+    rec = Recording(sent, batches, [(0.0, start), (50.0, _sample(1, 0, 0, 1))], [0.001], end=70.0)
+    result, _reqs = build_result(plan, rec, start_sample=start, wall_s=80.0, failures=0, log=[], lower_bound=0.5)
+    want = [r.id for r in plan.interactive] + [r.id for b in plan.batches for r in b.requests]
+    assert list(result.requests["id"]) == want and len(set(want)) == len(want)
+    assert set(result.requests["preempted"]) == {-1}  # the client does not see evictions: not 0
+    rows = list(csv.DictReader(write_requests([result], tmp_path / "requests.csv").open()))
+    assert sorted(int(r["id"]) for r in rows) == sorted(want)
+    assert {r["preempted"] for r in rows} == {""}
 
 
 def test_bad_local_emulation_keys_are_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from chirond.model import ReqClass, Request, Slo
 from chirond.profiles import load_profile
-from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_summary
+from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_requests, write_summary
 from chirond.sim.results import RunResult
 from chirond.sim.runner import ModelSetup, gpu_hours_lower_bound
 
@@ -41,6 +42,7 @@ def _requests(rows: list[tuple[int, int, float, float, float, float, int]]) -> d
     cols = list(zip(*rows, strict=True)) if rows else [()] * 7
     n = len(rows)
     return {
+        "id": np.arange(100, 100 + n, dtype=np.int64),
         "model": np.array(cols[0], dtype=np.int16),
         "cls": np.array(cols[1], dtype=np.int8),
         "arrival": np.array(cols[2], dtype=np.float64),
@@ -93,6 +95,27 @@ def _run(
         wall_s=1.25,
         events=1234,
     )
+
+
+def test_requests_csv_has_one_row_per_request_with_its_outcome(tmp_path: Path) -> None:
+    run = _run()
+    run.requests["preempted"][3] = 2
+    run.requests["preempted"][5] = -1  # not known (a replay)
+    rows = list(csv.DictReader(write_requests([run], tmp_path / "requests.csv").open()))
+    assert len(rows) == len(ROWS)
+    assert [r["id"] for r in rows[-1:]] == ["104"]  # by arrival: the one arriving at 1 s comes last
+    by_id = {int(r["id"]) - 100: r for r in rows}
+    assert {r["policy"] for r in rows} == {"alpha"}
+    assert (by_id[0]["model"], by_id[0]["class"], by_id[8]["class"]) == ("a", "interactive", "batch")
+    assert float(by_id[0]["ttft_s"]) == pytest.approx(0.5) and float(by_id[0]["tpot_s"]) == pytest.approx(0.05)
+    assert by_id[3]["first_token_s"] == by_id[3]["finish_s"] == by_id[3]["ttft_s"] == ""  # never served
+    assert by_id[3]["preempted"] == "2" and by_id[5]["preempted"] == "" and by_id[0]["preempted"] == "0"
+    assert by_id[8]["ttft_s"] == "" and float(by_id[8]["deadline_s"]) == 20.0 and by_id[0]["deadline_s"] == ""
+    # The summary's rule, request by request: interactive 0, 4, 5; batch 8 and 11 (on its deadline)
+    assert sorted(k for k, r in by_id.items() if r["slo_met"] == "1") == [0, 4, 5, 8, 11]
+    s = summarize(run)
+    inter = [r for r in rows if r["class"] == "interactive"]
+    assert sum(r["slo_met"] == "1" for r in inter) / len(inter) == pytest.approx(s["interactive_attainment"])
 
 
 def test_summary_exact_values() -> None:
