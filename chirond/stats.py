@@ -23,6 +23,7 @@ class ArrivalWindow:
         self._n_in = 0
         self._n_out = 0
         self._last_arrival = -math.inf
+        self._first_arrival = math.inf
 
     def _roll_to(self, sec: int) -> None:
         if sec <= self._last_sec:
@@ -45,6 +46,7 @@ class ArrivalWindow:
         self._tokens[i] += input_tokens
         self._n_in += 1
         self._last_arrival = max(self._last_arrival, now)
+        self._first_arrival = min(self._first_arrival, now)
         # Exponentially weighted, so a change of workload shows within a few hundred requests.
         w = max(1.0 / self._n_in, 0.005)
         self._mean_input += w * (input_tokens - self._mean_input)
@@ -89,5 +91,6 @@ class ArrivalWindow:
             idle_s=max(0.0, now - self._last_arrival),
             recent=tuple(zip((self.history_s - 1 - busy).tolist(), count[busy].tolist(), tokens[busy].tolist(),
                              strict=True)),
-            recent_span_s=max(1.0, min(now, float(self.history_s))),
+            # since the first arrival (not the clock's zero, as for the rates above), at most the history
+            recent_span_s=max(1.0, min(now - self._first_arrival, float(self.history_s))),
         )
