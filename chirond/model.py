@@ -149,6 +149,11 @@ class LoadStats:
     burst_requests: float
     burst_window_s: float
     idle_s: float = math.inf  # since the last interactive arrival (inf: none seen)
+    # The arrivals of the last `history_s` by second, for the chirond policy's queue replay: (age in s, requests,
+    # prompt tokens) of each second that had any, oldest first; `recent_span_s`: the seconds it covers
+    # (since the first arrival, at most the history).
+    recent: tuple[tuple[float, float, float], ...] = ()
+    recent_span_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ class ArrivalWindow:
         self._n_in = 0
         self._n_out = 0
         self._last_arrival = -math.inf
+        self._first_arrival = math.inf
 
     def _roll_to(self, sec: int) -> None:
         if sec <= self._last_sec:
@@ -45,6 +46,7 @@ class ArrivalWindow:
         self._tokens[i] += input_tokens
         self._n_in += 1
         self._last_arrival = max(self._last_arrival, now)
+        self._first_arrival = min(self._first_arrival, now)
         # Exponentially weighted, so a change of workload shows within a few hundred requests.
         w = max(1.0 / self._n_in, 0.005)
         self._mean_input += w * (input_tokens - self._mean_input)
@@ -63,6 +65,7 @@ class ArrivalWindow:
         recent_c = count[-burst_history_s:]
         recent_t = tokens[-burst_history_s:]
         w = self.burst_window_s
+        busy = np.flatnonzero(count)
         if len(recent_t) >= w:
             ct = np.concatenate([[0.0], np.cumsum(recent_t)])
             cc = np.concatenate([[0.0], np.cumsum(recent_c)])
@@ -86,4 +89,8 @@ class ArrivalWindow:
             burst_requests=burst_reqs,
             burst_window_s=float(w),
             idle_s=max(0.0, now - self._last_arrival),
+            recent=tuple(zip((self.history_s - 1 - busy).tolist(), count[busy].tolist(), tokens[busy].tolist(),
+                             strict=True)),
+            # since the first arrival (not the clock's zero, as for the rates above), at most the history
+            recent_span_s=max(1.0, min(now - self._first_arrival, float(self.history_s))),
         )

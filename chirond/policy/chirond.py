@@ -25,7 +25,10 @@ Each tick, per model (`plan`):
    instance stay reserved for interactive arrivals, so batch work is rarely preempted.
 2. Interactive capacity (`_needed`): the work (prefill + decode seconds per second) of the recent
    arrival rate, at `interactive_util`, and enough to clear the largest prompt burst seen in the
-   last 15 minutes within its window plus half the TTFT.
+   last 15 minutes within its window plus half the TTFT. Where the mean prompt's prefill is over
+   `queue_prompt_share` of the TTFT SLO, instead the queue replay (`_queue_sized`): the last 30
+   minutes' arrivals through c instances, the fewest past which one more would avoid fewer than
+   `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
 3. Batch plan (`_needed`, EDF over the backlog): for each deadline, the work due by then (prompts
    + outputs at the measured mean length, at the mixed instances' throughput), plus the
    interactive work over the same span, must fit in instances x (time left - lead time) x
@@ -42,6 +45,7 @@ Each tick, per model (`plan`):
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -94,6 +98,8 @@ class ChirondPolicy(Policy):
         "long_prompt_share": 0.25,
         "batch_prefill_share": 0.25,
         "long_batch_prompt_share": 0.1,
+        "queue_gain_per_gpu_h": 15.0,
+        "queue_prompt_share": 0.15,
     }
 
     def __init__(self, profiles: Mapping[str, Profile], params: Mapping[str, object] | None = None) -> None:
@@ -233,6 +239,10 @@ class ChirondPolicy(Policy):
         n_burst = burst_work / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
         n_inter = max(n_load, n_burst)
         why = f"interactive {n_load:.1f} load, {n_burst:.1f} burst"
+        if p["queue_gain_per_gpu_h"] > 0 and prof.prefill_s(ld.mean_input) > p["queue_prompt_share"] * m.slo.ttft_s:
+            n_queue = self._queue_sized(m, prof, out_i * per_tok)
+            n_inter = n_queue
+            why = f"interactive {n_queue} queue ({n_load:.1f} load)"
 
         # EDF over the batch backlog.
         n_batch = 0.0
@@ -257,6 +267,32 @@ class ChirondPolicy(Policy):
             else:
                 need, why = 0, why + f", idle {m.load.idle_s:.0f} s"
         return max(m.min_instances, min(m.max_instances, need)), why
+
+    def _queue_sized(self, m: ModelView, prof: Profile, decode_s: float) -> int:
+        """Where one prompt's prefill is a large share of the TTFT SLO, the wait behind one or two
+        prompts breaks it, and a utilisation target or the largest burst says little: replay the
+        recent arrivals (by second, `LoadStats.recent`) through c first-come-first-served
+        instances, each request holding one for its prefill (stretched by the decode steps it
+        shares) and its decode share, and count the requests whose wait plus prefill exceeds the
+        TTFT SLO. The fewest instances past which one more would avoid fewer than
+        `queue_gain_per_gpu_h` misses per GPU-hour."""
+        ld = m.load
+        if not ld.recent:
+            return 0
+        chunk = self.engine_args(m.name, m.slo, ld.mean_input).max_num_batched_tokens
+        ready = [i for i in m.instances if i.state is InstanceState.READY]
+        batch = max(1.0, sum(i.running for i in ready) / max(1, len(ready)))
+        stretch = 1.0 + prof.step_s(batch, batch * self._ctx(m)) / prof.prefill_s(chunk)
+        arrivals = [(-age, prof.prefill_s(tok / k) * stretch)
+                    for age, k, tok in ld.recent for _ in range(round(k))]
+        per_gpu_h = 3600.0 / ld.recent_span_s / m.gpus_per_instance
+        c, misses = 1, _replay_misses(arrivals, 1, m.slo.ttft_s, decode_s)
+        while c < m.max_instances and misses > 0:
+            more = _replay_misses(arrivals, c + 1, m.slo.ttft_s, decode_s)
+            if (misses - more) * per_gpu_h < self.params["queue_gain_per_gpu_h"]:
+                break
+            c, misses = c + 1, more
+        return c
 
     def _scale(self, m: ModelView, need: int, now: float, low_since: dict[str, float]) -> tuple[list[Action], str]:
         out: list[Action] = []
@@ -295,6 +331,18 @@ def keep_warm(m: ModelView) -> bool:
         return True
     rate = m.load.rate_10m
     return rate > 0 and 1.0 / rate < m.lead_time_s
+
+
+def _replay_misses(arrivals: list[tuple[float, float]], c: int, ttft_s: float, decode_s: float) -> int:
+    """Requests (arrival, prefill seconds), in order, through `c` first-come-first-served
+    servers, each held for the prefill and `decode_s`: how many wait + prefill past `ttft_s`."""
+    free = [-math.inf] * c
+    missed = 0
+    for t, prefill in arrivals:
+        start = max(t, heapq.heappop(free))
+        missed += start - t + prefill > ttft_s
+        heapq.heappush(free, start + prefill + decode_s)
+    return missed
 
 
 def _tokens_within(prof: Profile, seconds: float) -> int:

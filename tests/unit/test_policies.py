@@ -378,6 +378,44 @@ def test_chirond_sizes_interactive_capacity_from_load() -> None:
     assert la.count >= 5
 
 
+def _bursts(prompt_tokens: float, every_s: int = 20, size: int = 10, span_s: int = 1800) -> LoadStats:
+    """`size` prompts of `prompt_tokens` arriving together every `every_s` seconds for `span_s`
+    (0.5 req/s at the defaults), as the proxy's arrival window reports them."""
+    rate = size / every_s
+    recent = tuple((float(age), float(size), float(size * prompt_tokens))
+                   for age in range(span_s - every_s, -1, -every_s))
+    return dataclasses.replace(load(rate=rate, mean_input=prompt_tokens, mean_output=200),
+                               burst_prompt_tokens=size * prompt_tokens, burst_requests=float(size),
+                               recent=recent, recent_span_s=float(span_s))
+
+
+def test_chirond_sizes_long_prompts_by_replaying_their_queue() -> None:
+    # Ten 20k-token prompts (2 s of prefill each on the 8B, 8 s TTFT SLO) every 20 s: 1.6
+    # instances of work, and the largest burst clears in 1.4 instances within its window plus half
+    # the TTFT. But on 2 instances the last prompts of each burst wait 3 rounds of prefill and miss;
+    # on 3 one still waits 3 rounds; 4 serve every burst within the SLO.
+    slo = Slo(ttft_s=8.0, tpot_s=0.1)
+    m = dataclasses.replace(model([inst(1)], stats=_bursts(20_000)), slo=slo)
+    (la,) = launches(policy("chirond").plan(snap(m, now=1800.0), None))
+    assert la.count == 3
+    (old,) = launches(policy("chirond", queue_gain_per_gpu_h=0).plan(snap(m, now=1800.0), None))
+    assert old.count == 1  # the utilisation target and the burst rule: 2 instances
+    # A miss avoided is worth an instance only up to `queue_gain_per_gpu_h` per GPU-hour: the
+    # fourth instance avoids one miss per burst (180 an hour on one GPU), not 200.
+    (frugal,) = launches(policy("chirond", queue_gain_per_gpu_h=200).plan(snap(m, now=1800.0), None))
+    assert frugal.count == 2
+
+
+def test_chirond_sizes_short_prompts_as_before() -> None:
+    # Bursts of 300 500-token prompts: prefill is a small share of the TTFT SLO, the replay
+    # is not used, and the utilisation and burst rules size the model as without it.
+    slo = Slo(ttft_s=8.0, tpot_s=0.1)
+    m = dataclasses.replace(model([inst(1)], stats=_bursts(500, size=300)), slo=slo)
+    with_rule = policy("chirond").plan(snap(m, now=1800.0), None)
+    without = policy("chirond", queue_gain_per_gpu_h=0).plan(snap(m, now=1800.0), None)
+    assert launches(with_rule) and with_rule.actions == without.actions
+
+
 def _cap_of(d: Decision) -> int:
     (c,) = [a.cap for a in d.actions if isinstance(a, SetBatchCap)]
     return c
