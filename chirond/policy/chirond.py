@@ -27,8 +27,8 @@ Each tick, per model (`plan`):
    arrival rate, at `interactive_util`, and enough to clear the largest prompt burst seen in the
    last 15 minutes within its window plus half the TTFT. Where the mean prompt's prefill is over
    `queue_prompt_share` of the TTFT SLO, instead the queue replay (`_queue_sized`): the last 30
-   minutes' arrivals through c instances, the fewest past which one more would avoid fewer than
-   `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
+   minutes' arrivals (at most the newest `REPLAY_MAX_REQUESTS`) through c instances, the fewest
+   past which one more would avoid fewer than `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
 3. Batch plan (`_needed`, EDF over the backlog): for each deadline, the work due by then (prompts
    + outputs at the measured mean length, at the mixed instances' throughput), plus the
    interactive work over the same span, must fit in instances x (time left - lead time) x
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -283,9 +283,8 @@ class ChirondPolicy(Policy):
         ready = [i for i in m.instances if i.state is InstanceState.READY]
         batch = max(1.0, sum(i.running for i in ready) / max(1, len(ready)))
         stretch = 1.0 + prof.step_s(batch, batch * self._ctx(m)) / prof.prefill_s(chunk)
-        arrivals = [(-age, prof.prefill_s(tok / k) * stretch)
-                    for age, k, tok in ld.recent for _ in range(round(k))]
-        per_gpu_h = 3600.0 / ld.recent_span_s / m.gpus_per_instance
+        arrivals, span = _replayed(ld.recent, ld.recent_span_s, lambda k, tok: prof.prefill_s(tok / k) * stretch)
+        per_gpu_h = 3600.0 / span / m.gpus_per_instance
         c, misses = 1, _replay_misses(arrivals, 1, m.slo.ttft_s, decode_s)
         while c < m.max_instances and misses > 0:
             more = _replay_misses(arrivals, c + 1, m.slo.ttft_s, decode_s)
@@ -333,15 +332,39 @@ def keep_warm(m: ModelView) -> bool:
     return rate > 0 and 1.0 / rate < m.lead_time_s
 
 
+# The most requests one replay takes (the newest whole seconds): a replay is a Python loop, run up
+# to `max_instances` times a tick; 10,000 is 30 minutes at 5.5 requests a second, and keeps a tick
+# of a busier model that crosses `queue_prompt_share` near 100 ms, not seconds.
+REPLAY_MAX_REQUESTS = 10_000
+
+
+def _replayed(
+    recent: tuple[tuple[float, float, float], ...], span_s: float, prefill: Callable[[float, float], float]
+) -> tuple[list[tuple[float, float]], float]:
+    """The replay's requests (arrival relative to now, prefill seconds), oldest first, from the
+    newest seconds of `recent` holding at most `REPLAY_MAX_REQUESTS` (at least the newest second),
+    and the seconds they span: `span_s`, or back to the newest second left out."""
+    kept, first = 0, len(recent)
+    while first > 0 and (first == len(recent) or kept + round(recent[first - 1][1]) <= REPLAY_MAX_REQUESTS):
+        first -= 1
+        kept += round(recent[first][1])
+    if first > 0:
+        span_s = max(1.0, min(span_s, recent[first - 1][0]))
+    arrivals: list[tuple[float, float]] = []
+    for age, k, tok in recent[first:]:
+        arrivals += [(-age, prefill(k, tok))] * round(k)
+    return arrivals, span_s
+
+
 def _replay_misses(arrivals: list[tuple[float, float]], c: int, ttft_s: float, decode_s: float) -> int:
     """Requests (arrival, prefill seconds), in order, through `c` first-come-first-served
     servers, each held for the prefill and `decode_s`: how many wait + prefill past `ttft_s`."""
     free = [-math.inf] * c
     missed = 0
     for t, prefill in arrivals:
-        start = max(t, heapq.heappop(free))
+        start = max(t, free[0])
         missed += start - t + prefill > ttft_s
-        heapq.heappush(free, start + prefill + decode_s)
+        heapq.heapreplace(free, start + prefill + decode_s)
     return missed
 
 
