@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chirond.model import within_slo
 from chirond.policy import make_policy
 from chirond.sim.compare import run_one, setups
 from chirond.sim.frontier import FixedPolicy, cheapest_matching, pareto
+from chirond.sim.report import slo_met
 from chirond.sim.results import RunResult
 from chirond.sim.runner import Simulation
 from chirond.sim.scenario import build_workload, load_scenario
@@ -53,18 +53,12 @@ class ColdFixed(FixedPolicy):
 def tally(r: RunResult, from_s: float) -> tuple[dict[str, Counts], float]:
     """Per model (met, total) of interactive requests arriving at or after `from_s` and of every
     batch request, and the GPU-hours held after `from_s` (the timeline's GPUs per tick)."""
-    q = r.requests
+    q, met = r.requests, slo_met(r)
     out: dict[str, Counts] = {}
     for mi, name in enumerate(r.models):
-        slo = r.slos[name]
         sel = (q["cls"] == 0) & (q["model"] == mi) & (q["arrival"] >= from_s)
-        ttft = q["first_token"][sel] - q["arrival"][sel]
-        k = q["output_tokens"][sel]
-        tpot = np.where(k > 1, (q["finish"][sel] - q["first_token"][sel]) / np.maximum(k - 1, 1), 0.0)
-        met = ~np.isnan(ttft) & within_slo(np.nan_to_num(ttft, nan=np.inf), tpot, slo.ttft_s, slo.tpot_s)
         b = (q["cls"] == 1) & (q["model"] == mi)
-        b_met = q["finish"][b] <= q["deadline"][b]
-        out[name] = (int(met.sum()), int(sel.sum()), int(b_met.sum()), int(b.sum()))
+        out[name] = (int(met[sel].sum()), int(sel.sum()), int(met[b].sum()), int(b.sum()))
     t, gpus = r.timeline["t"], r.timeline["gpus"]
     dt = np.diff(np.append(t, r.end_s))
     after = t >= from_s

@@ -103,6 +103,13 @@ class _Metrics:
         self.has_tpot = self.interactive & ~np.isnan(self.tpot)
 
 
+def slo_met(result: RunResult) -> np.ndarray:
+    """Per request, whether it met its SLO: `summarize`'s rule (interactive: TTFT and TPOT within,
+    never served a miss; batch: finished by its deadline, or at all where it has none)."""
+    m = _Metrics(result)
+    return np.asarray(m.int_met | m.batch_met)
+
+
 def summarize(result: RunResult) -> dict[str, Any]:
     """One run as a JSON-able dict (NaN/inf already None).
 
