@@ -285,7 +285,14 @@ class ChirondPolicy(Policy):
         stretch = 1.0 + prof.step_s(batch, batch * self._ctx(m)) / prof.prefill_s(chunk)
         arrivals, span = _replayed(ld.recent, ld.recent_span_s, lambda k, tok: prof.prefill_s(tok / k) * stretch)
         per_gpu_h = 3600.0 / span / m.gpus_per_instance
-        c, misses = 1, _replay_misses(arrivals, 1, m.slo.ttft_s, decode_s)
+        # Below the instances that keep up with the replayed work the queue only grows, c and c + 1
+        # both miss nearly everything, and one more instance looks worthless: start at that count
+        # once the replay covers QUEUE_FLOOR_SPAN_S (less is a burst, which the replay judges itself).
+        c = 1
+        if span >= QUEUE_FLOOR_SPAN_S:
+            work = sum(prefill for _, prefill in arrivals) + len(arrivals) * decode_s
+            c = max(1, min(m.max_instances, math.ceil(work / span - 1e-9)))
+        misses = _replay_misses(arrivals, c, m.slo.ttft_s, decode_s)
         while c < m.max_instances and misses > 0:
             more = _replay_misses(arrivals, c + 1, m.slo.ttft_s, decode_s)
             if (misses - more) * per_gpu_h < self.params["queue_gain_per_gpu_h"]:
@@ -336,6 +343,7 @@ def keep_warm(m: ModelView) -> bool:
 # to `max_instances` times a tick; 10,000 is 30 minutes at 5.5 requests a second, and keeps a tick
 # of a busier model that crosses `queue_prompt_share` near 100 ms, not seconds.
 REPLAY_MAX_REQUESTS = 10_000
+QUEUE_FLOOR_SPAN_S = 600.0
 
 
 def _replayed(

@@ -685,3 +685,15 @@ def test_chirond_replays_at_most_the_newest_requests_of_a_busy_model(monkeypatch
     sized = [launches(pol.plan(snap(dataclasses.replace(model([inst(1)], stats=s), slo=slo), now=1800.0), None))
              for s in (calm, busy)]
     assert sized[0] == sized[1] and sized[0][0].count == 3
+
+
+def test_chirond_queue_replay_never_sizes_below_the_work_it_replays() -> None:
+    # Two 20k-token prompts a second (2 s of prefill each on the 8B, 8 s TTFT SLO) for 30 minutes:
+    # over 4 instances of work. On 1 or 2 instances the queue only grows and both miss nearly every
+    # request, so a third looks worth nothing against the second; the replay starts where the
+    # instances keep up with the work.
+    slo = Slo(ttft_s=8.0, tpot_s=0.1)
+    steady = _bursts(20_000, every_s=1, size=2)
+    m = dataclasses.replace(model([inst(1)], stats=steady, max_instances=16), slo=slo)
+    need, why = policy("chirond")._needed(m, P8, 1000.0, 1800.0)
+    assert "queue" in why and need >= 5, why
