@@ -110,7 +110,7 @@ def _simulate(args: argparse.Namespace) -> int:
             plots.append(fr.plot(summaries, front["frontier"], front["ceiling"], out / "frontier.png",
                                  f"{sc.name} (seed {results[0].seed}): policies against fixed deployments"))
         write_markdown(summaries, out / "summary.md", plots)
-        logs = ", ".join(p.name for p in write_run_logs(results, out))
+        logs = ", ".join(p.name for p in write_run_logs(results, out, args.requests))
         console.print(f"wrote {path}, {out / 'summary.md'}, {logs} and {len(plots)} plots in {out}")
     return 0
 
@@ -205,14 +205,16 @@ def chirond_parser() -> argparse.ArgumentParser:
         description=(
             "Run scaling policies side by side on one scenario (a TOML file, see benchmarks/scenarios/): "
             "same workload, same simulated Slurm partition, the daemon's own dispatcher and policy code. "
-            "Prints a table; with --out, writes summary.json, summary.md, decisions.log, requests.csv "
-            "(one row per request) and PNG plots."
+            "Prints a table; with --out, writes summary.json, summary.md, decisions.log and PNG plots "
+            "(and with --requests, requests.csv: one row per request)."
         ),
     )
     s.add_argument("scenario", help="a scenario TOML file, or a shipped scenario's name (paper-small)")
     s.add_argument("--policies", help="comma-separated, default: the scenario's [policies] run list")
     s.add_argument("--seed", type=int, help="override the scenario's seed (same seed, same numbers)")
     s.add_argument("--out", help="directory for summary.json and plots")
+    s.add_argument("--requests", action="store_true",
+                   help="with --out, also write requests.csv, one row per request (large: about 100 bytes each)")
     s.add_argument(
         "--trace",
         action="append",

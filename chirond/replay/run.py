@@ -73,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", help="comma-separated; default: the scenario's [policies] run list")
     p.add_argument("--seed", type=int, help="override the scenario's seed (workload and queue waits)")
     p.add_argument("--out", help="output directory (default out/replay-SCENARIO)")
+    p.add_argument("--requests", action="store_true",
+                   help="also write requests.csv, one row per request (joins a simulation's by id)")
     p.add_argument("--lag-fraction", type=float, default=DEFAULT_LAG_FRACTION,
                    help=f"lag allowed, as a fraction of the tightest TTFT SLO (default {DEFAULT_LAG_FRACTION:g})")
     p.add_argument("--allow-lag", action="store_true", help="exit 0 even when the machine did not keep up")
@@ -356,7 +358,7 @@ def main(args: argparse.Namespace) -> int:
     path = write_summary(summaries, out)
     plots = [] if args.no_plots else write_plots(results, out)
     write_markdown(summaries, out / "summary.md", plots)
-    logs = ", ".join(p.name for p in write_run_logs(results, out))
+    logs = ", ".join(p.name for p in write_run_logs(results, out, args.requests))
     (out / "replay.json").write_text(json.dumps({"scenario": str(sc.path), "speedup": args.speedup, "seed": seed,
                                                  "policies": policies}, indent=1) + "\n")
     console.print(f"wrote {path}, {out / 'summary.md'}, {logs} and {len(plots)} plots in {out}")

@@ -311,13 +311,14 @@ def write_requests(results: Sequence[RunResult], out_path: Path) -> Path:
     return out_path
 
 
-def write_run_logs(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
-    """decisions.log (every run's tick lines) and requests.csv in `out_dir`."""
+def write_run_logs(results: Sequence[RunResult], out_dir: Path, requests: bool = False) -> list[Path]:
+    """decisions.log (every run's tick lines) in `out_dir`, and with `requests` requests.csv (opt-in:
+    about 100 bytes a request, 160 MB for the paper scenario's five policies)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "decisions.log"
     log.write_text("\n".join(f"[{r.policy}] {line}" for r in results for line in r.log) + "\n")
-    return [log, write_requests(results, out_dir / "requests.csv")]
+    return [log, write_requests(results, out_dir / "requests.csv")] if requests else [log]
 
 
 # ---------------------------------------------------------------- plots

@@ -697,3 +697,22 @@ def test_chirond_queue_replay_never_sizes_below_the_work_it_replays() -> None:
     m = dataclasses.replace(model([inst(1)], stats=steady, max_instances=16), slo=slo)
     need, why = policy("chirond")._needed(m, P8, 1000.0, 1800.0)
     assert "queue" in why and need >= 5, why
+def test_chirond_replay_counts_wait_plus_prefill_and_holds_instances_for_the_decode() -> None:
+    # (arrival, prefill s) through c first-come-first-served instances, each held for the prefill
+    # and the decode share; a request misses when its wait plus its prefill exceeds the TTFT SLO.
+    three = [(0.0, 2.0)] * 3
+    assert chirond_policy._replay_misses(three, 2, 4.2, 0.0) == 0  # the third waits 2 s: 4 s
+    assert chirond_policy._replay_misses(three, 2, 4.2, 0.5) == 1  # it waits 2.5 s: 4.5 s
+    assert chirond_policy._replay_misses(three, 3, 1.9, 0.5) == 3  # no wait, but 2 s of prefill
+    assert chirond_policy._replay_misses([(0.0, 2.0), (10.0, 2.0)], 1, 2.0, 5.0) == 0  # free again at 7 s
+
+
+def test_chirond_replay_prices_an_instance_by_its_gpus() -> None:
+    # The fourth instance of the bursts above avoids 180 misses an hour: worth it at 50 per
+    # GPU-hour on one GPU, not on four (45 per GPU-hour).
+    slo = Slo(ttft_s=8.0, tpot_s=0.1)
+    m = dataclasses.replace(model([inst(1)], stats=_bursts(20_000)), slo=slo)
+    pol = policy("chirond", queue_gain_per_gpu_h=50)
+    (one_gpu,) = launches(pol.plan(snap(m, now=1800.0), None))
+    (four_gpus,) = launches(pol.plan(snap(dataclasses.replace(m, gpus_per_instance=4), now=1800.0), None))
+    assert (one_gpu.count, four_gpus.count) == (3, 2)

@@ -14,7 +14,15 @@ from rich.console import Console
 
 from chirond.model import ReqClass, Request, Slo
 from chirond.profiles import load_profile
-from chirond.sim.report import print_table, summarize, write_markdown, write_plots, write_requests, write_summary
+from chirond.sim.report import (
+    print_table,
+    summarize,
+    write_markdown,
+    write_plots,
+    write_requests,
+    write_run_logs,
+    write_summary,
+)
 from chirond.sim.results import RunResult
 from chirond.sim.runner import ModelSetup, gpu_hours_lower_bound
 
@@ -116,6 +124,14 @@ def test_requests_csv_has_one_row_per_request_with_its_outcome(tmp_path: Path) -
     s = summarize(run)
     inter = [r for r in rows if r["class"] == "interactive"]
     assert sum(r["slo_met"] == "1" for r in inter) / len(inter) == pytest.approx(s["interactive_attainment"])
+
+
+def test_requests_csv_only_when_asked(tmp_path: Path) -> None:
+    # One row per request is about 100 bytes (160 MB for paper's five policies): opt-in.
+    plain = [p.name for p in write_run_logs([_run()], tmp_path / "plain")]
+    asked = [p.name for p in write_run_logs([_run()], tmp_path / "asked", requests=True)]
+    assert plain == ["decisions.log"] and not (tmp_path / "plain" / "requests.csv").exists()
+    assert asked == ["decisions.log", "requests.csv"] and (tmp_path / "asked" / "requests.csv").is_file()
 
 
 def test_summary_exact_values() -> None:
