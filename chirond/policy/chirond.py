@@ -287,9 +287,10 @@ class ChirondPolicy(Policy):
         per_gpu_h = 3600.0 / span / m.gpus_per_instance
         # Below the instances that keep up with the replayed work the queue only grows, c and c + 1
         # both miss nearly everything, and one more instance looks worthless: start at that count
-        # once the replay covers QUEUE_FLOOR_SPAN_S (less is a burst, which the replay judges itself).
+        # once the replay covers QUEUE_FLOOR_SPAN_S or REPLAY_MAX_REQUESTS (less is a burst, which the
+        # replay judges itself).
         c = 1
-        if span >= QUEUE_FLOOR_SPAN_S:
+        if span >= QUEUE_FLOOR_SPAN_S or span < ld.recent_span_s:
             work = sum(prefill for _, prefill in arrivals) + len(arrivals) * decode_s
             c = max(1, min(m.max_instances, math.ceil(work / span - 1e-9)))
         misses = _replay_misses(arrivals, c, m.slo.ttft_s, decode_s)
