@@ -31,13 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chirond.policy import make_policy
 from chirond.sim.compare import run_one, setups
-from chirond.sim.frontier import FixedPolicy, cheapest_matching, pareto
+from chirond.sim.frontier import FixedPolicy, cheapest_matching, pareto, simulate_fixed
 from chirond.sim.report import slo_met
 from chirond.sim.results import RunResult
-from chirond.sim.runner import Simulation
-from chirond.sim.scenario import build_workload, load_scenario
+from chirond.sim.scenario import load_scenario
 
 Counts = tuple[int, int, int, int]  # interactive met, interactive total, batch met, batch total
 
@@ -67,16 +65,8 @@ def tally(r: RunResult, from_s: float) -> tuple[dict[str, Counts], float]:
 
 def fixed_run(args: tuple[str, int, str, int, bool, float]) -> tuple[str, int, bool, Counts, float]:
     path, seed, model, n, cold, from_s = args
-    sc = load_scenario(path)
-    models, cluster, profiles = setups(sc)
-    setup = next(m for m in models if m.name == model)
-    inner = make_policy("chirond", profiles, sc.policy_params.get("chirond", {}))
-    cls = ColdFixed if cold else FixedPolicy
-    sim = Simulation(scenario=sc.name, models=[setup], cluster=cluster,
-                     requests=list(build_workload(sc, np.random.default_rng(seed))[model]),
-                     policy=cls(inner, {model: n}), policy_name="fixed", seed=seed,
-                     horizon_s=sc.horizon_s, tick_s=sc.tick_s)
-    counts, gpu_h = tally(sim.run(), from_s)
+    run, _ = simulate_fixed(load_scenario(path), "chirond", model, n, seed, ColdFixed if cold else FixedPolicy)
+    counts, gpu_h = tally(run, from_s)
     return model, n, cold, counts[model], gpu_h
 
 

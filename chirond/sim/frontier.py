@@ -23,7 +23,8 @@ from chirond.policy import make_policy
 from chirond.policy.base import Policy
 from chirond.sim.compare import setups
 from chirond.sim.report import summarize
-from chirond.sim.runner import Simulation
+from chirond.sim.results import RunResult
+from chirond.sim.runner import ModelSetup, Simulation
 from chirond.sim.scenario import Scenario, build_workload
 
 PLATEAU = 3  # stop sweeping a model after this many counts in a row that gain under 0.1 point
@@ -79,17 +80,25 @@ class Point:
     gpu_hours: float
 
 
-def run_fixed(sc: Scenario, policy: str, model: str, n: int, seed: int | None = None) -> Point:
-    """`model` alone (its requests only, the whole partition) at `n` warm instances."""
+def simulate_fixed(sc: Scenario, policy: str, model: str, n: int, seed: int | None = None,
+                   fixed: type[FixedPolicy] = FixedPolicy) -> tuple[RunResult, ModelSetup]:
+    """`model` alone (its requests only, the whole partition) at `n` instances held by `fixed`
+    (warm from t = 0 by default) with `policy`'s per-instance mechanisms; the run and the model."""
     seed = sc.seed if seed is None else seed
     models, cluster, profiles = setups(sc)
     setup = next(m for m in models if m.name == model)
     inner = make_policy(policy, profiles, sc.policy_params.get(policy, {}))
     work = build_workload(sc, np.random.default_rng(seed))
     sim = Simulation(scenario=sc.name, models=[setup], cluster=cluster, requests=list(work[model]),
-                     policy=FixedPolicy(inner, {model: n}), policy_name=f"{policy}-fixed", seed=seed,
+                     policy=fixed(inner, {model: n}), policy_name=f"{policy}-fixed", seed=seed,
                      horizon_s=sc.horizon_s, tick_s=sc.tick_s)
-    s = summarize(sim.run())
+    return sim.run(), setup
+
+
+def run_fixed(sc: Scenario, policy: str, model: str, n: int, seed: int | None = None) -> Point:
+    """`model` alone (its requests only, the whole partition) at `n` warm instances."""
+    run, setup = simulate_fixed(sc, policy, model, n, seed)
+    s = summarize(run)
     inter, batch = s["interactive_requests"], s["batch_requests"]
     return Point(model, n, n * setup.profile.gpus, round((s["interactive_attainment"] or 0.0) * inter), inter,
                  round((s["batch_attainment"] or 0.0) * batch), batch, float(s["gpu_hours"]))
