@@ -107,6 +107,8 @@ def main() -> int:
         lo, _, hi = lohi.partition("-")
         if name not in ranges:
             ap.error(f"--counts: no model {name!r} in {a.scenario} (models: {', '.join(ranges)})")
+        if not (lo.isdigit() and (hi or lo).isdigit()) or not 1 <= int(lo) <= int(hi or lo):
+            ap.error(f"--counts: {spec!r} is not MODEL=LO-HI with 1 <= LO <= HI (e.g. llama-70b=4-12)")
         ranges[name] = (int(lo), int(hi or lo))
 
     chirond = run_one(sc, "chirond", {}, seed=seed)
