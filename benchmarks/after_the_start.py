@@ -20,9 +20,8 @@ deployment at least as good on both (and the ratio), and the best fixed deployme
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chirond.sim.compare import run_one, setups
-from chirond.sim.frontier import FixedPolicy, cheapest_matching, pareto, simulate_fixed
+from chirond.sim.frontier import FixedPolicy, Point, cheapest_matching, combine, pareto, simulate_fixed
 from chirond.sim.report import slo_met
 from chirond.sim.results import RunResult
 from chirond.sim.scenario import load_scenario
@@ -63,25 +62,12 @@ def tally(r: RunResult, from_s: float) -> tuple[dict[str, Counts], float]:
     return out, float((gpus[after] * dt[after]).sum() / 3600.0)
 
 
-def fixed_run(args: tuple[str, int, str, int, bool, float]) -> tuple[str, int, bool, Counts, float]:
+def fixed_run(args: tuple[str, int, str, int, bool, float]) -> tuple[bool, float, Point]:
+    """One model alone at `n` fixed instances, warm or `cold`, tallied from `from_s`."""
     path, seed, model, n, cold, from_s = args
-    run, _ = simulate_fixed(load_scenario(path), "chirond", model, n, seed, ColdFixed if cold else FixedPolicy)
+    run, setup = simulate_fixed(load_scenario(path), "chirond", model, n, seed, ColdFixed if cold else FixedPolicy)
     counts, gpu_h = tally(run, from_s)
-    return model, n, cold, counts[model], gpu_h
-
-
-def deployments(points: Mapping[str, Sequence[tuple[int, Counts, float]]], gpus: int,
-                gpus_per: Mapping[str, int]) -> list[dict[str, Any]]:
-    out = []
-    for combo in itertools.product(*points.values()):
-        if sum(n * gpus_per[m] for m, (n, _, _) in zip(points, combo, strict=True)) > gpus:
-            continue
-        c = [sum(x[1][i] for x in combo) for i in range(4)]
-        out.append({"instances": {m: n for m, (n, _, _) in zip(points, combo, strict=True)},
-                    "interactive_attainment": c[0] / c[1] if c[1] else 1.0,
-                    "batch_attainment": c[2] / c[3] if c[3] else 1.0,
-                    "gpu_hours": sum(x[2] for x in combo)})
-    return out
+    return cold, from_s, Point(model, n, n * setup.profile.gpus, *counts[model], gpu_h, run.end_s)
 
 
 def described(d: Mapping[str, Any]) -> str:
@@ -115,11 +101,10 @@ def main() -> int:
     tasks = [(a.scenario, seed, m, n, cold, from_s)
              for m, (lo, hi) in ranges.items() for n in range(lo, hi + 1)
              for cold, from_s in ((False, 0.0), (False, a.from_s), (True, 0.0))]
-    points: dict[tuple[bool, float], dict[str, list[tuple[int, Counts, float]]]] = {}
+    points: dict[tuple[bool, float], dict[str, list[Point]]] = {}
     with ProcessPoolExecutor(a.jobs) as pool:
-        for (model, n, cold, got, gpu_h), (*_, from_s) in zip(pool.map(fixed_run, tasks), tasks, strict=True):
-            points.setdefault((cold, from_s), {m: [] for m in ranges})[model].append((n, got, gpu_h))
-    gpus_per = {m.name: m.profile.gpus for m in models}
+        for cold, from_s, point in pool.map(fixed_run, tasks):
+            points.setdefault((cold, from_s), {m: [] for m in ranges})[point.model].append(point)
     swept = ", ".join(f"{m} {lo}-{hi}" for m, (lo, hi) in ranges.items())
     print(f"{sc.name}, seed {seed}: chirond against fixed deployments ({swept})")
     print("| view | chirond | cheapest fixed as good | ratio | best fixed swept |")
@@ -130,7 +115,7 @@ def main() -> int:
         counts, gpu_h = tally(chirond, from_s)
         c = [sum(v[i] for v in counts.values()) for i in range(4)]
         ia, ba = c[0] / c[1], (c[2] / c[3] if c[3] else 1.0)
-        deps = deployments(points[(cold, from_s)], cluster.gpus, gpus_per)
+        deps = combine(points[(cold, from_s)], cluster.gpus)
         front = pareto(deps)
         match = cheapest_matching(front, ia, ba)
         cheapest = next((d for d in front if d["gpu_hours"] == match), None)

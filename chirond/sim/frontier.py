@@ -68,7 +68,8 @@ class FixedPolicy(Policy):
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One model alone at `n` fixed instances: its SLO-meeting requests and GPU-hours."""
+    """One model alone at `n` fixed instances: its SLO-meeting requests, GPU-hours, and when its
+    last request ended (its run's end)."""
 
     model: str
     n: int
@@ -78,6 +79,7 @@ class Point:
     batch_met: int
     batch_total: int
     gpu_hours: float
+    end_s: float
 
 
 def simulate_fixed(sc: Scenario, policy: str, model: str, n: int, seed: int | None = None,
@@ -101,7 +103,7 @@ def run_fixed(sc: Scenario, policy: str, model: str, n: int, seed: int | None = 
     s = summarize(run)
     inter, batch = s["interactive_requests"], s["batch_requests"]
     return Point(model, n, n * setup.profile.gpus, round((s["interactive_attainment"] or 0.0) * inter), inter,
-                 round((s["batch_attainment"] or 0.0) * batch), batch, float(s["gpu_hours"]))
+                 round((s["batch_attainment"] or 0.0) * batch), batch, float(s["gpu_hours"]), float(s["end_s"]))
 
 
 def _run(args: tuple[Scenario, str, str, int, int | None]) -> Point:
@@ -170,13 +172,17 @@ def combine(points: Mapping[str, Sequence[Point]], gpus: int) -> list[dict[str, 
 
 
 def _deployment(combo: Sequence[Point]) -> dict[str, Any]:
+    """The models' fixed instances together. A fixed deployment holds every instance until its last
+    request ends, as a policy's run is charged until its own last request: a model whose work ends
+    first keeps its instances, idle, until the others' ends (each alone ran only to its own)."""
     im, it = sum(p.inter_met for p in combo), sum(p.inter_total for p in combo)
     bm, bt = sum(p.batch_met for p in combo), sum(p.batch_total for p in combo)
+    end = max((p.end_s for p in combo), default=0.0)
     return {
         "instances": {p.model: p.n for p in combo},
         "interactive_attainment": _share(im, it),
         "batch_attainment": _share(bm, bt),
-        "gpu_hours": sum(p.gpu_hours for p in combo),
+        "gpu_hours": sum(p.gpu_hours + p.gpus * (end - p.end_s) / 3600.0 for p in combo),
     }
 
 

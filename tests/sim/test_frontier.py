@@ -21,10 +21,10 @@ from chirond.sim.scenario import load_scenario
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
 
-# Two models; a: 1 GPU per instance, b: 4. Attainment counts: (met, total).
-A = [Point("a", 1, 1, 60, 100, 10, 10, 1.0), Point("a", 2, 2, 90, 100, 10, 10, 2.0),
-     Point("a", 3, 3, 100, 100, 10, 10, 3.0)]
-B = [Point("b", 1, 4, 20, 100, 0, 10, 4.0), Point("b", 2, 8, 80, 100, 10, 10, 8.0)]
+# Two models; a: 1 GPU per instance, b: 4. Attainment counts: (met, total). Every run ends at 1 h.
+A = [Point("a", 1, 1, 60, 100, 10, 10, 1.0, 3600.0), Point("a", 2, 2, 90, 100, 10, 10, 2.0, 3600.0),
+     Point("a", 3, 3, 100, 100, 10, 10, 3.0, 3600.0)]
+B = [Point("b", 1, 4, 20, 100, 0, 10, 4.0, 3600.0), Point("b", 2, 8, 80, 100, 10, 10, 8.0, 3600.0)]
 
 
 def test_combine_keeps_what_fits_and_counts_every_request() -> None:
@@ -33,6 +33,16 @@ def test_combine_keeps_what_fits_and_counts_every_request() -> None:
     d = next(d for d in deps if d["instances"] == {"a": 2, "b": 2})
     assert d["interactive_attainment"] == pytest.approx(170 / 200)  # (90 + 80) / 200
     assert d["batch_attainment"] == 1.0 and d["gpu_hours"] == 10.0
+
+
+def test_a_fixed_deployment_holds_every_instance_until_its_last_request() -> None:
+    # a's work ends at 30 min on 2 GPUs (1.0 GPU-h), b's at 2 h on 4 (8.0 GPU-h): together the
+    # deployment runs 2 h, and a's 2 GPUs stay up, idle, for the 1.5 h after its end.
+    a = Point("a", 2, 2, 90, 100, 10, 10, 1.0, 1800.0)
+    b = Point("b", 1, 4, 80, 100, 10, 10, 8.0, 7200.0)
+    (d,) = combine({"a": [a], "b": [b]}, gpus=10)
+    assert d["gpu_hours"] == pytest.approx(1.0 + 2 * 1.5 + 8.0)
+    assert ceiling({"a": [a], "b": [b]})["gpu_hours"] == pytest.approx(12.0)
 
 
 def test_pareto_and_cheapest_matching_by_hand() -> None:
@@ -105,6 +115,7 @@ def test_sweep_of_a_tiny_scenario(tmp_path: Path) -> None:
     assert all(p.gpus == p.n for p in ps) and all(p.inter_total == ps[0].inter_total > 0 for p in ps)
     assert ps[-1].inter_met >= ps[0].inter_met  # more instances serve at least as well
     assert ps[-1].gpu_hours > ps[0].gpu_hours
+    assert all(300 <= p.end_s <= 900 for p in ps)  # the last arrival, at most the horizon
     front = pareto(combine(points, sc.cluster.gpus))
     assert front and front[0]["instances"] == {"m": 1}
     assert all(d["interactive_attainment"] <= ceiling(points)["interactive_attainment"] for d in front)
