@@ -10,6 +10,7 @@ from typing import ClassVar
 from chirond.model import (
     Decision,
     DispatchRules,
+    Drain,
     EngineArgs,
     InstanceState,
     InstanceView,
@@ -73,6 +74,19 @@ def alive(m: ModelView) -> list[InstanceView]:
 
 def in_pool(m: ModelView, *pools: Pool) -> list[InstanceView]:
     return [i for i in alive(m) if i.pool in pools]
+
+
+def hand_over(m: ModelView, need: int, now: float) -> tuple[list[Drain], list[InstanceView], int]:
+    """Jobs about to reach their time limit (closer than the lead time plus 2 minutes) are replaced
+    ahead of time: they do not count towards `need`, so their successors are launched now, and they
+    are drained once `need` others serve. (drains, the instances that count, how many expire)."""
+    serving = alive(m)
+    expiring = [i for i in serving if i.ends_at is not None and i.ends_at - now < m.lead_time_s + 120]
+    kept = [i for i in serving if i not in expiring]
+    drains: list[Drain] = []
+    if expiring and len(kept) >= need and all(i.state is InstanceState.READY for i in kept):
+        drains = [Drain(i.id) for i in expiring if i.state is InstanceState.READY]
+    return drains, kept, len(expiring)
 
 
 def any_stale(m: ModelView) -> bool:

@@ -68,7 +68,7 @@ from chirond.model import (
     Slo,
     Snapshot,
 )
-from chirond.policy.base import Policy, alive, any_stale, pick_to_drain
+from chirond.policy.base import Policy, alive, any_stale, hand_over, pick_to_drain
 from chirond.profiles import Profile
 
 
@@ -302,23 +302,18 @@ class ChirondPolicy(Policy):
         return c
 
     def _scale(self, m: ModelView, need: int, now: float, low_since: dict[str, float]) -> tuple[list[Action], str]:
-        out: list[Action] = []
-        serving = alive(m)
-        # Jobs about to hit their time limit are replaced ahead of time, then drained.
-        expiring = [i for i in serving if i.ends_at is not None and i.ends_at - now < m.lead_time_s + 120]
-        have = len(serving) - len(expiring)
-        ready_expiring = [i for i in expiring if i.state is InstanceState.READY]
-        if expiring and have >= need and all(i.state is InstanceState.READY for i in serving if i not in expiring):
-            out.extend(Drain(i.id) for i in ready_expiring)
+        drains, kept, expiring = hand_over(m, need, now)
+        have = len(kept)
+        out: list[Action] = list(drains)
         if have < need:
             low_since.pop(m.name, None)
             args = self.engine_args(m.name, m.slo, m.load.mean_input)
-            out.append(Launch(m.name, Pool.MIXED, need - have, replaces=len(expiring), args=args))
+            out.append(Launch(m.name, Pool.MIXED, need - have, replaces=expiring, args=args))
             return out, ""
         if have > need and not any_stale(m):
             since = low_since.setdefault(m.name, now)
             if now - since >= self.params["scale_down_hold_s"]:
-                victim = pick_to_drain([i for i in serving if i not in expiring])
+                victim = pick_to_drain(kept)
                 if victim is not None:
                     out.append(Drain(victim.id))
                     low_since[m.name] = now

@@ -20,7 +20,7 @@ import numpy as np
 
 from chirond.model import Decision, Launch, SetBatchCap, SetPool, Snapshot
 from chirond.policy import make_policy
-from chirond.policy.base import Policy
+from chirond.policy.base import Policy, hand_over
 from chirond.sim.compare import setups
 from chirond.sim.report import summarize
 from chirond.sim.results import RunResult
@@ -32,7 +32,9 @@ PLATEAU = 3  # stop sweeping a model after this many counts in a row that gain u
 
 class FixedPolicy(Policy):
     """`inner`'s per-instance decisions (caps, pools) at fixed instance counts: its launches,
-    drains and cancels are dropped; an instance lost (time limit, node failure) is replaced."""
+    drains and cancels are dropped; an instance lost (a node failure) is replaced, and one near its
+    job time limit is replaced ahead of time and drained once its successor serves, as a policy's
+    are (`hand_over`): a fixed deployment is not a fleet that goes short every few hours."""
 
     def __init__(self, inner: Policy, counts: Mapping[str, int]) -> None:
         super().__init__(inner.profiles)
@@ -59,10 +61,12 @@ class FixedPolicy(Policy):
         d = self.inner.plan(snap, state)
         acts: list[Any] = [a for a in d.actions if isinstance(a, SetBatchCap | SetPool)]
         for m in snap.models:
-            missing = self.counts.get(m.name, 0) - len(m.instances)
-            if missing > 0:
+            n = self.counts.get(m.name, 0)
+            drains, kept, expiring = hand_over(m, n, snap.now)
+            acts.extend(drains)
+            if len(kept) < n:
                 args = self.engine_args(m.name, m.slo, m.load.mean_input)
-                acts.append(Launch(m.name, self.initial_pool, missing, args=args))
+                acts.append(Launch(m.name, self.initial_pool, n - len(kept), replaces=expiring, args=args))
         return Decision(tuple(acts), d.reason, d.state)
 
 

@@ -17,6 +17,7 @@ from chirond.policy.base import Policy
 from chirond.profiles import load_profile
 from chirond.sim.frontier import FixedPolicy, Point, ceiling, cheapest_matching, combine, pareto, sweep
 from chirond.sim.scenario import load_scenario
+from tests.unit.test_policies import inst, model, policy, snap
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
@@ -85,6 +86,18 @@ def test_fixed_policy_filters_scaling_and_replaces_lost_instances() -> None:
     acts = fixed.plan(snap, None).actions
     assert acts[:2] == (SetBatchCap(1, 4), SetPool(2, Pool.BATCH))
     assert acts[2:] == (Launch("m", inner.initial_pool, 2),) and acts[2].args is not None
+
+
+def test_a_fixed_deployment_hands_over_before_a_time_limit_as_a_policy_does() -> None:
+    # The same hand-over as chirond's (tests/unit/test_policies.py): instance 1 ends in 150 s,
+    # under the lead time (100 s) + 120 s, so its successor is launched now ...
+    fixed = FixedPolicy(policy("chirond"), {"m8": 2})
+    s = snap(model([inst(1, ends_at=250.0), inst(2)], lead_time_s=100.0), now=100.0)
+    assert [a for a in fixed.plan(s, None).actions if isinstance(a, Launch | Drain)] == [
+        Launch("m8", Pool.MIXED, 1, replaces=1)]
+    # ... and it is drained once the successor serves, with no more launched.
+    s = snap(model([inst(1, ends_at=250.0), inst(2), inst(3, launched_at=150.0)], lead_time_s=100.0), now=160.0)
+    assert [a for a in fixed.plan(s, None).actions if isinstance(a, Launch | Drain)] == [Drain(1)]
 
 
 def tiny(tmp_path: Path) -> Path:
