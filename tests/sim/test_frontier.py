@@ -17,7 +17,7 @@ from chirond.policy.base import Policy
 from chirond.profiles import load_profile
 from chirond.sim.frontier import FixedPolicy, Point, ceiling, cheapest_matching, combine, pareto, sweep
 from chirond.sim.scenario import load_scenario
-from tests.unit.test_policies import inst, model, policy, snap
+from tests.support.policy_inputs import inst, model, policy, snap
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
