@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from chirond.model import BacklogGroup, InstanceState, InstanceView, LoadStats, ModelView, Pool, Slo, Snapshot
 from chirond.policy import make_policy
 from chirond.policy.base import Policy
 from chirond.profiles import Profile, load_profile
+from tests.support.paths import PROFILES as PROFILE_DIR
 
 # ---------------------------------------------------------------- factories
 
-ROOT = Path(__file__).resolve().parents[2]
-P8 = load_profile(ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml")
-P70 = load_profile(ROOT / "profiles" / "llama-3.1-70b_a100-80gb_tp4.toml")
+P8 = load_profile(PROFILE_DIR / "llama-3.1-8b_a100-80gb_tp1.toml")
+P70 = load_profile(PROFILE_DIR / "llama-3.1-70b_a100-80gb_tp4.toml")
 PROFILES: dict[str, Profile] = {"m8": P8, "m70": P70}
 SLO = Slo(ttft_s=2.0, tpot_s=0.1)
 READY = InstanceState.READY
