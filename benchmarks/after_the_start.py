@@ -67,7 +67,8 @@ def fixed_run(args: tuple[str, int, str, int, bool, float]) -> tuple[bool, float
     path, seed, model, n, cold, from_s = args
     run, setup = simulate_fixed(load_scenario(path), "chirond", model, n, seed, ColdFixed if cold else FixedPolicy)
     counts, gpu_h = tally(run, from_s)
-    return cold, from_s, Point(model, n, n * setup.profile.gpus, *counts[model], gpu_h, run.end_s)
+    # held from T0 on: a model whose work ended before T0 is charged its idle tail from T0 only
+    return cold, from_s, Point(model, n, n * setup.profile.gpus, *counts[model], gpu_h, max(run.end_s, from_s))
 
 
 def described(d: Mapping[str, Any]) -> str:

@@ -79,9 +79,13 @@ def in_pool(m: ModelView, *pools: Pool) -> list[InstanceView]:
 def hand_over(m: ModelView, need: int, now: float) -> tuple[list[Drain], list[InstanceView], int]:
     """Jobs about to reach their time limit (closer than the lead time plus 2 minutes) are replaced
     ahead of time: they do not count towards `need`, so their successors are launched now, and they
-    are drained once `need` others serve. (drains, the instances that count, how many expire)."""
+    are drained once `need` others serve. Only serving ones: one still starting would have a
+    successor no earlier, and where a job's limit is shorter than its start plus the lead time,
+    each successor would expire at once and launch the next, until the partition is full.
+    (drains, the instances that count, how many expire)."""
     serving = alive(m)
-    expiring = [i for i in serving if i.ends_at is not None and i.ends_at - now < m.lead_time_s + 120]
+    expiring = [i for i in serving if i.state is InstanceState.READY and i.ends_at is not None
+                and i.ends_at - now < m.lead_time_s + 120]
     kept = [i for i in serving if i not in expiring]
     drains: list[Drain] = []
     if expiring and len(kept) >= need and all(i.state is InstanceState.READY for i in kept):

@@ -1,11 +1,13 @@
 """The fixed-deployment frontier: what a sysadmin could do without autoscaling. Each model runs
 alone at a fixed number of warm instances with a policy's own per-instance mechanisms (its caps,
-dispatch rules and engine flags; lost instances are replaced, nothing else is scaled), for every
-count from 1 up to what fits in the partition (stopping once more instances buy nothing). The
-models' runs are then combined within the partition: a combination's attainment counts every
-model's requests, its GPU-hours add up (models share only the partition, so this is the same
-deployment up to queue waits). The frontier is the combinations no other beats on GPU-hours and
-both attainments; the ceiling is every model at its best count."""
+dispatch rules and engine flags; lost instances are replaced, ones near their job time limit
+handed over, nothing else is scaled), for every count from 1 up to what fits in the partition
+(stopping once more instances buy nothing). The models' runs are then combined within the
+partition: a combination's attainment counts every model's requests, and its GPU-hours are each
+model's, held until the combination's last request ends (models share only the partition, so this
+is the same deployment up to queue waits, and hand-overs in a model's idle tail). The frontier is
+the combinations no other beats on GPU-hours and both attainments; the ceiling is every model at
+its best count."""
 
 from __future__ import annotations
 

@@ -17,10 +17,8 @@ from chirond.policy.base import Policy
 from chirond.profiles import load_profile
 from chirond.sim.frontier import FixedPolicy, Point, ceiling, cheapest_matching, combine, pareto, sweep
 from chirond.sim.scenario import load_scenario
+from tests.support.paths import PROFILE_8B
 from tests.support.policy_inputs import inst, model, policy, snap
-
-ROOT = Path(__file__).resolve().parents[2]
-PROFILE_8B = ROOT / "profiles" / "llama-3.1-8b_a100-80gb_tp1.toml"
 
 # Two models; a: 1 GPU per instance, b: 4. Attainment counts: (met, total). Every run ends at 1 h.
 A = [Point("a", 1, 1, 60, 100, 10, 10, 1.0, 3600.0), Point("a", 2, 2, 90, 100, 10, 10, 2.0, 3600.0),

@@ -29,7 +29,6 @@ from chirond.policy.base import Policy
 from tests.support.policy_inputs import P8, P70, PROFILES, SLO, inst, load, model, policy, snap
 
 POLICIES = sorted(REGISTRY)
-READY = InstanceState.READY
 
 
 def launches(d: Decision, pool: Pool | None = None) -> list[Launch]:
@@ -385,6 +384,19 @@ def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
     s = snap(model([inst(1, inter=2, ends_at=250.0), inst(2, launched_at=150.0)]), now=160.0)
     d = policy("chirond").plan(s, None)
     assert Drain(1) in d.actions
+
+
+def test_chirond_hands_over_only_from_an_instance_that_serves() -> None:
+    starting = InstanceState.STARTING
+    # The successor still starts: instance 1 keeps serving, and no third one is launched.
+    s = snap(model([inst(1, inter=2, ends_at=250.0), inst(2, state=starting, launched_at=150.0)]), now=160.0)
+    d = policy("chirond").plan(s, None)
+    assert drains(d) == [] and launches(d) == []
+    # A job whose limit comes before it is even up (limit shorter than start + lead time) gets no
+    # successor of its own while it starts: successors would otherwise expire at once, one after
+    # another, until the partition was full.
+    s = snap(model([inst(1, inter=2), inst(2, state=starting, ends_at=250.0)], min_instances=2), now=160.0)
+    assert launches(policy("chirond").plan(s, None)) == []
 
 
 def test_a_successor_may_pass_max_instances_but_a_plain_launch_may_not() -> None:
