@@ -23,9 +23,9 @@ Each tick, per model (`plan`):
    only while batch work waits) stays under `tpot_margin` x SLO; it holds from the first tick.
    With no interactive traffic the cap is the throughput-optimal one (KV-bound). A few slots per
    instance stay reserved for interactive arrivals, so batch work is rarely preempted.
-2. Interactive capacity (`_needed`): the work (prefill + decode seconds per second) of the recent
-   arrival rate, at `interactive_util`, and enough to clear the largest prompt burst seen in the
-   last 15 minutes within its window plus half the TTFT. Where the mean prompt's prefill is over
+2. Interactive capacity (`_needed`): the work (prefill, and decoding at the cap's batch) of
+   the recent arrival rate, at `interactive_util`, and enough to clear the largest prompt burst
+   seen in the last 15 minutes within its window plus half the TTFT. Where the mean prompt's prefill is over
    `queue_prompt_share` of the TTFT SLO, instead the queue replay (`_queue_sized`): the last 30
    minutes' arrivals (at most the newest `REPLAY_MAX_REQUESTS`) through c instances, the fewest
    past which one more would avoid fewer than `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
@@ -147,8 +147,8 @@ class ChirondPolicy(Policy):
             # Size first at the throughput of the current caps' estimate, then set caps for the
             # instance count the plan wants (the interactive prompt load spreads over all of them).
             n_now = max(1, len(alive(m)))
-            _, tps = self._cap(m, prof, n_now)
-            need, why = self._needed(m, prof, tps, snap.now)
+            cap_now, tps = self._cap(m, prof, n_now)
+            need, why = self._needed(m, prof, cap_now, tps, snap.now)
             need, why = self._backpressure(m, need, why, snap.now, pressure)
             cap, _ = self._cap(m, prof, max(n_now, need))
             batch_cap = max(0, cap - int(self.params["reserve_slots"]))
@@ -226,20 +226,26 @@ class ChirondPolicy(Policy):
 
     # ---------------------------------------------------------------- global: instance count
 
-    def _needed(self, m: ModelView, prof: Profile, mixed_tps: float, now: float) -> tuple[int, str]:
+    def _needed(self, m: ModelView, prof: Profile, cap: int, mixed_tps: float, now: float) -> tuple[int, str]:
         p = self.params
         ld = m.load
         lam = max(ld.rate_1m, ld.rate_10m)
         out_i = ld.mean_output or 128.0
-        # Interactive work in instance-seconds per second.
-        per_tok = prof.step_s(32, 32 * self._ctx(m)) / 32
-        work = lam * (prof.prefill_s(ld.mean_input) + out_i * per_tok)
+        # Interactive work in instance-seconds per second: the prompt, and each output token at its
+        # share of a decode step at the cap (an instance decodes a whole batch per step: counted at
+        # batch 32, an 8B token cost 2.4 times as much at a cap of 256, and on `day` the 8B ran
+        # twice the instances the fixed deployment as good needs).
+        ctx = self._ctx(m)
+        work = lam * (prof.prefill_s(ld.mean_input) + out_i * prof.step_s(cap, cap * ctx) / cap)
         n_load = work / p["interactive_util"]
         burst_work = prof.prefill_s(ld.burst_prompt_tokens, ld.burst_prompt_tokens / max(ld.burst_requests, 1))
         n_burst = burst_work / (ld.burst_window_s + p["burst_ttft_share"] * m.slo.ttft_s)
         n_inter = max(n_load, n_burst)
         why = f"interactive {n_load:.1f} load, {n_burst:.1f} burst"
         if p["queue_gain_per_gpu_h"] > 0 and prof.prefill_s(ld.mean_input) > p["queue_prompt_share"] * m.slo.ttft_s:
+            # The replay's servers hold each request for its decode share at batch 32 (at the cap's
+            # rate, long-prompt's frontier ratio goes 0.99 / 0.98 -> 1.01 / 1.03: measured).
+            per_tok = prof.step_s(32, 32 * ctx) / 32
             n_queue = self._queue_sized(m, prof, out_i * per_tok)
             n_inter = n_queue
             why = f"interactive {n_queue} queue ({n_load:.1f} load)"

@@ -386,6 +386,23 @@ def test_chirond_replaces_an_expiring_instance_ahead_of_time() -> None:
     assert Drain(1) in d.actions
 
 
+def test_chirond_counts_decoding_at_its_caps_throughput() -> None:
+    # Short prompts, long answers: decoding is most of the work. The rate is set so that two
+    # instances decoding at their cap carry it at 60 %, under the 70 % target; at batch 32 each
+    # token costs about twice as much.
+    pol, inp, out = policy("chirond"), 200.0, 400.0
+    probe = model([inst(1), inst(2)], stats=load(rate=1.0, mean_input=inp, mean_output=out))
+    ctx = pol._ctx(probe)
+    cap, _ = pol._cap(probe, P8, 2)
+    rate = 2 * 0.6 / (P8.prefill_s(inp) + out * P8.step_s(cap, cap * ctx) / cap)
+    m = model([inst(1), inst(2)], stats=load(rate=rate, mean_input=inp, mean_output=out))
+    cap, tps = pol._cap(m, P8, 2)
+    at_32 = rate * (P8.prefill_s(inp) + out * P8.step_s(32, 32 * ctx) / 32)
+    assert at_32 / 0.7 > 3  # the old measure's answer, for contrast
+    assert pol._needed(m, P8, cap, tps, 0.0)[0] == 2
+    assert [a for a in pol.plan(snap(m), None).actions if isinstance(a, Launch | Drain)] == []
+
+
 def test_chirond_hands_over_only_from_an_instance_that_serves() -> None:
     starting = InstanceState.STARTING
     # The successor still starts: instance 1 keeps serving, and no third one is launched.
@@ -602,7 +619,7 @@ def test_chirond_queue_replay_never_sizes_below_the_work_it_replays() -> None:
     slo = Slo(ttft_s=8.0, tpot_s=0.1)
     steady = _bursts(20_000, every_s=1, size=2)
     m = dataclasses.replace(model([inst(1)], stats=steady, max_instances=16), slo=slo)
-    need, why = policy("chirond")._needed(m, P8, 1000.0, 1800.0)
+    need, why = policy("chirond")._needed(m, P8, 64, 1000.0, 1800.0)
     assert "queue" in why and need >= 5, why
 def test_chirond_replay_counts_wait_plus_prefill_and_holds_instances_for_the_decode() -> None:
     # (arrival, prefill s) through c first-come-first-served instances, each held for the prefill
