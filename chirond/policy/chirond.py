@@ -234,7 +234,7 @@ class ChirondPolicy(Policy):
         # Interactive work in instance-seconds per second: the prompt, and each output token at its
         # share of a decode step at the cap (an instance decodes a whole batch per step: counted at
         # batch 32, an 8B token cost 2.4 times as much at a cap of 256, and on `day` the 8B ran
-        # twice the instances the fixed deployment as good needs).
+        # 2-5 instances where the fixed deployment as good has 2).
         ctx = self._ctx(m)
         work = lam * (prof.prefill_s(ld.mean_input) + out_i * prof.step_s(cap, cap * ctx) / cap)
         n_load = work / p["interactive_util"]
