@@ -89,7 +89,7 @@ def hand_over(m: ModelView, need: int, now: float) -> tuple[list[Drain], list[In
     kept = [i for i in serving if i not in expiring]
     drains: list[Drain] = []
     if expiring and len(kept) >= need and all(i.state is InstanceState.READY for i in kept):
-        drains = [Drain(i.id) for i in expiring if i.state is InstanceState.READY]
+        drains = [Drain(i.id) for i in expiring]
     return drains, kept, len(expiring)
 
 

@@ -25,10 +25,11 @@ Each tick, per model (`plan`):
    instance stay reserved for interactive arrivals, so batch work is rarely preempted.
 2. Interactive capacity (`_needed`): the work (prefill, and decoding at the cap's batch) of
    the recent arrival rate, at `interactive_util`, and enough to clear the largest prompt burst
-   seen in the last 15 minutes within its window plus half the TTFT. Where the mean prompt's prefill is over
-   `queue_prompt_share` of the TTFT SLO, instead the queue replay (`_queue_sized`): the last 30
-   minutes' arrivals (at most the newest `REPLAY_MAX_REQUESTS`) through c instances, the fewest
-   past which one more would avoid fewer than `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
+   seen in the last 15 minutes within its window plus half the TTFT. Where the mean prompt's
+   prefill is over `queue_prompt_share` of the TTFT SLO, instead the queue replay
+   (`_queue_sized`): the last 30 minutes' arrivals (at most the newest `REPLAY_MAX_REQUESTS`)
+   through c instances, the fewest past which one more would avoid fewer than
+   `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
 3. Batch plan (`_needed`, EDF over the backlog): for each deadline, the work due by then (prompts
    + outputs at the measured mean length, at the mixed instances' throughput), plus the
    interactive work over the same span, must fit in instances x (time left - lead time) x
