@@ -135,7 +135,7 @@ async def answered_once(c: openai.AsyncOpenAI, b: Any, n: int) -> None:
 async def serves(d: ServeProcess) -> None:
     """/health and a new chat request answered, by the same process (no restart)."""
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{d.port}/health") as r:
-        assert r.status == 200
+        assert r.status == 200, (r.status, await r.text())
     c = d.client()
     try:
         r2 = await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
