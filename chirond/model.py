@@ -143,15 +143,10 @@ class LoadStats:
     prompt_tokens_10m: float
     mean_input: float  # observed, all time (exponentially weighted)
     mean_output: float  # observed on completions
-    # Burstiness: the largest prompt-token arrival in any window of `burst_window_s` seconds over
-    # the last `burst_history_s`, and the requests in it.
-    burst_prompt_tokens: float
-    burst_requests: float
-    burst_window_s: float
     idle_s: float = math.inf  # since the last interactive arrival (inf: none seen)
-    # The arrivals of the last `history_s` by second, for the chirond policy's queue replay: (age in s, requests,
-    # prompt tokens) of each second that had any, oldest first; `recent_span_s`: the seconds it covers
-    # (since the first arrival, at most the history).
+    # The arrivals of the last `history_s` by second, for the chirond policy's bursts and queue replay:
+    # (age in s, requests, prompt tokens) of each second that had any, oldest first; `recent_span_s`:
+    # the seconds it covers (since the first arrival, at most the history).
     recent: tuple[tuple[float, float, float], ...] = ()
     recent_span_s: float = 0.0
 

@@ -12,9 +12,8 @@ from chirond.model import LoadStats
 class ArrivalWindow:
     """Per-second buckets of arrivals and prompt tokens over a sliding history."""
 
-    def __init__(self, history_s: int = 1800, burst_window_s: int = 10) -> None:
+    def __init__(self, history_s: int = 1800) -> None:
         self.history_s = history_s
-        self.burst_window_s = burst_window_s
         self._count = np.zeros(history_s)
         self._tokens = np.zeros(history_s)
         self._last_sec = 0  # the newest bucket written
@@ -56,24 +55,13 @@ class ArrivalWindow:
         w = max(1.0 / self._n_out, 0.005)
         self._mean_output += w * (output_tokens - self._mean_output)
 
-    def stats(self, now: float, burst_history_s: int = 900) -> LoadStats:
+    def stats(self, now: float) -> LoadStats:
         sec = int(now)
         self._roll_to(sec)
         order = (np.arange(sec - self.history_s + 1, sec + 1)) % self.history_s
         count = self._count[order]
         tokens = self._tokens[order]
-        recent_c = count[-burst_history_s:]
-        recent_t = tokens[-burst_history_s:]
-        w = self.burst_window_s
         busy = np.flatnonzero(count)
-        if len(recent_t) >= w:
-            ct = np.concatenate([[0.0], np.cumsum(recent_t)])
-            cc = np.concatenate([[0.0], np.cumsum(recent_c)])
-            bt = ct[w:] - ct[:-w]
-            bi = int(np.argmax(bt))
-            burst_tokens, burst_reqs = float(bt[bi]), float(cc[bi + w] - cc[bi])
-        else:
-            burst_tokens, burst_reqs = float(recent_t.sum()), float(recent_c.sum())
         # Always over the whole minute and ten minutes, never "since the start": the daemon's clock
         # is monotonic (hours at any start), the simulator's starts at 0 with its first arrival, and
         # the two must read the same traffic alike (dividing by `now` there read one request at t = 0
@@ -85,9 +73,6 @@ class ArrivalWindow:
             prompt_tokens_10m=float(tokens[-600:].sum()) / 600.0,
             mean_input=self._mean_input,
             mean_output=self._mean_output,
-            burst_prompt_tokens=burst_tokens,
-            burst_requests=burst_reqs,
-            burst_window_s=float(w),
             idle_s=max(0.0, now - self._last_arrival),
             recent=tuple(zip((self.history_s - 1 - busy).tolist(), count[busy].tolist(), tokens[busy].tolist(),
                              strict=True)),

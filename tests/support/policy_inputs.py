@@ -69,9 +69,6 @@ def load(rate: float = 0.0, mean_input: float = 0.0, mean_output: float = 0.0) -
         prompt_tokens_10m=rate * mean_input,
         mean_input=mean_input,
         mean_output=mean_output,
-        burst_prompt_tokens=rate * mean_input * 10,
-        burst_requests=rate * 10,
-        burst_window_s=10.0,
     )
 
 

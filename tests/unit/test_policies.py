@@ -279,9 +279,8 @@ def _bursts(prompt_tokens: float, every_s: int = 20, size: int = 10, span_s: int
     rate = size / every_s
     recent = tuple((float(age), float(size), float(size * prompt_tokens))
                    for age in range(span_s - every_s, -1, -every_s))
-    return dataclasses.replace(load(rate=rate, mean_input=prompt_tokens, mean_output=200),
-                               burst_prompt_tokens=size * prompt_tokens, burst_requests=float(size),
-                               recent=recent, recent_span_s=float(span_s))
+    return dataclasses.replace(load(rate=rate, mean_input=prompt_tokens, mean_output=200), recent=recent,
+                               recent_span_s=float(span_s))
 
 
 def test_chirond_sizes_long_prompts_by_replaying_their_queue() -> None:
@@ -401,6 +400,30 @@ def test_chirond_counts_decoding_at_its_caps_throughput() -> None:
     assert at_32 / 0.7 > 3  # the old measure's answer, for contrast
     assert pol._needed(m, P8, cap, tps, 0.0)[0] == 2
     assert [a for a in pol.plan(snap(m), None).actions if isinstance(a, Launch | Drain)] == []
+
+
+def test_largest_burst_is_the_busiest_window_within_the_history() -> None:
+    # (age s, requests, prompt tokens) by second, oldest first, as the proxy's window keeps them
+    recent = ((300.0, 4.0, 40_000.0), (150.0, 3.0, 9_000.0), (145.0, 2.0, 8_000.0), (100.0, 1.0, 10_000.0),
+              (5.0, 1.0, 500.0))
+    assert chirond_policy.largest_burst(recent, 400.0) == (40_000.0, 4.0)
+    assert chirond_policy.largest_burst(recent, 200.0) == (17_000.0, 5.0)  # 150 and 145 s share 10 s
+    assert chirond_policy.largest_burst(recent, 120.0) == (10_000.0, 1.0)
+    assert chirond_policy.largest_burst(recent, 4.0) == (0.0, 0.0)
+
+
+def test_chirond_holds_capacity_for_a_burst_for_two_lead_times() -> None:
+    # A trickle, and once 400 prompts of 1,000 tokens at the same second: 28.5 s of prefill on the
+    # 8B, 2.6 instances to clear them within the burst's 10 s plus half the 2-s TTFT. Instances launched for
+    # the burst serve one lead time (100 s) later; they are kept for as long again, not longer.
+    def after(age: float, **params: float) -> list[Launch]:
+        ld = dataclasses.replace(load(rate=0.1, mean_input=1000, mean_output=100), recent=((age, 400.0, 400_000.0),))
+        return launches(policy("chirond", **params).plan(snap(model([inst(1)], lead_time_s=100.0, stats=ld)), None))
+
+    (la,) = after(150.0)
+    assert la.count == 2
+    assert after(250.0) == []
+    assert after(250.0, burst_memory_leads=3.0) == [la]
 
 
 def test_chirond_hands_over_only_from_an_instance_that_serves() -> None:
