@@ -25,11 +25,11 @@ Each tick, per model (`plan`):
    instance stay reserved for interactive arrivals, so batch work is rarely preempted.
 2. Interactive capacity (`_needed`): the work (prefill, and decoding at the cap's batch) of
    the recent arrival rate, at `interactive_util`, and enough to clear the largest prompt burst
-   of the last two lead times (`largest_burst`) within its window plus half the TTFT. Where the
-   mean prompt's prefill is over `queue_prompt_share` of the TTFT SLO, instead the queue replay
-   (`_queue_sized`): the last 30 minutes' arrivals (at most the newest `REPLAY_MAX_REQUESTS`)
-   through c instances, the fewest past which one more would avoid fewer than
-   `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
+   of the last `burst_memory_leads` (2) lead times, at most 30 minutes (`largest_burst`), within
+   its window plus half the TTFT. Where the mean prompt's prefill is over `queue_prompt_share`
+   of the TTFT SLO, instead the queue replay (`_queue_sized`): the last 30 minutes' arrivals (at
+   most the newest `REPLAY_MAX_REQUESTS`) through c instances, the fewest past which one more
+   would avoid fewer than `queue_gain_per_gpu_h` TTFT misses per GPU-hour.
 3. Batch plan (`_needed`, EDF over the backlog): for each deadline, the work due by then (prompts
    + outputs at the measured mean length, at the mixed instances' throughput), plus the
    interactive work over the same span, must fit in instances x (time left - lead time) x
@@ -242,9 +242,9 @@ class ChirondPolicy(Policy):
         n_load = work / p["interactive_util"]
         # A burst is remembered for `burst_memory_leads` lead times: instances launched for it serve
         # one lead time later, then stay about as long as buying them again would take (rent or buy,
-        # as `keep_warm`). A fixed 15 minutes held 12 70B instances on paper-small for a quarter of
-        # an hour after each code burst, where a fixed 7 absorbs the bursts by queueing.
-        b_tokens, b_requests = largest_burst(ld.recent, p["burst_memory_leads"] * m.lead_time_s)
+        # as `keep_warm`). At least one burst window, so a tick sees every burst whatever the lead.
+        memory_s = max(p["burst_memory_leads"] * m.lead_time_s, BURST_WINDOW_S)
+        b_tokens, b_requests = largest_burst(ld.recent, memory_s)
         burst_work = prof.prefill_s(b_tokens, b_tokens / max(b_requests, 1))
         n_burst = burst_work / (BURST_WINDOW_S + p["burst_ttft_share"] * m.slo.ttft_s)
         n_inter = max(n_load, n_burst)
@@ -351,18 +351,20 @@ def keep_warm(m: ModelView) -> bool:
 BURST_WINDOW_S = 10.0  # a burst: the prompt tokens arriving within this many seconds
 
 
-def largest_burst(recent: tuple[tuple[float, float, float], ...], history_s: float,
+def largest_burst(recent: tuple[tuple[float, float, float], ...], within_s: float,
                   window_s: float = BURST_WINDOW_S) -> tuple[float, float]:
     """(prompt tokens, requests) of the `window_s` seconds with the most prompt tokens among the
-    arrivals of the last `history_s` seconds (`LoadStats.recent`: (age, requests, tokens), oldest
-    first); (0, 0) if none."""
-    secs = [r for r in recent if r[0] < history_s]
+    arrivals of the last `within_s` seconds (`LoadStats.recent`: (age, requests, tokens), oldest
+    first, at most the arrival window's 30-minute history); (0, 0) if none."""
+    secs = [r for r in recent if r[0] < within_s]
     best = (0.0, 0.0)
     tokens = requests = 0.0
     j = 0
     for age, k, tok in secs:  # the window's oldest second, then every younger one within window_s
         while j < len(secs) and secs[j][0] > age - window_s:
-            requests, tokens, j = requests + secs[j][1], tokens + secs[j][2], j + 1
+            requests += secs[j][1]
+            tokens += secs[j][2]
+            j += 1
         if tokens > best[0]:
             best = (tokens, requests)
         requests, tokens = requests - k, tokens - tok

@@ -62,6 +62,7 @@ def inst(
 
 
 def load(rate: float = 0.0, mean_input: float = 0.0, mean_output: float = 0.0) -> LoadStats:
+    """Steady rates, and no arrivals by second (so no burst: the load rule sizes a steady rate)."""
     return LoadStats(
         rate_1m=rate,
         rate_10m=rate,

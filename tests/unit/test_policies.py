@@ -409,7 +409,9 @@ def test_largest_burst_is_the_busiest_window_within_the_history() -> None:
     assert chirond_policy.largest_burst(recent, 400.0) == (40_000.0, 4.0)
     assert chirond_policy.largest_burst(recent, 200.0) == (17_000.0, 5.0)  # 150 and 145 s share 10 s
     assert chirond_policy.largest_burst(recent, 120.0) == (10_000.0, 1.0)
-    assert chirond_policy.largest_burst(recent, 4.0) == (0.0, 0.0)
+    assert chirond_policy.largest_burst(recent, 5.0) == (0.0, 0.0)  # the last 5 s: ages 0-4
+    # seconds 10 s apart are two windows, not one
+    assert chirond_policy.largest_burst(((20.0, 1.0, 100.0), (10.0, 1.0, 100.0)), 30.0) == (100.0, 1.0)
 
 
 def test_chirond_holds_capacity_for_a_burst_for_two_lead_times() -> None:
