@@ -30,6 +30,17 @@ async def test_http_and_control_floods_lock_nobody_out(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("[api]\n", "[api]\n" + "".join(f"{k} = {v}\n" for k, v in LIMITS.items())))
     d = f.ServeProcess(cfg, port, tmp_path / "daemon.log")
     await d.start()
+    try:
+        await flood(d, port, tmp_path)
+        await asyncio.sleep(6)  # past the idle timeout: the slow ones are gone
+        await f.serves(d)
+    finally:  # a failed check must not leave the daemon running
+        rc = await d.stop()
+    assert rc == 0
+
+
+async def flood(d: f.ServeProcess, port: int, tmp_path: Path) -> None:
+    """The flood held while /health, a chat and the control socket are checked; then let go."""
     assert d.proc is not None
     before = rss_mib(d.proc.pid)
     held: list[asyncio.StreamWriter] = []
@@ -69,6 +80,3 @@ async def test_http_and_control_floods_lock_nobody_out(tmp_path: Path) -> None:
     finally:
         for w in held:
             w.close()
-    await asyncio.sleep(6)  # past the idle timeout: the slow ones are gone
-    await f.serves(d)
-    assert await d.stop() == 0
