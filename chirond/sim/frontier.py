@@ -1,7 +1,8 @@
 """The fixed-deployment frontier: what a sysadmin could do without autoscaling. Each model runs
 alone at a fixed number of warm instances with a policy's own per-instance mechanisms (its caps,
-dispatch rules and engine flags; lost instances are replaced, ones near their job time limit
-handed over, nothing else is scaled), for every count from 1 up to what fits in the partition
+dispatch rules and engine flags, the policy planning as for min_instances = max_instances = n;
+lost instances are replaced, ones near their job time limit handed over, nothing else is
+scaled), for every count from 1 up to what fits in the partition
 (stopping once more instances buy nothing). The models' runs are then combined within the
 partition: a combination's attainment counts every model's requests, and its GPU-hours are each
 model's, held until the combination's last request ends (models share only the partition, so this
@@ -15,7 +16,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,13 @@ class FixedPolicy(Policy):
         return self.inner.engine_args(model, slo, mean_input)
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
-        d = self.inner.plan(snap, state)
+        # The inner policy plans as for a site that set min_instances = max_instances = n: its caps
+        # are for the n instances there are, not for the fleet it would have scaled to (before,
+        # chirond's caps for its wished-for count leaked into the frontier, which then moved with
+        # every change to chirond's sizing).
+        pinned = tuple(replace(m, min_instances=self.counts.get(m.name, 0), max_instances=self.counts.get(m.name, 0))
+                       for m in snap.models)
+        d = self.inner.plan(replace(snap, models=pinned), state)
         acts: list[Any] = [a for a in d.actions if isinstance(a, SetBatchCap | SetPool)]
         for m in snap.models:
             n = self.counts.get(m.name, 0)

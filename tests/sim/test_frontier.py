@@ -18,7 +18,7 @@ from chirond.profiles import load_profile
 from chirond.sim.frontier import FixedPolicy, Point, ceiling, cheapest_matching, combine, pareto, sweep
 from chirond.sim.scenario import load_scenario
 from tests.support.paths import PROFILE_8B
-from tests.support.policy_inputs import inst, model, policy, snap
+from tests.support.policy_inputs import P8, inst, load, model, policy, snap
 
 # Two models; a: 1 GPU per instance, b: 4. Attainment counts: (met, total). Every run ends at 1 h.
 A = [Point("a", 1, 1, 60, 100, 10, 10, 1.0, 3600.0), Point("a", 2, 2, 90, 100, 10, 10, 2.0, 3600.0),
@@ -96,6 +96,18 @@ def test_a_fixed_deployment_hands_over_before_a_time_limit_as_a_policy_does() ->
     # ... and it is drained once the successor serves, with no more launched.
     s = snap(model([inst(1, ends_at=250.0), inst(2), inst(3, launched_at=150.0)], lead_time_s=100.0), now=160.0)
     assert [a for a in fixed.plan(s, None).actions if isinstance(a, Launch | Drain)] == [Drain(1)]
+
+
+def test_a_fixed_deployment_sets_caps_for_the_instances_it_has() -> None:
+    # Load for three 8B instances on one: chirond alone sets the caps for the three it launches (the
+    # prompt load spread over them: 144); fixed at one instance, the cap is one instance's (104).
+    pol = policy("chirond")
+    m = model([inst(1)], stats=load(rate=8.0, mean_input=2000, mean_output=200))
+    one = pol._cap(m, P8, 1)[0]
+    (own,) = [a for a in pol.plan(snap(m), None).actions if isinstance(a, SetBatchCap)]
+    assert own.cap > one
+    (fixed,) = [a for a in FixedPolicy(pol, {"m8": 1}).plan(snap(m), None).actions if isinstance(a, SetBatchCap)]
+    assert fixed.cap == one
 
 
 def tiny(tmp_path: Path) -> Path:
