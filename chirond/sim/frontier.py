@@ -2,13 +2,13 @@
 alone at a fixed number of warm instances with a policy's own per-instance mechanisms (its caps,
 dispatch rules and engine flags, the policy planning as for min_instances = max_instances = n;
 lost instances are replaced, ones near their job time limit handed over, nothing else is
-scaled), for every count from 1 up to what fits in the partition
-(stopping once more instances buy nothing). The models' runs are then combined within the
-partition: a combination's attainment counts every model's requests, and its GPU-hours are each
-model's, held until the combination's last request ends (models share only the partition, so this
-is the same deployment up to queue waits, and hand-overs in a model's idle tail). The frontier is
-the combinations no other beats on GPU-hours and both attainments; the ceiling is every model at
-its best count."""
+scaled), for every count from 1 up to what fits in the partition (stopping once more instances
+buy nothing). The models' runs are then combined within the partition: a combination's
+attainment counts every model's requests, and its GPU-hours are each model's, held until the
+combination's last request ends (models share only the partition, so this is the same
+deployment up to queue waits, and hand-overs in a model's idle tail). The frontier is the
+combinations no other beats on GPU-hours and both attainments; the ceiling is every model at its
+best count."""
 
 from __future__ import annotations
 
@@ -61,10 +61,9 @@ class FixedPolicy(Policy):
         return self.inner.engine_args(model, slo, mean_input)
 
     def plan(self, snap: Snapshot, state: object) -> Decision:
-        # The inner policy plans as for a site that set min_instances = max_instances = n: its caps
-        # are for the n instances there are, not for the fleet it would have scaled to (before,
-        # chirond's caps for its wished-for count leaked into the frontier, which then moved with
-        # every change to chirond's sizing).
+        # The inner policy plans as for a site that set min_instances = max_instances = n, so its
+        # caps are for the n instances there are, not for a fleet it would have scaled to (and the
+        # frontier does not move with the inner policy's sizing rules).
         pinned = tuple(replace(m, min_instances=self.counts.get(m.name, 0), max_instances=self.counts.get(m.name, 0))
                        for m in snap.models)
         d = self.inner.plan(replace(snap, models=pinned), state)
