@@ -1,0 +1,61 @@
+"""benchmarks/by_hour.py: misses and instances per bin, and the hindsight schedule, worked by hand."""
+
+from __future__ import annotations
+
+import math
+import runpy
+from pathlib import Path
+
+import numpy as np
+
+from chirond.model import Slo
+from chirond.sim.results import RunResult
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = runpy.run_path(str(ROOT / "benchmarks" / "by_hour.py"))
+NAN = math.nan
+# model, cls, arrival, first_token, finish, output_tokens (TTFT SLO 1 s, TPOT 0.1 s)
+ROWS = [
+    (0, 0, 10.0, 10.5, 11.0, 11),  # bin 0: met
+    (0, 0, 50.0, 52.0, 53.0, 11),  # bin 0: TTFT 2 s, missed
+    (0, 0, 120.0, 120.5, NAN, 1),  # bin 1: never finished, missed
+    (0, 1, 130.0, 140.0, 150.0, 20),  # batch: not counted
+    (1, 0, 140.0, 150.0, 151.0, 11),  # the other model: not counted
+    (0, 0, 250.0, 250.5, 251.0, 11),  # past the last bin: counted in it (bin 1), met
+]
+
+
+def result() -> RunResult:
+    cols = list(zip(*ROWS, strict=True))
+    n = len(ROWS)
+    requests: dict[str, np.ndarray] = {
+        "id": np.arange(n, dtype=np.int64), "model": np.array(cols[0], dtype=np.int16),
+        "cls": np.array(cols[1], dtype=np.int8), "arrival": np.array(cols[2]), "first_token": np.array(cols[3]),
+        "finish": np.array(cols[4]), "deadline": np.full(n, NAN), "input_tokens": np.full(n, 100, dtype=np.int32),
+        "output_tokens": np.array(cols[5], dtype=np.int32), "preempted": np.zeros(n, dtype=np.int32),
+    }
+    timeline = {"t": np.array([0.0, 50.0, 100.0, 150.0]), "gpus": np.zeros(4),
+                "a/mixed": np.array([1.0, 2.0, 2.0, 0.0]), "a/starting": np.array([0.0, 1.0, 0.0, 2.0]),
+                "b/mixed": np.array([5.0, 5.0, 5.0, 5.0])}
+    slo = Slo(ttft_s=1.0, tpot_s=0.1)
+    return RunResult(scenario="unit", policy="p", params={}, seed=1, end_s=200.0, models=["a", "b"],
+                     slos={"a": slo, "b": slo}, requests=requests, timeline=timeline, gpu_hours=0.0,
+                     gpu_hours_lower_bound=0.0, peak_gpus=4, launches=0, cancellations=0, preemptions=0,
+                     failures=0, wall_s=0.0, events=0)
+
+
+def test_misses_and_instances_per_bin() -> None:
+    requests, misses = SCRIPT["misses_by_bin"](result(), "a", 100.0, 2)
+    assert requests.tolist() == [2, 2]
+    assert misses.tolist() == [1, 1]
+    held = SCRIPT["held_by_bin"](result(), "a", 100.0, 2)
+    assert held.tolist() == [2.0, 2.0]  # (1 + 3) / 2 and (2 + 2) / 2: ready and starting both held
+
+
+def test_the_hindsight_schedule_buys_an_instance_only_where_it_pays_the_price() -> None:
+    # 2 bins of half an hour, 4 GPUs an instance: one more instance costs 2 GPU-hours a bin.
+    fixed = {1: np.array([100, 10]), 2: np.array([40, 4]), 3: np.array([35, 0])}
+    # price 10: bin 0 buys the 2nd (60 avoided >= 20) not the 3rd (5 < 20); bin 1 none (6 < 20)
+    assert SCRIPT["hindsight"](fixed, 4, 0.5, 10.0) == ([2, 1], 50, 6.0)
+    # price 2: the 3rd pays in bin 0 (5 >= 4), and bin 1 buys both (6 >= 4, then 4 >= 4)
+    assert SCRIPT["hindsight"](fixed, 4, 0.5, 2.0) == ([3, 3], 35, 12.0)
