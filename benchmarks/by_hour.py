@@ -35,6 +35,13 @@ from chirond.sim.results import RunResult
 from chirond.sim.scenario import load_scenario
 
 
+def n_bins(r: RunResult, model: str, bin_s: float) -> int:
+    """Bins up to the last interactive arrival of `model` (a run goes on for batch work after)."""
+    q = r.requests
+    sel = (q["cls"] == 0) & (q["model"] == r.models.index(model))
+    return max(1, int(q["arrival"][sel].max(initial=0.0) // bin_s) + 1)
+
+
 def misses_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """(interactive requests, SLO misses) of `model` per `bin_s` bin of arrival, `bins` bins."""
     q, met = r.requests, slo_met(r)
@@ -98,11 +105,10 @@ def main() -> int:
         ap.error(f"--fixed: {a.fixed!r} is not a comma-separated list of instance counts")
     if any(n < 1 for n in counts) or (a.price is not None and len(counts) < 2):
         ap.error("--fixed: counts are 1 or more, and --price needs at least two")
-    bins = int(np.ceil(sc.horizon_s / a.bin_s))
-
     with ProcessPoolExecutor(a.jobs) as pool:
         fixed_runs = pool.map(_fixed, [(a.scenario, seed, a.model, n) for n in counts])
         policy_run = run_one(sc, a.policy, {}, seed=seed)
+        bins = n_bins(policy_run, a.model, a.bin_s)
         fixed = {n: misses_by_bin(r, a.model, a.bin_s, bins)[1] for n, r in fixed_runs}
     requests, misses = misses_by_bin(policy_run, a.model, a.bin_s, bins)
     held = held_by_bin(policy_run, a.model, a.bin_s, bins)

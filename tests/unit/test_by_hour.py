@@ -45,6 +45,8 @@ def result() -> RunResult:
 
 
 def test_misses_and_instances_per_bin() -> None:
+    assert SCRIPT["n_bins"](result(), "a", 100.0) == 3  # the last arrival (250 s) is in bin 2
+    assert SCRIPT["n_bins"](result(), "b", 100.0) == 2
     requests, misses = SCRIPT["misses_by_bin"](result(), "a", 100.0, 2)
     assert requests.tolist() == [2, 2]
     assert misses.tolist() == [1, 1]
