@@ -51,11 +51,16 @@ def misses_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> tuple[np
 
 
 def held_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> np.ndarray:
-    """`model`'s instances ready or starting, the mean of the timeline's samples per bin."""
+    """`model`'s instances ready or starting, the mean of the timeline's samples per bin (samples
+    past the last bin left out)."""
     tl = r.timeline
-    held = sum(tl.get(f"{model}/{k}", 0.0) for k in ("interactive", "mixed", "batch", "starting"))
-    k = np.minimum((tl["t"] // bin_s).astype(np.int64), bins - 1)
-    return np.bincount(k, weights=held, minlength=bins) / np.maximum(np.bincount(k, minlength=bins), 1)
+    held = np.zeros(len(tl["t"]))
+    for pool in ("interactive", "mixed", "batch", "starting"):
+        held += tl.get(f"{model}/{pool}", 0.0)
+    k = (tl["t"] // bin_s).astype(np.int64)
+    inside = k < bins
+    n = np.bincount(k[inside], minlength=bins)
+    return np.bincount(k[inside], weights=held[inside], minlength=bins) / np.maximum(n, 1)
 
 
 def hindsight(fixed: dict[int, np.ndarray], gpus: int, bin_h: float, price: float) -> tuple[list[int], int, float]:
@@ -115,6 +120,7 @@ def main() -> int:
     out: dict[str, Any] = {
         "scenario": sc.name, "seed": seed, "model": a.model, "policy": a.policy, "bin_s": a.bin_s,
         "requests": requests.tolist(), "misses": misses.tolist(), "held": [round(float(h), 2) for h in held],
+        "gpu_hours": round(policy_run.gpu_hours_by_model.get(a.model, 0.0), 2),
         "fixed": {str(n): v.tolist() for n, v in fixed.items()},
     }
     if a.price is not None:
@@ -132,13 +138,14 @@ def main() -> int:
     for b in range(bins):
         row = f"| {b} | {requests[b]} | {misses[b]} | {held[b]:.2f} | " + " | ".join(str(fixed[n][b]) for n in counts)
         print(row + (f" | {out['hindsight']['instances'][b]} |" if a.price is not None else " |"))
-    total = (f"| all | {requests.sum()} | {misses.sum()} | {held.mean() * gpus * bin_h * bins:.1f} GPU-h | "
+    policy_gpu_h = policy_run.gpu_hours_by_model.get(a.model, 0.0)
+    total = (f"| all | {requests.sum()} | {misses.sum()} | {policy_gpu_h:.1f} GPU-h | "
              + " | ".join(f"{fixed[n].sum()} ({n * gpus * bin_h * bins:.0f} GPU-h)" for n in counts))
     if a.price is not None:
         total += f" | {out['hindsight']['misses']} ({out['hindsight']['gpu_hours']} GPU-h)"
     print(total + " |")
-    print(f"(GPU-hours: {a.policy}'s from its instances' mean per bin, a fixed count's as n x GPUs x hours; "
-          "the run's own accounting also charges hand-overs and queued jobs' loading.)")
+    print(f"(GPU-hours: {a.policy}'s as its run charges them, to the run's end; a fixed count's and the "
+          "hindsight schedule's as n x GPUs x the bins' hours.)")
     return 0
 
 

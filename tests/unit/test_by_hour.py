@@ -34,9 +34,9 @@ def result() -> RunResult:
         "finish": np.array(cols[4]), "deadline": np.full(n, NAN), "input_tokens": np.full(n, 100, dtype=np.int32),
         "output_tokens": np.array(cols[5], dtype=np.int32), "preempted": np.zeros(n, dtype=np.int32),
     }
-    timeline = {"t": np.array([0.0, 50.0, 100.0, 150.0]), "gpus": np.zeros(4),
-                "a/mixed": np.array([1.0, 2.0, 2.0, 0.0]), "a/starting": np.array([0.0, 1.0, 0.0, 2.0]),
-                "b/mixed": np.array([5.0, 5.0, 5.0, 5.0])}
+    timeline = {"t": np.array([0.0, 50.0, 100.0, 150.0, 200.0]), "gpus": np.zeros(5),
+                "a/mixed": np.array([1.0, 2.0, 2.0, 0.0, 9.0]), "a/starting": np.array([0.0, 1.0, 0.0, 2.0, 0.0]),
+                "b/mixed": np.array([5.0, 5.0, 5.0, 5.0, 5.0])}
     slo = Slo(ttft_s=1.0, tpot_s=0.1)
     return RunResult(scenario="unit", policy="p", params={}, seed=1, end_s=200.0, models=["a", "b"],
                      slos={"a": slo, "b": slo}, requests=requests, timeline=timeline, gpu_hours=0.0,
@@ -52,6 +52,7 @@ def test_misses_and_instances_per_bin() -> None:
     assert misses.tolist() == [1, 1]
     held = SCRIPT["held_by_bin"](result(), "a", 100.0, 2)
     assert held.tolist() == [2.0, 2.0]  # (1 + 3) / 2 and (2 + 2) / 2: ready and starting both held
+    # (the sample at 200 s is past the last bin, as a run's tail after the model's traffic is)
 
 
 def test_the_hindsight_schedule_buys_an_instance_only_where_it_pays_the_price() -> None:
