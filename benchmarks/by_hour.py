@@ -35,18 +35,21 @@ from chirond.sim.results import RunResult
 from chirond.sim.scenario import load_scenario
 
 
+def _interactive(r: RunResult, model: str) -> np.ndarray:
+    """Which of the run's requests are `model`'s interactive ones."""
+    return np.asarray((r.requests["cls"] == 0) & (r.requests["model"] == r.models.index(model)))
+
+
 def n_bins(r: RunResult, model: str, bin_s: float) -> int:
     """Bins up to the last interactive arrival of `model` (a run goes on for batch work after)."""
-    q = r.requests
-    sel = (q["cls"] == 0) & (q["model"] == r.models.index(model))
-    return max(1, int(q["arrival"][sel].max(initial=0.0) // bin_s) + 1)
+    return max(1, int(r.requests["arrival"][_interactive(r, model)].max(initial=0.0) // bin_s) + 1)
 
 
 def misses_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """(interactive requests, SLO misses) of `model` per `bin_s` bin of arrival, `bins` bins."""
-    q, met = r.requests, slo_met(r)
-    sel = (q["cls"] == 0) & (q["model"] == r.models.index(model))
-    k = np.minimum((q["arrival"][sel] // bin_s).astype(np.int64), bins - 1)
+    sel = _interactive(r, model)
+    met = slo_met(r)
+    k = np.minimum((r.requests["arrival"][sel] // bin_s).astype(np.int64), bins - 1)
     return np.bincount(k, minlength=bins), np.bincount(k, weights=~met[sel], minlength=bins).astype(np.int64)
 
 
@@ -80,9 +83,9 @@ def hindsight(fixed: dict[int, np.ndarray], gpus: int, bin_h: float, price: floa
     return chosen, misses, sum(chosen) * gpus * bin_h
 
 
-def _fixed(args: tuple[str, int, str, int]) -> tuple[int, RunResult]:
-    path, seed, model, n = args
-    run, _ = simulate_fixed(load_scenario(path), "chirond", model, n, seed)
+def _fixed(args: tuple[str, int, str, str, int]) -> tuple[int, RunResult]:
+    path, seed, policy, model, n = args
+    run, _ = simulate_fixed(load_scenario(path), policy, model, n, seed)
     return n, run
 
 
@@ -111,25 +114,26 @@ def main() -> int:
     if any(n < 1 for n in counts) or (a.price is not None and len(counts) < 2):
         ap.error("--fixed: counts are 1 or more, and --price needs at least two")
     with ProcessPoolExecutor(a.jobs) as pool:
-        fixed_runs = pool.map(_fixed, [(a.scenario, seed, a.model, n) for n in counts])
+        fixed_runs = pool.map(_fixed, [(a.scenario, seed, a.policy, a.model, n) for n in counts])
         policy_run = run_one(sc, a.policy, {}, seed=seed)
         bins = n_bins(policy_run, a.model, a.bin_s)
         fixed = {n: misses_by_bin(r, a.model, a.bin_s, bins)[1] for n, r in fixed_runs}
     requests, misses = misses_by_bin(policy_run, a.model, a.bin_s, bins)
     held = held_by_bin(policy_run, a.model, a.bin_s, bins)
+    gpus, bin_h = setup.profile.gpus, a.bin_s / 3600.0
+    policy_gpu_h = policy_run.gpu_hours_by_model.get(a.model, 0.0)
     out: dict[str, Any] = {
         "scenario": sc.name, "seed": seed, "model": a.model, "policy": a.policy, "bin_s": a.bin_s,
         "requests": requests.tolist(), "misses": misses.tolist(), "held": [round(float(h), 2) for h in held],
-        "gpu_hours": round(policy_run.gpu_hours_by_model.get(a.model, 0.0), 2),
+        "gpu_hours": round(policy_gpu_h, 2),
         "fixed": {str(n): v.tolist() for n, v in fixed.items()},
     }
     if a.price is not None:
-        chosen, h_misses, h_gpu_h = hindsight(fixed, setup.profile.gpus, a.bin_s / 3600.0, a.price)
+        chosen, h_misses, h_gpu_h = hindsight(fixed, gpus, bin_h, a.price)
         out["hindsight"] = {"price": a.price, "instances": chosen, "misses": h_misses, "gpu_hours": round(h_gpu_h, 1)}
     if a.json:
         print(json.dumps(out))
         return 0
-    gpus, bin_h = setup.profile.gpus, a.bin_s / 3600.0
     head = " | ".join(f"fixed {n}" for n in counts)
     print(f"{sc.name}, seed {seed}, {a.model}: interactive SLO misses per {a.bin_s:.0f}-s bin of arrival")
     extra = " hindsight |" if a.price is not None else ""
@@ -138,7 +142,6 @@ def main() -> int:
     for b in range(bins):
         row = f"| {b} | {requests[b]} | {misses[b]} | {held[b]:.2f} | " + " | ".join(str(fixed[n][b]) for n in counts)
         print(row + (f" | {out['hindsight']['instances'][b]} |" if a.price is not None else " |"))
-    policy_gpu_h = policy_run.gpu_hours_by_model.get(a.model, 0.0)
     total = (f"| all | {requests.sum()} | {misses.sum()} | {policy_gpu_h:.1f} GPU-h | "
              + " | ".join(f"{fixed[n].sum()} ({n * gpus * bin_h * bins:.0f} GPU-h)" for n in counts))
     if a.price is not None:

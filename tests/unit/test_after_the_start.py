@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chirond.model import Slo
-from chirond.sim.results import RunResult
+from tests.support.runs import run_from_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 NAN = math.nan
@@ -27,19 +26,7 @@ ROWS = [
 
 def test_the_tally_counts_as_the_summary_does() -> None:
     tally = runpy.run_path(str(ROOT / "benchmarks" / "after_the_start.py"))["tally"]
-    cols = list(zip(*ROWS, strict=True))
-    n = len(ROWS)
-    requests = {
-        "id": np.arange(n, dtype=np.int64), "model": np.zeros(n, dtype=np.int16),
-        "cls": np.array(cols[0], dtype=np.int8), "arrival": np.array(cols[1]), "first_token": np.array(cols[2]),
-        "finish": np.array(cols[3]), "deadline": np.array(cols[4]), "input_tokens": np.full(n, 100, dtype=np.int32),
-        "output_tokens": np.array(cols[5], dtype=np.int32), "preempted": np.zeros(n, dtype=np.int32),
-    }
-    r = RunResult(scenario="unit", policy="p", params={}, seed=1, end_s=200.0, models=["a"],
-                  slos={"a": Slo(ttft_s=1.0, tpot_s=0.1)}, requests=requests,
-                  timeline={"t": np.array([0.0, 100.0]), "gpus": np.array([4.0, 2.0])}, gpu_hours=0.0,
-                  gpu_hours_lower_bound=0.0, peak_gpus=4, launches=0, cancellations=0, preemptions=0, failures=0,
-                  wall_s=0.0, events=0)
+    r = run_from_rows([(0, *row) for row in ROWS], ["a"], {"t": np.array([0.0, 100.0]), "gpus": np.array([4.0, 2.0])})
     counts, gpu_h = tally(r, 60.0)
     assert counts == {"a": (1, 3, 2, 3)}
     assert gpu_h == 2 * 100 / 3600  # the sample at 100 s, held to the end; the one at 0 s is before T0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chirond.model import Slo
 from chirond.sim.results import RunResult
+from tests.support.runs import run_from_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = runpy.run_path(str(ROOT / "benchmarks" / "by_hour.py"))
@@ -17,6 +17,7 @@ NAN = math.nan
 # model, cls, arrival, first_token, finish, output_tokens (TTFT SLO 1 s, TPOT 0.1 s)
 ROWS = [
     (0, 0, 10.0, 10.5, 11.0, 11),  # bin 0: met
+    (0, 0, 20.0, 20.5, 21.0, 11),  # bin 0: met
     (0, 0, 50.0, 52.0, 53.0, 11),  # bin 0: TTFT 2 s, missed
     (0, 0, 120.0, 120.5, NAN, 1),  # bin 1: never finished, missed
     (0, 1, 130.0, 140.0, 150.0, 20),  # batch: not counted
@@ -26,30 +27,18 @@ ROWS = [
 
 
 def result() -> RunResult:
-    cols = list(zip(*ROWS, strict=True))
-    n = len(ROWS)
-    requests: dict[str, np.ndarray] = {
-        "id": np.arange(n, dtype=np.int64), "model": np.array(cols[0], dtype=np.int16),
-        "cls": np.array(cols[1], dtype=np.int8), "arrival": np.array(cols[2]), "first_token": np.array(cols[3]),
-        "finish": np.array(cols[4]), "deadline": np.full(n, NAN), "input_tokens": np.full(n, 100, dtype=np.int32),
-        "output_tokens": np.array(cols[5], dtype=np.int32), "preempted": np.zeros(n, dtype=np.int32),
-    }
     timeline = {"t": np.array([0.0, 50.0, 100.0, 150.0, 200.0]), "gpus": np.zeros(5),
                 "a/mixed": np.array([1.0, 2.0, 2.0, 0.0, 9.0]), "a/starting": np.array([0.0, 1.0, 0.0, 2.0, 0.0]),
                 "b/mixed": np.array([5.0, 5.0, 5.0, 5.0, 5.0])}
-    slo = Slo(ttft_s=1.0, tpot_s=0.1)
-    return RunResult(scenario="unit", policy="p", params={}, seed=1, end_s=200.0, models=["a", "b"],
-                     slos={"a": slo, "b": slo}, requests=requests, timeline=timeline, gpu_hours=0.0,
-                     gpu_hours_lower_bound=0.0, peak_gpus=4, launches=0, cancellations=0, preemptions=0,
-                     failures=0, wall_s=0.0, events=0)
+    return run_from_rows([(m, c, a, f, e, NAN, o) for m, c, a, f, e, o in ROWS], ["a", "b"], timeline)
 
 
 def test_misses_and_instances_per_bin() -> None:
     assert SCRIPT["n_bins"](result(), "a", 100.0) == 3  # the last arrival (250 s) is in bin 2
     assert SCRIPT["n_bins"](result(), "b", 100.0) == 2
     requests, misses = SCRIPT["misses_by_bin"](result(), "a", 100.0, 2)
-    assert requests.tolist() == [2, 2]
-    assert misses.tolist() == [1, 1]
+    assert requests.tolist() == [3, 2]
+    assert misses.tolist() == [1, 1]  # not the 2 met in bin 0
     held = SCRIPT["held_by_bin"](result(), "a", 100.0, 2)
     assert held.tolist() == [2.0, 2.0]  # (1 + 3) / 2 and (2 + 2) / 2: ready and starting both held
     # (the sample at 200 s is past the last bin, as a run's tail after the model's traffic is)
