@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import runpy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from chirond.sim.results import RunResult
 from tests.support.runs import run_from_rows
@@ -51,3 +54,25 @@ def test_the_hindsight_schedule_buys_an_instance_only_where_it_pays_the_price() 
     assert SCRIPT["hindsight"](fixed, 4, 0.5, 10.0) == ([2, 1], 50, 6.0)
     # price 2: the 3rd pays in bin 0 (5 >= 4), and bin 1 buys both (6 >= 4, then 4 >= 4)
     assert SCRIPT["hindsight"](fixed, 4, 0.5, 2.0) == ([3, 3], 35, 12.0)
+
+
+def test_a_schedule_in_the_whole_run_keeps_the_other_models_as_the_run_had_them(tmp_path: Path) -> None:
+    run = replace(result(), gpu_hours=10.0, gpu_hours_by_model={"a": 4.0, "b": 6.0})
+    # 6 interactive requests: b's one missed (TTFT 10 s), a's replaced by 1 miss and 2.5 GPU-hours
+    att, gpu_h = SCRIPT["whole_run"](run, "a", 1, 2.5)
+    assert (round(att, 9), gpu_h) == (round(1 - 2 / 6, 9), 8.5)
+    # the run itself: a's own 2 misses (50 s, 120 s) and its own GPU-hours give the run's figures
+    assert SCRIPT["whole_run"](run, "a", 2, 4.0) == (0.5, 10.0)
+
+
+def test_the_frontier_to_place_schedules_against_must_be_of_the_same_run(tmp_path: Path) -> None:
+    front = [{"instances": {"a": 1}, "interactive_attainment": 0.9, "batch_attainment": 1.0, "gpu_hours": 5.0}]
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps([{"policy": "static", "scenario": "s", "seed": 2},
+                                {"policy": "p", "scenario": "s", "seed": 2, "frontier": front}]))
+    assert SCRIPT["load_frontier"](str(path), "s", 2) == front
+    with pytest.raises(ValueError, match="seed 2, not s seed 1"):
+        SCRIPT["load_frontier"](str(path), "s", 1)
+    path.write_text(json.dumps([{"policy": "p", "scenario": "s", "seed": 2}]))
+    with pytest.raises(ValueError, match="no frontier"):
+        SCRIPT["load_frontier"](str(path), "s", 2)
