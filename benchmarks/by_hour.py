@@ -13,7 +13,8 @@ With `--price P` (or several: `--price 15,30,45`) it also prints a hindsight sch
 in each bin, the fixed count past which one instance more would avoid fewer than P misses per
 GPU-hour, and the schedule's misses and GPU-hours in total. It is an estimate of what scaling
 could earn on the model (each bin as its fixed count had it, warm, with no lead time and no
-queue carried between bins), not a policy. With `--against SUMMARY` (the summary.json of
+queue carried between bins), not a policy; but the schedule of an earlier day is a floor a site
+can set (`min_instances_by_hour`, printed for a 24-hour day). With `--against SUMMARY` (the summary.json of
 `chirond simulate --frontier` on the same scenario and seed) each schedule is also placed in the
 whole run, the policy's other models as it ran them, against that frontier:
 
@@ -201,6 +202,9 @@ def main() -> int:
     print(total + " |")
     print(f"(GPU-hours: {a.policy}'s as its run charges them, to the run's end; a fixed count's and the "
           "hindsight schedules' as n x GPUs x the bins' hours.)")
+    if a.bin_s == 3600.0 and bins == 24:
+        for h in out["hindsight"]:  # a floor to set, [models.NAME] in a config or scenario
+            print(f"min_instances_by_hour = {h['instances']}  # hindsight at {h['price']:g} misses per GPU-hour")
     if frontier:
         print(f"\nThe whole run ({a.policy}'s other models as it ran them, its batch attainment "
               f"{100 * batch:.2f} %) against the frontier of {a.against}:")

@@ -29,3 +29,9 @@ class Clock:
     def wall(self, at: float) -> float:
         """The wall-clock time (time.time()) of daemon-clock instant `at`: for timestamps users see."""
         return time.time() - (self() - at) / self.speedup
+
+
+def local_day_s(t: float) -> float:
+    """Seconds since local midnight at wall-clock time `t` (time.time()), for hour-of-day schedules."""
+    lt = time.localtime(t)
+    return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + t % 1.0

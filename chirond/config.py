@@ -197,6 +197,9 @@ class ModelConfig:
     # arrival rate says the next comes sooner than a cold start. None: the model's lead time
     # (queue wait + start-up), rent or buy.
     idle_timeout_s: float | None = None
+    # A floor per hour of the local day (24 counts from midnight; empty: none), raised one lead time
+    # ahead of each hour: a site's time-of-day schedule, e.g. from yesterday's traffic.
+    min_instances_by_hour: tuple[int, ...] = ()
     # What the model serves, in vLLM's task names: "generate" (chat and completions) or "embed"
     # (/v1/embeddings; the engine runs with vLLM's `--runner pooling`). docs/serving.md.
     task: str = "generate"
@@ -628,6 +631,7 @@ def _model(name: str, t: Table, local: LocalBackendConfig | None) -> ModelConfig
         sim_startup_s=t.number("sim_startup_s", 0.0, "non-negative") if "sim_startup_s" in t.data else None,
         max_wait_s=t.number("max_wait_s") if "max_wait_s" in t.data else None,
         idle_timeout_s=t.number("idle_timeout_s", 0.0, "non-negative") if "idle_timeout_s" in t.data else None,
+        min_instances_by_hour=t.hourly_counts("min_instances_by_hour", hi),
         task=t.string("task", _M["task"], TASKS),
     )
 

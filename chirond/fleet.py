@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from chirond.clock import Clock
+from chirond.clock import Clock, local_day_s
 from chirond.cluster.backend import Backend, BackendError, JobFacts, JobState, LaunchSpec
 from chirond.cluster.instances import DaemonInstance
 from chirond.cluster.probe import EngineStats, ProbeError, scrape
@@ -43,7 +43,8 @@ def model_specs(cfg: Config) -> dict[str, ModelSpec]:
     speedup = cfg.daemon.clock_speedup
     return {
         n: ModelSpec(n, m.slo, m.profile, m.min_instances, m.max_instances, startup_s(m) * speedup,
-                     m.initial_instances, m.initial_instances, idle_timeout_s=m.idle_timeout_s)
+                     m.initial_instances, m.initial_instances, idle_timeout_s=m.idle_timeout_s,
+                     min_by_hour=m.min_instances_by_hour)
         for n, m in cfg.models.items()
     }
 
@@ -72,7 +73,8 @@ class Fleet:
         self.engine_env = engine_env  # VLLM_API_KEY for every engine
         lc = cfg.lifecycle
         timeouts = Timeouts(lc.drain_timeout_s, lc.health_timeout_s, cfg.daemon.stale_after_s)
-        self.control = ControlLoop(policy, dispatcher, model_specs(cfg), self, backlog, timeouts, origin=clock())
+        self.control = ControlLoop(policy, dispatcher, model_specs(cfg), self, backlog, timeouts, origin=clock(),
+                                   day_clock=lambda now: local_day_s(clock.wall(now)))
         self.control.keep_log = False  # the daemon logs every tick line instead
         self.instances: dict[int, DaemonInstance] = self.control.instances  # type: ignore[assignment]
         ssh_cfg = cfg.slurm.ssh if cfg.daemon.backend == "slurm" and cfg.slurm is not None else None

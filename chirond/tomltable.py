@@ -233,6 +233,16 @@ class Table:
                 self.fail(key, f"must be a string, got {show(item)}", i)
         return tuple(v)
 
+    def hourly_counts(self, key: str, hi: int | None = None) -> tuple[int, ...]:
+        """An array of 24 integers in 0..hi, one per hour of the day (empty when absent)."""
+        v = self.data.get(key, [])
+        if not isinstance(v, list) or (v and len(v) != 24):
+            self.fail(key, f"must be an array of 24 instance counts, one per hour from midnight, got {show(v)}")
+        for i, item in enumerate(v):
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0 or (hi is not None and item > hi):
+                self.fail(key, f"must be an integer in 0..{hi if hi is not None else ''}, got {show(item)}", i)
+        return tuple(v)
+
     def resolved_path(self, key: str, default: _T = REQUIRED) -> Path | _T:
         """A path, absolute; relative ones start at the file's directory."""
         if key not in self.data:

@@ -28,6 +28,24 @@ class ModelSpec:
     initial_instances: int = 0
     static_instances: int = 0  # what the `static` policy runs (the simulator's scenarios set it)
     idle_timeout_s: float | None = None  # min_instances = 0: drain after this long idle (None: lead time)
+    # A site's floor per hour of the day (`min_instances_by_hour`; empty: none), e.g. from yesterday's
+    # traffic (benchmarks/by_hour.py): the hours of the day are local time in the daemon, hours from
+    # the start in the simulator (its scenarios start at midnight).
+    min_by_hour: tuple[int, ...] = ()
+
+
+DAY_S = 86400.0
+
+
+def floor(spec: ModelSpec, day_s: float, lead_s: float) -> int:
+    """The fewest instances `spec` may run at `day_s` seconds into the day: `min_instances`, raised
+    by the hour's entry of its schedule and by the entry of the hour one lead time ahead, so the
+    instances an hour asks for are ready as it begins (and drained only once it is over)."""
+    if not spec.min_by_hour:
+        return spec.min_instances
+    hour = spec.min_by_hour
+    ahead = max(hour[int(day_s % DAY_S // 3600)], hour[int((day_s + lead_s) % DAY_S // 3600)])
+    return max(spec.min_instances, min(spec.max_instances, ahead))
 
 
 def build_snapshot(
@@ -39,10 +57,12 @@ def build_snapshot(
     backlog: Backlog,
     free_gpus: int,
     stale_after_s: float,
+    day_s: float = 0.0,
 ) -> Snapshot:
     """Pure but for one thing: each instance's request observations are taken (they cover the
     time since the previous snapshot). `backlog(model, now)` gives the queued batch work by
-    deadline and its request count. Instances being stopped are left out: in the simulator they
+    deadline and its request count; `day_s`, the seconds since midnight at `now` (for
+    `min_by_hour`). Instances being stopped are left out: in the simulator they
     are gone at once, in the daemon a poll or two later."""
     by_model: dict[str, list[InstanceView]] = {name: [] for name in specs}
     for x in sorted(instances, key=lambda i: i.id):
@@ -69,11 +89,11 @@ def build_snapshot(
         n_inter, _ = dispatcher.queued(name)
         groups, n_batch = backlog(name, now)
         oldest = dispatcher.oldest_interactive(name) if n_inter else None
+        lead = m.startup_s + obs.queue_wait[name]
         views.append(
             ModelView(
                 name=name, slo=m.slo, gpus_per_instance=m.profile.gpus,
-                max_instances=m.max_instances, min_instances=m.min_instances,
-                lead_time_s=m.startup_s + obs.queue_wait[name],
+                max_instances=m.max_instances, min_instances=floor(m, day_s, lead), lead_time_s=lead,
                 interactive_queue=n_inter, interactive_queue_tokens=dispatcher.interactive_tokens(name),
                 oldest_interactive_wait_s=0.0 if oldest is None else now - oldest,
                 batch_queue=n_batch, backlog=groups,

@@ -98,6 +98,11 @@ def make_plan(
         except ValueError as e:
             raise ScenarioError(f"{sc.path}: models.{m.name}.profile: {e}") from None
     pol = make_policy(policy, profiles, params)
+    for m in sc.models:
+        if m.min_instances_by_hour:
+            # The daemon reads the hour from the local clock, which a faster replay does not follow.
+            raise ScenarioError(f"{sc.path}: models.{m.name}.min_instances_by_hour: replay does not run "
+                                "hour-of-day schedules (the daemon reads the local time of day)")
     models = []
     for m in sc.models:
         prof = profiles[m.name]

@@ -85,6 +85,7 @@ class ModelSpec:
     initial_instances: int  # ready at t=0
     static_instances: int  # what the `static` policy runs
     workloads: tuple[WorkloadSpec, ...]
+    min_instances_by_hour: tuple[int, ...] = ()  # a floor per hour from the start (midnight)
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,10 @@ class Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """A scenario file, or a shipped scenario's bare name (`paper-small`)."""
     path = bundled.scenario_path(path)
-    doc = read_toml(path, ScenarioError, invalid="invalid TOML")
+    doc = _read(path, ())
     top = Table(
         doc,
-        ("name", "description", "seed", "horizon_s", "tick_s", "cluster", "models", "policies"),
+        ("name", "description", "seed", "horizon_s", "tick_s", "cluster", "models", "policies", "extends"),
         file=path,
         error=ScenarioError,
     )
@@ -145,6 +146,30 @@ def load_scenario(path: str | Path) -> Scenario:
         policies=policies,
         policy_params=params,
     )
+
+
+def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's tables; with `extends = "other.toml"` (next to it), that scenario's, with this
+    file's keys in place of its (tables merged key by key, arrays and values replaced)."""
+    doc = read_toml(path, ScenarioError, invalid="invalid TOML")
+    base = doc.get("extends")
+    if base is None:
+        return doc
+    if not isinstance(base, str) or not base.strip():
+        raise ScenarioError(f"{path}: extends: must be the file name of another scenario, got {show(base)}")
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise ScenarioError(f"{path}: extends: no scenario file {base_path}")
+    if base_path in (*seen, path.resolve()):
+        raise ScenarioError(f"{path}: extends: {base} extends this file again (a cycle)")
+    return _merged(_read(base_path, (*seen, path.resolve())), doc)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 _CLUSTER_KEYS = ("partition", "gpus", "gpus_per_node", "queue_wait_s", "time_limit_s", "failures")
@@ -192,6 +217,7 @@ _MODEL_KEYS = (
     "min_instances",
     "initial_instances",
     "static_instances",
+    "min_instances_by_hour",
     "workload",
 )
 
@@ -220,6 +246,7 @@ def _model(top: Table, name: str, cluster: ClusterSpec) -> ModelSpec:
         initial_instances=initial,
         static_instances=t.integer("static_instances", initial),
         workloads=tuple(_workload(t, i) for i in range(len(entries))),
+        min_instances_by_hour=t.hourly_counts("min_instances_by_hour"),
     )
 
 

@@ -637,3 +637,30 @@ def test_idle_timeout_reaches_the_control_loop(tmp_path: Path) -> None:
     assert model_specs(load(tmp_path, {}))["m"].idle_timeout_s is None  # the lead time
     with pytest.raises(ConfigError, match=r"models\.m\.idle_timeout_s"):
         load(tmp_path, {"models": {"m": {"idle_timeout_s": -1}}})
+
+
+def test_an_hourly_floor_reaches_the_control_loop(tmp_path: Path) -> None:
+    from chirond.fleet import model_specs
+
+    hours = [0] * 8 + [2] * 10 + [1] * 6
+    cfg = load(tmp_path, {"models": {"m": {"max_instances": 2, "min_instances_by_hour": hours}}})
+    assert model_specs(cfg)["m"].min_by_hour == tuple(hours)
+    assert model_specs(load(tmp_path, {}))["m"].min_by_hour == ()
+    with pytest.raises(ConfigError, match=r"models\.m\.min_instances_by_hour: must be an array of 24"):
+        load(tmp_path, {"models": {"m": {"min_instances_by_hour": hours[:23]}}})
+    with pytest.raises(ConfigError, match=r"min_instances_by_hour\[8\]: must be an integer in 0\.\.1, got 2"):
+        load(tmp_path, {"models": {"m": {"max_instances": 1, "min_instances_by_hour": hours}}})
+
+
+def test_the_daemons_hours_are_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from chirond.clock import local_day_s
+
+    t = 20 * 86400 + 13 * 3600 + 125.5  # 13:02:05.5 UTC
+    for tz, hour in (("UTC0", 13), ("CET-1", 14), ("EST5", 8)):
+        monkeypatch.setenv("TZ", tz)
+        time.tzset()
+        assert local_day_s(t) == hour * 3600 + 125.5, tz
+    monkeypatch.undo()
+    time.tzset()

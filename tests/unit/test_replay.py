@@ -112,6 +112,12 @@ def test_sweeps_and_unknown_policies_are_refused(tmp_path: Path) -> None:
         plan_for(tmp_path, policy="nope")
 
 
+def test_hourly_floors_are_refused_not_dropped(tmp_path: Path) -> None:
+    # the daemon would read them by its local clock, which a replay K times faster does not follow
+    with pytest.raises(ScenarioError, match=r"models\.big\.min_instances_by_hour: replay does not run"):
+        plan_for(tmp_path, extra="min_instances_by_hour = [1" + ", 2" * 23 + "]")
+
+
 def test_completion_body_has_exact_lengths() -> None:
     body = completion_body("m", 137, 42, stream=True, salt=5)
     assert count_prompt(body["prompt"]) == 137

@@ -420,6 +420,13 @@ ERRORS = [
     (BASE + "\n[policies]\nrun = []\n", "policies.run: must be a non-empty array"),
     (BASE + "\n[policies]\nrun = ['x']\nmode = 1\n", "policies.mode: unknown key (valid: run, params)"),
     (BASE + "\n[policies.params]\nchiron = 3\n", "policies.params.chiron: must be a table"),
+    (_edit("slo =", "min_instances_by_hour = [1, 2]\nslo ="),
+     "models.llama-8b.min_instances_by_hour: must be an array of 24 instance counts"),
+    (_edit("slo =", "min_instances_by_hour = [1, 2, -1" + ", 1" * 21 + "]\nslo ="),
+     "models.llama-8b.min_instances_by_hour[2]: must be an integer in 0.."),
+    ("extends = 3\n" + BASE, "extends: must be the file name of another scenario, got 3"),
+    ('extends = "s.toml"\n' + BASE, "extends: s.toml extends this file again (a cycle)"),
+    ('extends = "missing.toml"\n' + BASE, "extends: no scenario file"),
 ]
 
 
@@ -473,3 +480,34 @@ def test_curve_cv_ranges_and_length_tables_load(write: Writer) -> None:
     reqs = build_workload(sc, np.random.default_rng(0))["llama-8b"]
     ranged = [r.input_tokens for r in reqs if r.output_tokens == 777]
     assert len(ranged) > 900 and min(ranged) >= 100 and max(ranged) <= 200
+
+
+def test_a_scenario_extends_another_and_replaces_only_what_it_names(write: Writer) -> None:
+    write(BASE, "base.toml")
+    p = write("""\
+        extends = "base.toml"
+        name = "variant"
+
+        [models.llama-8b]
+        min_instances_by_hour = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0]
+        slo = { ttft_s = 1.0, tpot_s = 0.1 }
+        """)
+    sc, base = load_scenario(p), load_scenario(p.parent / "base.toml")
+    m, b = sc.model("llama-8b"), base.model("llama-8b")
+    assert (sc.name, base.name) == ("variant", "base")
+    assert m.min_instances_by_hour[7:9] == (0, 2) and b.min_instances_by_hour == ()
+    assert (m.ttft_s, m.tpot_s, b.ttft_s) == (1.0, 0.1, 2.0)  # a table merged key by key: tpot_s kept
+    assert m.workloads == b.workloads and m.profile_path == b.profile_path and sc.horizon_s == 3600
+    # the same requests: a variant changes what runs, not the traffic
+    assert [r.arrival for r in build_workload(sc, np.random.default_rng(1))["llama-8b"]] == \
+        [r.arrival for r in build_workload(base, np.random.default_rng(1))["llama-8b"]]
+
+
+def test_shipped_day_scheduled_is_day_with_a_floor_for_its_code_model() -> None:
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "scenarios"
+    day, sched = load_scenario(root / "day.toml"), load_scenario(root / "day-scheduled.toml")
+    assert [m.name for m in sched.models] == [m.name for m in day.models]
+    for m in sched.models:
+        assert m.workloads == day.model(m.name).workloads
+        assert bool(m.min_instances_by_hour) == (m.name == "llama-70b")
+    assert sched.cluster == day.cluster
