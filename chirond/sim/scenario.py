@@ -149,14 +149,17 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """The file's tables; with `extends = "other.toml"` (next to it), that scenario's, with this
-    file's keys in place of its (tables merged key by key, arrays and values replaced)."""
+    """The file's tables; with `extends = "other.toml"` (a scenario in the same directory), that
+    scenario's, with this file's keys in place of its (tables merged key by key, arrays and values
+    replaced)."""
     doc = read_toml(path, ScenarioError, invalid="invalid TOML")
     base = doc.get("extends")
     if base is None:
         return doc
-    if not isinstance(base, str) or not base.strip():
-        raise ScenarioError(f"{path}: extends: must be the file name of another scenario, got {show(base)}")
+    # Only a file next to it: relative paths in either file (profiles, traces) then start in the same place.
+    if not isinstance(base, str) or not base.strip() or Path(base).name != base:
+        raise ScenarioError(f"{path}: extends: must be the file name of another scenario in the same "
+                            f"directory, got {show(base)}")
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
         raise ScenarioError(f"{path}: extends: no scenario file {base_path}")

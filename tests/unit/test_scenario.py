@@ -424,7 +424,8 @@ ERRORS = [
      "models.llama-8b.min_instances_by_hour: must be an array of 24 instance counts"),
     (_edit("slo =", "min_instances_by_hour = [1, 2, -1" + ", 1" * 21 + "]\nslo ="),
      "models.llama-8b.min_instances_by_hour[2]: must be an integer in 0.."),
-    ("extends = 3\n" + BASE, "extends: must be the file name of another scenario, got 3"),
+    ("extends = 3\n" + BASE, "extends: must be the file name of another scenario in the same directory, got 3"),
+    ('extends = "../day.toml"\n' + BASE, "extends: must be the file name of another scenario in the same directory"),
     ('extends = "s.toml"\n' + BASE, "extends: s.toml extends this file again (a cycle)"),
     ('extends = "missing.toml"\n' + BASE, "extends: no scenario file"),
 ]
