@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from chirond.cluster.backend import JobFacts, JobState
 from chirond.cluster.instances import DaemonInstance
@@ -45,5 +46,32 @@ async def test_queue_wait_moves_the_lead_time(tmp_path: Path) -> None:
         assert d.fleet.control.obs.queue_wait["m"] == QUEUE_WAIT_WEIGHT * 40.0
         for t in list(d.fleet._tasks):
             t.cancel()
+    d.users.close()
+    d.batch.store.close()
+
+
+async def test_the_daemon_reads_hourly_floors_by_the_local_time_of_its_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import chirond.fleet
+
+    floor = ", ".join(["1"] * 12 + ["3"] + ["1"] * 11)  # 3 from 12:00 to 13:00
+    (tmp_path / "chirond.toml").write_text(TOML + f"max_instances = 4\nmin_instances_by_hour = [{floor}]\n")
+    seen: list[float] = []
+    at = {"day_s": 12.5 * 3600}
+
+    def local(t: float) -> float:
+        seen.append(t)
+        return at["day_s"]
+
+    monkeypatch.setattr(chirond.fleet, "local_day_s", local)
+    d = Daemon(load_config(tmp_path / "chirond.toml"), backend=FakeBackend())
+    now = d.clock()
+    assert d.fleet.snapshot(now).model("m").min_instances == 3
+    assert abs(seen[-1] - time.time()) < 60  # the daemon's instant as wall-clock time, not its monotonic clock
+    at["day_s"] = 9 * 3600
+    assert d.fleet.snapshot(now).model("m").min_instances == 1
     d.users.close()
     d.batch.store.close()
