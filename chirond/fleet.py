@@ -44,7 +44,7 @@ def model_specs(cfg: Config) -> dict[str, ModelSpec]:
     return {
         n: ModelSpec(n, m.slo, m.profile, m.min_instances, m.max_instances, startup_s(m) * speedup,
                      m.initial_instances, m.initial_instances, idle_timeout_s=m.idle_timeout_s,
-                     min_by_hour=m.min_instances_by_hour)
+                     min_instances_by_hour=m.min_instances_by_hour)
         for n, m in cfg.models.items()
     }
 

@@ -240,7 +240,8 @@ class Table:
             self.fail(key, f"must be an array of 24 instance counts, one per hour from midnight, got {show(v)}")
         for i, item in enumerate(v):
             if isinstance(item, bool) or not isinstance(item, int) or item < 0 or (hi is not None and item > hi):
-                self.fail(key, f"must be an integer in 0..{hi if hi is not None else ''}, got {show(item)}", i)
+                want = f"an integer in 0..{hi}" if hi is not None else "a non-negative integer"
+                self.fail(key, f"must be {want}, got {show(item)}", i)
         return tuple(v)
 
     def resolved_path(self, key: str, default: _T = REQUIRED) -> Path | _T:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from chirond.control.instance import Instance
 from chirond.control.observations import Observations
-from chirond.control.snapshot import DAY_S, Backlog, ModelSpec, build_snapshot
+from chirond.control.snapshot import Backlog, ModelSpec, build_snapshot
 from chirond.dispatch import Dispatcher
 from chirond.model import (
     Action,
@@ -71,8 +71,7 @@ class ControlLoop:
         self.backlog = backlog
         self.timeouts = timeouts
         self.origin = origin  # printed times are relative to it
-        # now -> seconds since midnight; by default the simulator's, whose clock starts at midnight
-        self.day_clock = day_clock or (lambda now: now % DAY_S)
+        self.day_clock = day_clock  # instant -> seconds since midnight (None: the simulator's)
         self.obs = Observations(self.specs)
         self.instances: dict[int, Instance] = {}
         self.policy_state: object = None
@@ -100,7 +99,7 @@ class ControlLoop:
 
     def snapshot(self, now: float, free_gpus: int) -> Snapshot:
         return build_snapshot(now, self.specs, self.instances.values(), self.dispatcher, self.obs,
-                              self.backlog, free_gpus, self.timeouts.stale_after_s, self.day_clock(now))
+                              self.backlog, free_gpus, self.timeouts.stale_after_s, self.day_clock)
 
     def describe(self, snap: Snapshot, decision: Decision) -> str:
         """The tick's one line, the same in both worlds."""

@@ -28,24 +28,25 @@ class ModelSpec:
     initial_instances: int = 0
     static_instances: int = 0  # what the `static` policy runs (the simulator's scenarios set it)
     idle_timeout_s: float | None = None  # min_instances = 0: drain after this long idle (None: lead time)
-    # A site's floor per hour of the day (`min_instances_by_hour`; empty: none), e.g. from yesterday's
-    # traffic (benchmarks/by_hour.py): the hours of the day are local time in the daemon, hours from
-    # the start in the simulator (its scenarios start at midnight).
-    min_by_hour: tuple[int, ...] = ()
+    # A site's floor per hour of the day (empty: none), e.g. from an earlier day's traffic
+    # (benchmarks/by_hour.py): local time in the daemon, hours from the start in the simulator.
+    min_instances_by_hour: tuple[int, ...] = ()
 
 
 DAY_S = 86400.0
 
 
-def floor(spec: ModelSpec, day_s: float, lead_s: float) -> int:
+def hourly_floor(spec: ModelSpec, day_s: float, ahead_s: float) -> int:
     """The fewest instances `spec` may run at `day_s` seconds into the day: `min_instances`, raised
-    by the hour's entry of its schedule and by the entry of the hour one lead time ahead, so the
-    instances an hour asks for are ready as it begins (and drained only once it is over)."""
-    if not spec.min_by_hour:
+    by the largest entry of its schedule from this hour to the hour `ahead_s` (the lead time, in
+    seconds of the day) from now, so the instances an hour asks for are launched one lead time
+    before it and kept until it ends; at most `max_instances`."""
+    if not spec.min_instances_by_hour:
         return spec.min_instances
-    hour = spec.min_by_hour
-    ahead = max(hour[int(day_s % DAY_S // 3600)], hour[int((day_s + lead_s) % DAY_S // 3600)])
-    return max(spec.min_instances, min(spec.max_instances, ahead))
+    first = int(day_s % DAY_S // 3600)
+    hours = min(24, int((day_s % DAY_S + max(0.0, ahead_s)) // 3600) - first + 1)
+    need = max(spec.min_instances_by_hour[(first + i) % 24] for i in range(hours))
+    return max(spec.min_instances, min(spec.max_instances, need))
 
 
 def build_snapshot(
@@ -57,13 +58,14 @@ def build_snapshot(
     backlog: Backlog,
     free_gpus: int,
     stale_after_s: float,
-    day_s: float = 0.0,
+    day_clock: Callable[[float], float] | None = None,
 ) -> Snapshot:
     """Pure but for one thing: each instance's request observations are taken (they cover the
     time since the previous snapshot). `backlog(model, now)` gives the queued batch work by
-    deadline and its request count; `day_s`, the seconds since midnight at `now` (for
-    `min_by_hour`). Instances being stopped are left out: in the simulator they
-    are gone at once, in the daemon a poll or two later."""
+    deadline and its request count; `day_clock(t)`, the seconds since midnight at instant `t`
+    (for `min_instances_by_hour`; by default the simulator's, whose clock starts at midnight).
+    Instances being stopped are left out: in the simulator they are gone at once, in the daemon a
+    poll or two later."""
     by_model: dict[str, list[InstanceView]] = {name: [] for name in specs}
     for x in sorted(instances, key=lambda i: i.id):
         if x.cancel_sent_at is not None:
@@ -84,16 +86,19 @@ def build_snapshot(
                 tokens_per_s=x.tokens_per_s, stale=x.stale(now, stale_after_s),
             )
         )  # fmt: skip
+    day_of = day_clock or (lambda t: t % DAY_S)
+    day_s = day_of(now)
     views = []
     for name, m in specs.items():
         n_inter, _ = dispatcher.queued(name)
         groups, n_batch = backlog(name, now)
         oldest = dispatcher.oldest_interactive(name) if n_inter else None
         lead = m.startup_s + obs.queue_wait[name]
+        ahead = (day_of(now + lead) - day_s) % DAY_S  # in seconds of the day: a faster clock's lead is shorter
         views.append(
             ModelView(
                 name=name, slo=m.slo, gpus_per_instance=m.profile.gpus,
-                max_instances=m.max_instances, min_instances=floor(m, day_s, lead), lead_time_s=lead,
+                max_instances=m.max_instances, min_instances=hourly_floor(m, day_s, ahead), lead_time_s=lead,
                 interactive_queue=n_inter, interactive_queue_tokens=dispatcher.interactive_tokens(name),
                 oldest_interactive_wait_s=0.0 if oldest is None else now - oldest,
                 batch_queue=n_batch, backlog=groups,

@@ -42,7 +42,7 @@ def setups(sc: Scenario) -> tuple[list[ModelSetup], ClusterSetup, dict[str, Prof
                 min_instances=m.min_instances,
                 initial_instances=m.initial_instances,
                 static_instances=m.static_instances,
-                min_by_hour=m.min_instances_by_hour,
+                min_instances_by_hour=m.min_instances_by_hour,
             )
         )
     c = sc.cluster

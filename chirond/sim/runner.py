@@ -46,7 +46,7 @@ class ModelSetup:
     min_instances: int
     initial_instances: int
     static_instances: int
-    min_by_hour: tuple[int, ...] = ()  # a floor per hour from the start (midnight)
+    min_instances_by_hour: tuple[int, ...] = ()  # a floor per hour from the start (midnight)
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Simulation:
         self.dispatcher = Dispatcher(policy.rules, {m.name: m.slo.ttft_s for m in models})
         specs = {
             m.name: ModelSpec(m.name, m.slo, m.profile, m.min_instances, m.max_instances, m.cold_start_s,
-                              m.initial_instances, m.static_instances, min_by_hour=m.min_by_hour)
+                              m.initial_instances, m.static_instances, min_instances_by_hour=m.min_instances_by_hour)
             for m in models
         }
         self.control = ControlLoop(

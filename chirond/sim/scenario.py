@@ -151,7 +151,7 @@ def load_scenario(path: str | Path) -> Scenario:
 def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     """The file's tables; with `extends = "other.toml"` (a scenario in the same directory), that
     scenario's, with this file's keys in place of its (tables merged key by key, arrays and values
-    replaced)."""
+    replaced) but for its name."""
     doc = read_toml(path, ScenarioError, invalid="invalid TOML")
     base = doc.get("extends")
     if base is None:
@@ -165,7 +165,9 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ScenarioError(f"{path}: extends: no scenario file {base_path}")
     if base_path in (*seen, path.resolve()):
         raise ScenarioError(f"{path}: extends: {base} extends this file again (a cycle)")
-    return _merged(_read(base_path, (*seen, path.resolve())), doc)
+    base_doc = _read(base_path, (*seen, path.resolve()))
+    base_doc.pop("name", None)  # a variant is named after its own file unless it says otherwise
+    return _merged(base_doc, doc)
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

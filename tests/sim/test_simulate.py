@@ -271,7 +271,7 @@ def test_the_initial_fleet_starts_as_the_daemon_starts_it(tmp_path: Path) -> Non
     assert ticks == pytest.approx(round(ticks), abs=0.05 / sc.tick_s)
 
 
-def test_an_hourly_floor_is_ready_as_its_hour_begins(tmp_path: Path) -> None:
+def test_an_hourly_floor_is_launched_one_lead_time_ahead_and_held_through_its_hour(tmp_path: Path) -> None:
     """A floor of 3 in the second hour: chirond launches for it one lead time ahead and drains to 1
     after it, where the run without it holds 1 for this trickle all along."""
     text = f"""\

@@ -644,8 +644,8 @@ def test_an_hourly_floor_reaches_the_control_loop(tmp_path: Path) -> None:
 
     hours = [0] * 8 + [2] * 10 + [1] * 6
     cfg = load(tmp_path, {"models": {"m": {"max_instances": 2, "min_instances_by_hour": hours}}})
-    assert model_specs(cfg)["m"].min_by_hour == tuple(hours)
-    assert model_specs(load(tmp_path, {}))["m"].min_by_hour == ()
+    assert model_specs(cfg)["m"].min_instances_by_hour == tuple(hours)
+    assert model_specs(load(tmp_path, {}))["m"].min_instances_by_hour == ()
     with pytest.raises(ConfigError, match=r"models\.m\.min_instances_by_hour: must be an array of 24"):
         load(tmp_path, {"models": {"m": {"min_instances_by_hour": hours[:23]}}})
     with pytest.raises(ConfigError, match=r"min_instances_by_hour\[8\]: must be an integer in 0\.\.1, got 2"):

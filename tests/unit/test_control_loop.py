@@ -8,7 +8,7 @@ from pathlib import Path
 
 from chirond.control.instance import Instance
 from chirond.control.loop import ControlLoop, Timeouts, format_action
-from chirond.control.snapshot import DAY_S, ModelSpec, dispatcher_backlog, floor
+from chirond.control.snapshot import DAY_S, ModelSpec, dispatcher_backlog, hourly_floor
 from chirond.dispatch import Dispatcher
 from chirond.model import (
     Cancel,
@@ -286,23 +286,33 @@ SCHEDULE = (1,) * 8 + (3,) * 4 + (5,) * 2 + (3,) * 4 + (2,) * 6
 
 
 def test_the_hourly_floor_is_in_place_one_lead_time_before_its_hour_and_until_it_ends() -> None:
-    spec = ModelSpec("m", SLO, P8, 0, 4, 60.0, min_by_hour=SCHEDULE)
+    spec = ModelSpec("m", SLO, P8, 0, 4, 60.0, min_instances_by_hour=SCHEDULE)
     hour = 3600.0
-    assert floor(spec, 7 * hour, 600.0) == 1  # 07:00, 08:00's 3 more than a lead time away
-    assert floor(spec, 8 * hour - 600.0, 600.0) == 3  # 07:50: ready at 08:00
-    assert floor(spec, 14 * hour - 1.0, 600.0) == 4  # 13:59: the hour's 5, held to max_instances
-    assert floor(spec, 14 * hour, 600.0) == 3  # 14:00: down
-    assert floor(spec, 23 * hour + 3500.0, 600.0) == 2  # 23:58, next day's 00:00 (1) ahead: the larger
-    assert floor(replace(spec, min_instances=2), 3 * hour, 600.0) == 2  # min_instances stays the floor
-    assert floor(replace(spec, min_by_hour=()), 12 * hour, 600.0) == 0
+    assert hourly_floor(spec, 7 * hour, 600.0) == 1  # 07:00, 08:00's 3 more than a lead time away
+    assert hourly_floor(spec, 8 * hour - 600.0, 600.0) == 3  # 07:50: launched to be ready at 08:00
+    assert hourly_floor(spec, 14 * hour - 1.0, 600.0) == 4  # 13:59: the hour's 5, held to max_instances
+    assert hourly_floor(spec, 14 * hour, 600.0) == 3  # 14:00: down
+    assert hourly_floor(spec, 6 * hour + 1800.0, 7200.0) == 3  # a lead of 2 h from 06:30 reaches 08:00
+    # every hour in between counts: from 11:30 to 14:00, 12:00-14:00's 5, neither end's 3
+    assert hourly_floor(replace(spec, max_instances=6), 11.5 * hour, 9000.0) == 5
+    assert hourly_floor(spec, 23 * hour + 3500.0, 600.0) == 2  # 23:58: today's 2, tomorrow's 00:00 1
+    night = replace(spec, min_instances_by_hour=(4,) + (1,) * 23)
+    assert hourly_floor(night, 23 * hour + 3500.0, 600.0) == 4  # past midnight: tomorrow's first hour
+    assert hourly_floor(night, DAY_S + 5 * hour, 600.0) == 1  # any day
+    assert hourly_floor(replace(spec, min_instances=2), 3 * hour, 600.0) == 2  # min_instances stays under it
+    assert hourly_floor(replace(spec, min_instances_by_hour=()), 12 * hour, 600.0) == 0
 
 
 def test_the_snapshot_reads_the_floor_at_the_loops_time_of_day() -> None:
     loop, _, _, _ = make(max_instances=6)
-    loop.specs["m"] = replace(loop.specs["m"], min_by_hour=SCHEDULE)
+    loop.specs["m"] = replace(loop.specs["m"], min_instances_by_hour=SCHEDULE)
     # the simulator's clock: midnight at 0, the floor of day 2 as of day 1
     assert loop.snapshot(DAY_S + 12.5 * 3600, 8).model("m").min_instances == 5
     assert loop.snapshot(3 * 3600, 8).model("m").min_instances == 1
     # the daemon's: its own clock of the day (here 12:30 whatever the loop's time)
     loop.day_clock = lambda now: 12.5 * 3600
     assert loop.snapshot(3 * 3600, 8).model("m").min_instances == 5
+    # a clock 10 times faster than the wall (replay): the 60-s lead is 6 s of the day ahead
+    loop.day_clock = lambda now: now / 10 % DAY_S
+    assert loop.snapshot((8 * 3600 - 5) * 10, 8).model("m").min_instances == 3
+    assert loop.snapshot((8 * 3600 - 30) * 10, 8).model("m").min_instances == 1

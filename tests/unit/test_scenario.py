@@ -423,7 +423,7 @@ ERRORS = [
     (_edit("slo =", "min_instances_by_hour = [1, 2]\nslo ="),
      "models.llama-8b.min_instances_by_hour: must be an array of 24 instance counts"),
     (_edit("slo =", "min_instances_by_hour = [1, 2, -1" + ", 1" * 21 + "]\nslo ="),
-     "models.llama-8b.min_instances_by_hour[2]: must be an integer in 0.."),
+     "models.llama-8b.min_instances_by_hour[2]: must be a non-negative integer, got -1"),
     ("extends = 3\n" + BASE, "extends: must be the file name of another scenario in the same directory, got 3"),
     ('extends = "../day.toml"\n' + BASE, "extends: must be the file name of another scenario in the same directory"),
     ('extends = "s.toml"\n' + BASE, "extends: s.toml extends this file again (a cycle)"),
@@ -493,6 +493,8 @@ def test_a_scenario_extends_another_and_replaces_only_what_it_names(write: Write
         min_instances_by_hour = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0]
         slo = { ttft_s = 1.0, tpot_s = 0.1 }
         """)
+    write('extends = "s.toml"\n', "unnamed.toml")
+    assert load_scenario(p.parent / "unnamed.toml").name == "unnamed"  # not the base's "variant"
     sc, base = load_scenario(p), load_scenario(p.parent / "base.toml")
     m, b = sc.model("llama-8b"), base.model("llama-8b")
     assert (sc.name, base.name) == ("variant", "base")
