@@ -87,14 +87,16 @@ def build_snapshot(
             )
         )  # fmt: skip
     day_of = day_clock or (lambda t: t % DAY_S)
-    day_s = day_of(now)
+    # the time of day only where a floor asks for it (a daemon without one never reads local time)
+    day_s = day_of(now) if any(m.min_instances_by_hour for m in specs.values()) else 0.0
     views = []
     for name, m in specs.items():
         n_inter, _ = dispatcher.queued(name)
         groups, n_batch = backlog(name, now)
         oldest = dispatcher.oldest_interactive(name) if n_inter else None
         lead = m.startup_s + obs.queue_wait[name]
-        ahead = (day_of(now + lead) - day_s) % DAY_S  # in seconds of the day: a faster clock's lead is shorter
+        # the lead in seconds of the day: a faster clock's is shorter
+        ahead = (day_of(now + lead) - day_s) % DAY_S if m.min_instances_by_hour else 0.0
         views.append(
             ModelView(
                 name=name, slo=m.slo, gpus_per_instance=m.profile.gpus,

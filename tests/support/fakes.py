@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection
 
 from chirond.cluster.backend import AdoptedJob, JobFacts, LaunchSpec
@@ -22,6 +23,10 @@ class Clock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(0)
+
+    def wall(self, at: float) -> float:
+        """The wall-clock time of instant `at` (the real clock's `wall`)."""
+        return time.time() - (self.t - at)
 
 
 class FakeBackend:
