@@ -137,6 +137,10 @@ def print_summary(cfg: Config, console: Console) -> None:
             f"         SLO TTFT {m.slo.ttft_s:g} s, TPOT {m.slo.tpot_s:g} s; "
             f"instances min {m.min_instances}, initial {m.initial_instances}, max {m.max_instances}"
         )
+        if m.min_instances_by_hour:
+            h = m.min_instances_by_hour
+            steps = ", ".join(f"{n} from {i:02d}:00" for i, n in enumerate(h) if i == 0 or n != h[i - 1])
+            console.print(f"         floor by the local hour: {steps}")
         console.print(f"         engine: {escape(_engine(m))}")
 
 

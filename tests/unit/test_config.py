@@ -652,6 +652,14 @@ def test_an_hourly_floor_reaches_the_control_loop(tmp_path: Path) -> None:
         load(tmp_path, {"models": {"m": {"max_instances": 1, "min_instances_by_hour": hours}}})
 
 
+def test_check_config_shows_the_floor_by_the_hour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hours = [0] * 8 + [2] * 10 + [1] * 6
+    path = write(tmp_path, merged(BASE, {"models": {"m": {"max_instances": 2, "min_instances_by_hour": hours}}}))
+    assert check_config_main(argparse.Namespace(config=str(path))) == 0
+    out = " ".join(capsys.readouterr().out.split())  # as one line, however the console wraps it
+    assert "floor by the local hour: 0 from 00:00, 2 from 08:00, 1 from 18:00" in out
+
+
 def test_the_daemons_hours_are_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
