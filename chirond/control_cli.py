@@ -11,6 +11,7 @@ who runs them from the Unix account; no key or password is needed.
           "name": str,
           "state": "live" | "starting" | "queued" | "scaled_to_zero",  # else derived from instances
           "min_instances": int, "max_instances": int,
+          "floor": int | None,               # this hour's min_instances_by_hour, as of the last tick
           "instances": {POOL: {STATE: n}},   # POOL: interactive | mixed | batch;
                                              # STATE: pending | starting | ready | draining
           "queue_interactive": int,          # requests waiting in chirond's queues
@@ -187,12 +188,13 @@ def status_renderable(status: dict[str, Any]) -> Group:
     for m in status.get("models") or []:
         slo = m.get("slo_attainment") or {}
         lo, hi = m.get("min_instances"), m.get("max_instances")
+        floor = f", floor {_n(m['floor'])}" if m.get("floor") is not None else ""
         deadline = m.get("next_deadline_s")
         models.add_row(
             escape(str(m.get("name", "?"))),
             escape(model_state(m)),
             escape(instances_cell(m.get("instances"))),
-            f"{_n(lo)}-{_n(hi)}" if lo is not None or hi is not None else "-",
+            f"{_n(lo)}-{_n(hi)}{floor}" if lo is not None or hi is not None else "-",
             _n(m.get("queue_interactive")),
             _n(m.get("queue_batch")),
             _n(m.get("backlog_lines")),

@@ -194,6 +194,11 @@ class Daemon:
     def last_reason(self) -> str:
         return self.fleet.last_reason
 
+    @property
+    def floors(self) -> Mapping[str, int]:
+        """Per model, the fewest instances the last tick allowed (its min_instances or hourly floor)."""
+        return self.fleet.floors
+
     def _backlog(self, model: str, now: float) -> tuple[tuple[BacklogGroup, ...], int]:
         return self.batch.backlog(model, now)
 

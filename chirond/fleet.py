@@ -86,6 +86,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.last_reason = ""
+        self.floors: dict[str, int] = {}  # model -> the fewest instances its last tick allowed (min or hourly floor)
         self.tick_changed = True  # the last tick acted or saw an instance change state (logged at INFO)
         self._last_states: tuple[tuple[int, object], ...] = ()
         self.refusals: dict[str, str] = {}  # model -> why the backend refused its last launch
@@ -148,6 +149,7 @@ class Fleet:
             if not isinstance(act, Launch) and (inst := self.instances.get(act.instance)) is not None:
                 self.metrics.scaling.labels(inst.model, type(act).__name__.lower()).inc()
         self.last_reason = decision.reason
+        self.floors = {m.name: m.min_instances for m in snap.models}
         states = tuple((i.id, i.state) for m in snap.models for i in m.instances)
         self.tick_changed = bool(decision.actions) or states != self._last_states
         self._last_states = states

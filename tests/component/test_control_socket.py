@@ -139,6 +139,7 @@ SAMPLE_STATUS: dict[str, Any] = {
             "state": "live",
             "min_instances": 1,
             "max_instances": 4,
+            "floor": 3,
             "instances": {"interactive": {"ready": 2, "starting": 1, "pending": 0}, "mixed": {}, "batch": {"ready": 1}},
             "queue_interactive": 3,
             "queue_batch": 1200,
@@ -401,7 +402,7 @@ def test_status_table_renders_the_sample() -> None:
     row = next(line for line in text.splitlines() if "llama-8b" in line and "live" in line)
     for cell in (
         "interactive: 2 ready, 1 starting; batch: 1 ready",
-        "1-4",
+        "1-4, floor 3",
         "1,200",
         "45,000",
         "in 1 h 30 min",

@@ -73,5 +73,14 @@ async def test_the_daemon_reads_hourly_floors_by_the_local_time_of_its_wall_cloc
     assert abs(seen[-1] - time.time()) < 60  # the daemon's instant as wall-clock time, not its monotonic clock
     at["day_s"] = 9 * 3600
     assert d.fleet.snapshot(now).model("m").min_instances == 1
+    # `chiron status` shows the floor the last tick planned with
+    from chirond.ops.operations import status_of
+
+    assert status_of(d)["models"][0]["floor"] is None  # no tick yet
+    at["day_s"] = 12.5 * 3600
+    await d.fleet.tick()
+    assert status_of(d)["models"][0]["floor"] == 3
+    for t in list(d.fleet._tasks):
+        t.cancel()
     d.users.close()
     d.batch.store.close()
