@@ -13,12 +13,12 @@ With `--price P` (or several: `--price 15,30,45`) it also prints a hindsight sch
 in each bin, the fixed count past which one instance more would avoid fewer than P misses per
 GPU-hour, and the schedule's misses and GPU-hours in total. It is an estimate of what scaling
 could earn on the model (each bin as its fixed count had it, warm, with no lead time and no
-queue carried between bins), not a policy; but the schedule of an earlier day is a floor a site
-can set (`min_instances_by_hour`, printed for a 24-hour day). With `--against SUMMARY` (the summary.json of
-`chirond simulate --frontier` on the same scenario and seed) each schedule is also placed in the
-whole run, the policy's other models as it ran them, against that frontier:
+queue carried between bins), not a policy; but the schedule of an earlier day is a floor a
+site can set (`min_instances_by_hour`, printed for a 24-hour day). With `--against SUMMARY` (the
+summary.json of `chirond simulate --frontier` on the same scenario and seed) each schedule is
+also placed in the whole run, the policy's other models as it ran them, against that frontier:
 
-    .venv/bin/python benchmarks/by_hour.py benchmarks/scenarios/day.toml --seed 1 \
+    .venv/bin/python benchmarks/by_hour.py benchmarks/scenarios/day.toml --seed 1 \\
         --model llama-70b --fixed 1,2,3,4,5 --price 15,30,45 --against docs/results/day/summary.json
 """
 
