@@ -10,11 +10,13 @@ mechanisms, as the frontier runs them):
         --model llama-70b --fixed 2,3,4 --price 45
 
 With `--price P` (or several: `--price 15,30,45`) it also prints a hindsight schedule per price:
-in each bin, the fixed count past which one instance more would avoid fewer than P misses per
-GPU-hour, and the schedule's misses and GPU-hours in total. It is an estimate of what scaling
-could earn on the model (each bin as its fixed count had it, warm, with no lead time and no
-queue carried between bins), not a policy; but the schedule of an earlier day is a floor a
-site can set (`min_instances_by_hour`, printed for a 24-hour day). With `--against SUMMARY` (the
+in each bin, the fixed count with the fewest GPU-hours plus misses at 1/P GPU-hour each (one
+instance more only where it avoids at least P misses per GPU-hour: chirond.sim.hindsight), and
+the schedule's misses and GPU-hours in total. It is an estimate of what scaling could earn on
+the model (each bin as its fixed count had it, warm, with no lead time and no queue carried
+between bins), not a policy; but the schedule of an earlier day is a floor a site can set
+(`min_instances_by_hour`, printed for a 24-hour day; the daemon learns it from its own traffic
+with `learned_floor_price`). With `--against SUMMARY` (the
 summary.json of `chirond simulate --frontier` on the same scenario and seed) each schedule is
 also placed in the whole run, the policy's other models as it ran them, against that frontier:
 
@@ -37,27 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chirond.sim.compare import run_one, setups
 from chirond.sim.frontier import cheapest_matching, simulate_fixed
+from chirond.sim.hindsight import hindsight, interactive_mask, misses_by_bin
 from chirond.sim.report import slo_met, summarize
 from chirond.sim.results import RunResult
 from chirond.sim.scenario import load_scenario
 
 
-def _interactive(r: RunResult, model: str) -> np.ndarray:
-    """Which of the run's requests are `model`'s interactive ones."""
-    return np.asarray((r.requests["cls"] == 0) & (r.requests["model"] == r.models.index(model)))
-
-
 def n_bins(r: RunResult, model: str, bin_s: float) -> int:
     """Bins up to the last interactive arrival of `model` (a run goes on for batch work after)."""
-    return max(1, int(r.requests["arrival"][_interactive(r, model)].max(initial=0.0) // bin_s) + 1)
-
-
-def misses_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(interactive requests, SLO misses) of `model` per `bin_s` bin of arrival, `bins` bins."""
-    sel = _interactive(r, model)
-    met = slo_met(r)
-    k = np.minimum((r.requests["arrival"][sel] // bin_s).astype(np.int64), bins - 1)
-    return np.bincount(k, minlength=bins), np.bincount(k, weights=~met[sel], minlength=bins).astype(np.int64)
+    return max(1, int(r.requests["arrival"][interactive_mask(r, model)].max(initial=0.0) // bin_s) + 1)
 
 
 def held_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> np.ndarray:
@@ -73,28 +63,11 @@ def held_by_bin(r: RunResult, model: str, bin_s: float, bins: int) -> np.ndarray
     return np.bincount(k[inside], weights=held[inside], minlength=bins) / np.maximum(n, 1)
 
 
-def hindsight(fixed: dict[int, np.ndarray], gpus: int, bin_h: float, price: float) -> tuple[list[int], int, float]:
-    """Per bin, the fewest swept instances past which one more avoids under `price` misses per
-    GPU-hour; the schedule, its misses and its GPU-hours."""
-    counts = sorted(fixed)
-    chosen: list[int] = []
-    for b in range(len(fixed[counts[0]])):
-        i = 0
-        while i + 1 < len(counts):
-            gain = fixed[counts[i]][b] - fixed[counts[i + 1]][b]
-            if gain < price * (counts[i + 1] - counts[i]) * gpus * bin_h:
-                break
-            i += 1
-        chosen.append(counts[i])
-    misses = sum(int(fixed[n][b]) for b, n in enumerate(chosen))
-    return chosen, misses, sum(chosen) * gpus * bin_h
-
-
 def whole_run(r: RunResult, model: str, misses: int, gpu_h: float) -> tuple[float, float]:
     """The run's interactive attainment and GPU-hours with `model`'s interactive misses and its
     GPU-hours replaced by `misses` and `gpu_h` (the other models' as the run had them)."""
     inter = np.asarray(r.requests["cls"] == 0)
-    others_missed = int(np.count_nonzero(inter & ~_interactive(r, model) & ~slo_met(r)))
+    others_missed = int(np.count_nonzero(inter & ~interactive_mask(r, model) & ~slo_met(r)))
     n = max(1, int(np.count_nonzero(inter)))
     return 1.0 - (others_missed + misses) / n, r.gpu_hours - r.gpu_hours_by_model.get(model, 0.0) + gpu_h
 

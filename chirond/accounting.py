@@ -11,7 +11,7 @@ from chirond.control.loop import ControlLoop
 from chirond.control.observations import slo_met
 from chirond.dispatch import Dispatcher
 from chirond.metrics import Metrics
-from chirond.model import ReqClass
+from chirond.model import ReqClass, Request
 from chirond.serve import openai_api as oa
 from chirond.serve.gateway import Job
 from chirond.users import InFlight, UserStore, gpu_seconds
@@ -26,8 +26,10 @@ class Accounting:
         control: ControlLoop,
         dispatcher: Dispatcher,
         clock: Callable[[], float],
+        on_served: Callable[[Request], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_served = on_served  # each interactive request served to its end (the traffic history)
         self.users = users
         self.metrics = metrics
         self.control = control
@@ -95,5 +97,7 @@ class Accounting:
             self.metrics.e2e.labels(r.model, r.cls.value).observe(r.finish - r.arrival)
         if r.cls is ReqClass.INTERACTIVE:
             self.metrics.tpot.labels(r.model, r.cls.value).observe(r.tpot or 0.0)
+            if self.on_served is not None:
+                self.on_served(r)
         self.control.obs.completed(r, self.instances.get(r.instance) if r.instance is not None else None)
         self.metrics.finished(r.model, r.cls.value, slo_met(r, self.cfg.models[r.model].slo))

@@ -141,6 +141,9 @@ def print_summary(cfg: Config, console: Console) -> None:
             h = m.min_instances_by_hour
             steps = ", ".join(f"{n} from {i:02d}:00" for i, n in enumerate(h) if i == 0 or n != h[i - 1])
             console.print(f"         floor by the local hour: {steps}")
+        if m.learned_floor_price > 0:
+            console.print(f"         floor learned from yesterday's traffic at {m.learned_floor_price:g} SLO misses "
+                          "per GPU-hour (chirond learn-floor; above the floor by the hour)")
         console.print(f"         engine: {escape(_engine(m))}")
 
 

@@ -262,6 +262,9 @@ def chirond_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("config", help="TOML config file")
     s.set_defaults(func=check_config.check_config_main)
+    from chirond import learn_floor_cli
+
+    learn_floor_cli.add_parser(sub)
     s = sub.add_parser(
         "fake-vllm",
         help="a vLLM-compatible simulated server (no GPU) driven by a performance profile",

@@ -200,6 +200,9 @@ class ModelConfig:
     # A floor per hour of the local day (24 counts from midnight; empty: none), raised one lead time
     # ahead of each hour: a site's time-of-day schedule, e.g. from yesterday's traffic.
     min_instances_by_hour: tuple[int, ...] = ()
+    # > 0: the daemon also learns a floor per hour from its own traffic of the day before, at this
+    # many SLO misses per GPU-hour an hour's instance must avoid (chirond learn-floor, docs/config.md)
+    learned_floor_price: float = 0.0
     # What the model serves, in vLLM's task names: "generate" (chat and completions) or "embed"
     # (/v1/embeddings; the engine runs with vLLM's `--runner pooling`). docs/serving.md.
     task: str = "generate"
@@ -632,6 +635,7 @@ def _model(name: str, t: Table, local: LocalBackendConfig | None) -> ModelConfig
         max_wait_s=t.number("max_wait_s") if "max_wait_s" in t.data else None,
         idle_timeout_s=t.number("idle_timeout_s", 0.0, "non-negative") if "idle_timeout_s" in t.data else None,
         min_instances_by_hour=t.hourly_counts("min_instances_by_hour", hi),
+        learned_floor_price=t.number("learned_floor_price", 0.0, "non-negative"),
         task=t.string("task", _M["task"], TASKS),
     )
 

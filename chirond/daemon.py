@@ -34,6 +34,7 @@ from chirond.db import Database, SchemaError, db_path
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_key
 from chirond.fleet import Fleet
+from chirond.learned_floors import FloorLearner
 from chirond.metrics import Metrics
 from chirond.model import BacklogGroup, Drain, Request
 from chirond.ops.operations import operations
@@ -70,7 +71,9 @@ class Daemon:
         self.engine_env: dict[str, str] = {}  # VLLM_API_KEY, read at start
         self.fleet = Fleet(cfg, backend, ssh, self.policy, self.dispatcher, self.gateway, self.metrics, self.clock,
                            self._backlog, self.engine_env)
-        self.accounting = Accounting(cfg, self.users, self.metrics, self.fleet.control, self.dispatcher, self.clock)
+        self.learner = FloorLearner(cfg, self.database, self.fleet.control.specs, self.clock.wall)
+        self.accounting = Accounting(cfg, self.users, self.metrics, self.fleet.control, self.dispatcher, self.clock,
+                                     on_served=self.learner.served)
         self._keys: dict[str, str] = {}  # api.keys_file, read at start
         self.api = ProxyApi(cfg, self.gateway, self.fleet, self.accounting, self, self.metrics, self.clock,
                             verify_key=self._verify_key)
@@ -97,6 +100,7 @@ class Daemon:
         key = engine_key(d.state_dir)
         self.engine_env["VLLM_API_KEY"] = key
         self.users.open()
+        self.learner.start()
         self.batch.open()  # before the HTTP site listens: the Files and Batches routes use the store
         await self.backend.start()
         await self.api.start(key)
@@ -128,6 +132,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         await self.fleet.stop()
+        await self.learner.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.backend.stop()
@@ -169,6 +174,7 @@ class Daemon:
         set_gauges(self.metrics, self.cfg, self.instances.values(), self.dispatcher)
         self._set_ops_gauges()
         self.users.flush()
+        self.learner.tick()
         self.metrics.tick.observe(time.perf_counter() - t0)
 
     def _set_ops_gauges(self) -> None:

@@ -89,7 +89,28 @@ _V1 = (
 ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "batch files, batches and lines; user keys and daily usage", _V1),)
+# Version 2: the traffic a learned floor reads (chirond.traffic): each finished interactive request
+# of a model with learned_floor_price, kept for TRAFFIC_DAYS; and each model's learned floor.
+_V2 = (
+    """CREATE TABLE IF NOT EXISTS traffic (
+    model TEXT NOT NULL,
+    arrival REAL NOT NULL,      -- epoch seconds
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS traffic_model_arrival ON traffic(model, arrival)",
+    """CREATE TABLE IF NOT EXISTS floors (
+    model TEXT PRIMARY KEY,
+    counts TEXT NOT NULL,       -- JSON: 24 instance counts from local midnight
+    day TEXT NOT NULL,          -- the local day (YYYY-MM-DD) they were learned from
+    price REAL NOT NULL,        -- SLO misses per GPU-hour
+    learned_at REAL NOT NULL    -- epoch seconds
+) WITHOUT ROWID""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "batch files, batches and lines; user keys and daily usage", _V1),
+    Migration(2, "traffic history and learned floors", _V2),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version  # what this code writes and reads
 
 

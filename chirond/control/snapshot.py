@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from chirond.control.instance import Instance
@@ -47,6 +47,14 @@ def hourly_floor(spec: ModelSpec, day_s: float, ahead_s: float) -> int:
     hours = min(24, int((day_s % DAY_S + max(0.0, ahead_s)) // 3600) - first + 1)
     need = max(spec.min_instances_by_hour[(first + i) % 24] for i in range(hours))
     return max(spec.min_instances, min(spec.max_instances, need))
+
+
+def higher(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """Two floors by the hour as one (a site's and a learned one): the larger count of each hour;
+    an empty one is none."""
+    if not a or not b:
+        return tuple(a or b)
+    return tuple(max(x, y) for x, y in zip(a, b, strict=True))
 
 
 def build_snapshot(

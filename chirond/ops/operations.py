@@ -108,7 +108,7 @@ def status_of(daemon: Daemon) -> dict[str, Any]:
             "instances": pools,
             "ready": sum(1 for x in daemon.instances.values() if x.model == name and x.state is InstanceState.READY),
             "min_instances": m.min_instances, "max_instances": m.max_instances,
-            "floor": daemon.floors.get(name) if m.min_instances_by_hour else None,
+            "floor": daemon.floors.get(name) if m.min_instances_by_hour or m.learned_floor_price > 0 else None,
             "queue_interactive": qi, "queue_batch": qb, "backlog_lines": lines,
             "next_deadline_s": round(backlog[0].deadline - now, 1) if backlog else None,
             "slo_attainment": {c.value: daemon.metrics.attainment(name, c.value) for c in ReqClass},

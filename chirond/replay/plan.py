@@ -103,6 +103,9 @@ def make_plan(
             # The daemon reads the hour from the local clock, which a faster replay does not follow.
             raise ScenarioError(f"{sc.path}: models.{m.name}.min_instances_by_hour: replay does not run "
                                 "hour-of-day schedules (the daemon reads the local time of day)")
+        if m.learned_floor_price > 0:
+            raise ScenarioError(f"{sc.path}: models.{m.name}.learned_floor_price: replay does not run "
+                                "hour-of-day schedules, learned ones neither (the daemon reads the local time of day)")
     models = []
     for m in sc.models:
         prof = profiles[m.name]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from chirond.control.snapshot import higher
 from chirond.model import Slo
 from chirond.policy import REGISTRY, SWEEPS, make_policy, names
 from chirond.profiles import Profile, load_profile
+from chirond.sim.hindsight import learn_floor, policy_for
 from chirond.sim.report import summarize
 from chirond.sim.results import RunResult
 from chirond.sim.runner import ClusterSetup, ModelSetup, Simulation
@@ -56,6 +59,30 @@ def setups(sc: Scenario) -> tuple[list[ModelSetup], ClusterSetup, dict[str, Prof
     return models, cluster, profiles
 
 
+def with_learned_floors(sc: Scenario, seed: int | None = None, policy: str = "chirond") -> Scenario:
+    """`sc` with the floor per hour of every model that sets `learned_floor_price` learned from
+    its history day (the workload drawn with `history_seed`) with `policy`'s per-instance
+    mechanisms, as the daemon learns it from its own traffic (`chirond learn-floor`), and kept
+    above any `min_instances_by_hour` of its own. Learned once; the result learns nothing more."""
+    learning = [m for m in sc.models if m.learned_floor_price > 0]
+    if not learning or sc.history_seed is None:
+        return sc
+    if sc.history_seed == (sc.seed if seed is None else seed):
+        raise ScenarioError(f"{sc.path}: history_seed {sc.history_seed} is the seed the run is judged on: "
+                            "a floor learned from that day would know it")
+    setups_by_name = {m.name: m for m in setups(sc)[0]}
+    history = build_workload(sc, np.random.default_rng(sc.history_seed))
+    models = []
+    for m in sc.models:
+        if m.learned_floor_price > 0:
+            setup = setups_by_name[m.name]
+            learned, _ = learn_floor(history[m.name], setup, policy_for(policy, setup, sc.policy_params.get(policy)),
+                                     m.learned_floor_price, gpus_per_node=sc.cluster.gpus_per_node, tick_s=sc.tick_s)
+            m = replace(m, min_instances_by_hour=higher(m.min_instances_by_hour, learned), learned_floor_price=0.0)
+        models.append(m)
+    return replace(sc, models=tuple(models))
+
+
 def run_one(
     sc: Scenario,
     policy: str,
@@ -68,6 +95,7 @@ def run_one(
 ) -> RunResult:
     """One policy, one run. The workload is rebuilt from the seed, so every run sees the same."""
     seed = sc.seed if seed is None else seed
+    sc = with_learned_floors(sc, seed)
     models, cluster, profiles = setups(sc)
     merged = {**sc.policy_params.get(policy, {}), **(params or {})}
     pol = make_policy(policy, profiles, merged)
@@ -118,6 +146,7 @@ def compare(
     for p in policies:
         if p not in REGISTRY and p not in SWEEPS:
             raise ScenarioError(f"unknown policy {p!r}; known: {', '.join(names())}")
+    sc = with_learned_floors(sc, seed)  # once, not in every run
     tasks: list[_Task] = []
     for p in policies:
         if p == "llumnix-tuned":

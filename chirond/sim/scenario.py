@@ -86,6 +86,9 @@ class ModelSpec:
     static_instances: int  # what the `static` policy runs
     workloads: tuple[WorkloadSpec, ...]
     min_instances_by_hour: tuple[int, ...] = ()  # a floor per hour from the start (midnight)
+    # > 0: the floor per hour is also learned from the scenario's history day (history_seed) at this
+    # many SLO misses per GPU-hour (chirond.sim.hindsight)
+    learned_floor_price: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Scenario:
     models: tuple[ModelSpec, ...]
     policies: tuple[str, ...]
     policy_params: dict[str, dict[str, object]]
+    history_seed: int | None = None  # an earlier day: this workload drawn with this seed
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -117,7 +121,8 @@ def load_scenario(path: str | Path) -> Scenario:
     doc = _read(path, ())
     top = Table(
         doc,
-        ("name", "description", "seed", "horizon_s", "tick_s", "cluster", "models", "policies", "extends"),
+        ("name", "description", "seed", "horizon_s", "tick_s", "cluster", "models", "policies", "extends",
+         "history_seed"),
         file=path,
         error=ScenarioError,
     )
@@ -134,6 +139,17 @@ def load_scenario(path: str | Path) -> Scenario:
         top.fail("models", "must be a table with at least one [models.NAME] entry")
     models = tuple(_model(top, mname, cluster) for mname in models_t)
     policies, params = _policies(top.sub("policies", ("run", "params")))
+    history_seed = top.integer("history_seed", None)
+    learning = [m for m in models if m.learned_floor_price > 0]
+    if learning and history_seed is None:
+        top.fail_at(f"models.{learning[0].name}.learned_floor_price",
+                    "learns from an earlier day: set history_seed (the seed that draws it)")
+    for m in learning:
+        recorded = [w.kind for w in m.workloads if w.cls is ReqClass.INTERACTIVE and w.kind in ("azure", "trace")]
+        if recorded:
+            top.fail_at(f"models.{m.name}.learned_floor_price",
+                        f"its interactive traffic is a recorded {recorded[0]}, the same on every seed: "
+                        "a floor learned from it would know the day it is judged on")
     return Scenario(
         path=path,
         name=name,
@@ -145,6 +161,7 @@ def load_scenario(path: str | Path) -> Scenario:
         models=models,
         policies=policies,
         policy_params=params,
+        history_seed=history_seed,
     )
 
 
@@ -223,6 +240,7 @@ _MODEL_KEYS = (
     "initial_instances",
     "static_instances",
     "min_instances_by_hour",
+    "learned_floor_price",
     "workload",
 )
 
@@ -252,6 +270,7 @@ def _model(top: Table, name: str, cluster: ClusterSpec) -> ModelSpec:
         static_instances=t.integer("static_instances", initial),
         workloads=tuple(_workload(t, i) for i in range(len(entries))),
         min_instances_by_hour=t.hourly_counts("min_instances_by_hour"),
+        learned_floor_price=t.number("learned_floor_price", 0.0, "non-negative"),
     )
 
 

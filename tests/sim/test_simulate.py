@@ -308,3 +308,53 @@ lengths = {{{{ input_tokens = 200, output_tokens = 50 }}}}
     # launched one lead time ahead, as the model estimates it: here the cold start alone (no queue
     # wait measured yet), so the instances come a queue wait (60 s) after the hour begins
     assert 3600.0 <= first <= 3680.0, first
+
+
+def test_a_floor_learned_from_the_history_day_is_held_in_the_run(tmp_path: Path) -> None:
+    """`learned_floor_price` with `history_seed`: the floor is learned from the workload drawn with
+    that seed, as `chirond learn-floor` learns it from a day of the daemon's traffic, and the run
+    then holds it: two instances are ready as the busy hour begins, where without it one is."""
+    from chirond.sim.compare import with_learned_floors
+    from chirond.sim.hindsight import learn_floor
+    from chirond.sim.scenario import ScenarioError
+
+    text = f"""\
+name = "learned"
+seed = 3
+history_seed = 5
+horizon_s = 10800
+[cluster]
+gpus = 8
+gpus_per_node = 1
+queue_wait_s = [30, 30]
+[models.m]
+profile = "{PROFILE_8B}"
+cold_start_s = 60
+slo = {{ ttft_s = 2.0, tpot_s = 0.1 }}
+{{learn}}
+[[models.m.workload]]
+kind = "curve"
+points = [[0, 0.2], [3600, 0.2], [3601, 8.0], [7200, 8.0], [7201, 0.2], [10800, 0.2]]
+cv = 1.0
+duration_s = 10800
+lengths = {{{{ input_tokens = 2000, output_tokens = 50 }}}}
+"""
+    held = {}
+    for name, learn in (("with", "learned_floor_price = 5"), ("without", "")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text.replace("{learn}", learn).replace("{{", "{").replace("}}", "}"))
+        sc = load_scenario(path)
+        if name == "with":
+            learned = with_learned_floors(sc)
+            setup = setups(sc)[0][0]
+            want, _ = learn_floor(build_workload(sc, np.random.default_rng(5))["m"], setup,
+                                  make_policy("chirond", {"m": setup.profile}), 5.0, gpus_per_node=1)
+            assert learned.models[0].min_instances_by_hour == want
+            assert want[:2] == (1, 2) and learned.models[0].learned_floor_price == 0.0  # learned once
+            with pytest.raises(ScenarioError, match="history_seed 5 is the seed the run is judged on"):
+                run_one(sc, "chirond", {}, seed=5)
+        tl = run_one(sc, "chirond", {}).timeline
+        t = np.asarray(tl["t"])
+        ready = np.asarray(tl["m/mixed"]) + np.asarray(tl["m/interactive"])
+        held[name] = int(ready[np.searchsorted(t, 3650.0)])
+    assert held == {"with": 2, "without": 1}

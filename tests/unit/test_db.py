@@ -97,7 +97,14 @@ def test_upgrade_from_the_unversioned_schema_loses_nothing(v0: Path) -> None:
     batches.open()
     try:
         assert version(v0) == SCHEMA_VERSION
-        assert dump(v0) == before  # migration 1 on such a file: the version number, nothing else
+        after = dump(v0)
+        # migration 1 on such a file: the version number, nothing else; 2 adds its two tables, empty
+        added = {row for row in after["schema"] if row[2] in ("traffic", "floors")}
+        assert {row[1] for row in added} == {"traffic", "traffic_model_arrival", "floors"}
+        assert {**after, "schema": [r for r in after["schema"] if r not in added]} == before
+        conn = read(v0)
+        assert conn.execute("SELECT (SELECT count(*) FROM traffic) + (SELECT count(*) FROM floors)").fetchone() == (0,)
+        conn.close()
 
         # Users: both keys still verify; usage totals as recorded.
         keys = EXPECTED["keys"]
@@ -212,20 +219,21 @@ def test_an_unversioned_file_that_is_not_chirond_s_is_refused(tmp_path: Path) ->
 
 
 def test_later_migrations_run_in_order_one_transaction_each(v0: Path) -> None:
-    two = Migration(2, "a note per key", ("ALTER TABLE users_keys ADD COLUMN note TEXT",))
+    n = SCHEMA_VERSION
+    two = Migration(n + 1, "a note per key", ("ALTER TABLE users_keys ADD COLUMN note TEXT",))
     conn = sqlite3.connect(v0, isolation_level=None)
-    assert migrate(conn, v0, (*MIGRATIONS, two)) == (0, 2)
+    assert migrate(conn, v0, (*MIGRATIONS, two)) == (0, n + 1)
     conn.close()
     with sqlite3.connect(v0) as db:
         assert "note" in [c[1] for c in db.execute("PRAGMA table_info(users_keys)")]
     db.close()
     # A migration that fails halfway leaves the file at the version before it, whole.
-    three = Migration(3, "breaks", ("CREATE TABLE half (x INTEGER)", "ALTER TABLE no_such_table ADD COLUMN y"))
+    three = Migration(n + 2, "breaks", ("CREATE TABLE half (x INTEGER)", "ALTER TABLE no_such_table ADD COLUMN y"))
     with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
         Database(v0, (*MIGRATIONS, two, three)).open()
-    assert version(v0) == 2 and "half" not in {r[1] for r in dump(v0)["schema"]}
-    # The code that knows only version 1 now refuses the file.
-    with pytest.raises(SchemaError, match="schema version 2 is newer"):
+    assert version(v0) == n + 1 and "half" not in {r[1] for r in dump(v0)["schema"]}
+    # The code that knows only up to version n now refuses the file.
+    with pytest.raises(SchemaError, match=f"schema version {n + 1} is newer"):
         Database(v0).open()
     with pytest.raises(ValueError, match="numbered"):
         Database(v0, (two,))

@@ -116,6 +116,13 @@ def test_hourly_floors_are_refused_not_dropped(tmp_path: Path) -> None:
     # the daemon would read them by its local clock, which a replay K times faster does not follow
     with pytest.raises(ScenarioError, match=r"models\.big\.min_instances_by_hour: replay does not run"):
         plan_for(tmp_path, extra="min_instances_by_hour = [1" + ", 2" * 23 + "]")
+    # and a floor the simulator would learn from the scenario's history day
+    from dataclasses import replace
+
+    sc = load_scenario(scenario(tmp_path, ""))
+    learning = replace(sc, history_seed=9, models=tuple(replace(m, learned_floor_price=30.0) for m in sc.models))
+    with pytest.raises(ScenarioError, match=r"models\.\w+\.learned_floor_price: replay does not run"):
+        make_plan(learning, "chirond", [], 10.0, sc.seed)
 
 
 def test_completion_body_has_exact_lengths() -> None:

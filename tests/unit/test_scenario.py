@@ -514,3 +514,20 @@ def test_shipped_day_scheduled_is_day_with_a_floor_for_its_code_model() -> None:
         assert m.workloads == day.model(m.name).workloads
         assert bool(m.min_instances_by_hour) == (m.name == "llama-70b")
     assert sched.cluster == day.cluster
+
+
+def test_a_learned_floor_needs_a_history_day_drawn_not_recorded(write: Writer) -> None:
+    slo = "slo = { ttft_s = 2.0, tpot_s = 0.1 }"
+    learn = BASE.replace(slo, slo + "\nlearned_floor_price = 30")
+    with pytest.raises(ScenarioError, match=r"models\.llama-8b\.learned_floor_price: learns from an earlier day: set "
+                                            r"history_seed"):
+        load_scenario(write(learn))
+    sc = load_scenario(write("history_seed = 7\n" + learn))
+    assert (sc.history_seed, sc.models[0].learned_floor_price) == (7, 30.0)
+    recorded = learn.replace('kind = "poisson"', f'kind = "azure"\npath = "{AZURE_CONV}"').replace(
+        "rate_per_s = 2.0\nduration_s = 600\nlengths = { input_tokens = 111, output_tokens = 11 }\n", "")
+    with pytest.raises(ScenarioError, match=r"learned_floor_price: its interactive traffic is a recorded azure, the "
+                                            r"same on every seed"):
+        load_scenario(write("history_seed = 7\n" + recorded))
+    with pytest.raises(ScenarioError, match=r"learned_floor_price: must be"):
+        load_scenario(write("history_seed = 7\n" + learn.replace("= 30", "= -1")))

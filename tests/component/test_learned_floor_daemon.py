@@ -1,0 +1,96 @@
+"""The daemon's floor learner (chirond.learned_floors): it runs the learning as a child process
+after each local midnight, puts the saved floor above the model's own, keeps it over a restart
+and when a learning fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chirond.config import load_config
+from chirond.db import Database, db_path
+from chirond.learned_floors import FloorLearner
+from chirond.model import ReqClass, Request
+from chirond.traffic import LearnedFloor, save_floor
+from tests.support.learned_floor import config, specs_of
+
+
+async def test_the_daemon_learns_after_midnight_and_keeps_the_floor_above_its_own(tmp_path: Path) -> None:
+    own = "min_instances_by_hour = [" + ", ".join(["1"] * 24) + "]"
+    cfg_path = config(tmp_path, floor=own)
+    cfg = load_config(cfg_path)
+    cfg.daemon.state_dir.mkdir()
+    database = Database(db_path(cfg.daemon.state_dir))
+    specs = specs_of(cfg_path)
+    today = {"d": dt.date(2026, 12, 1)}
+    calls: list[dt.date] = []
+    # the child saves a floor of 3 from 09:00 to 17:00 (as `chirond learn-floor --save` would)
+    child = ("import sqlite3, sys\nfrom chirond.traffic import LearnedFloor, save_floor\n"
+             "db = sqlite3.connect(sys.argv[1])\n"
+             "save_floor(db, 'm', LearnedFloor((0,) * 9 + (3,) * 8 + (0,) * 7, sys.argv[2], 1.0, 0.0))\n")
+
+    def command(c: Any, day: dt.date) -> list[str]:
+        calls.append(day)
+        return [sys.executable, "-c", child, str(db_path(cfg.daemon.state_dir)), day.isoformat()]
+
+    learner = FloorLearner(cfg, database, specs, wall=lambda t: t, command=command, today=lambda: today["d"])
+    learner.start()
+    assert specs["m"].min_instances_by_hour == (1,) * 24  # nothing saved yet: its own
+    learner.tick()
+    assert learner._task is not None
+    await learner._task
+    assert calls == [dt.date(2026, 11, 30)]  # yesterday
+    assert specs["m"].min_instances_by_hour == (1,) * 9 + (3,) * 8 + (1,) * 7  # above its own
+    assert "quiet" not in learner.floors
+    learner.tick()  # the same day: not again
+    assert calls == [dt.date(2026, 11, 30)]
+    # served requests are recorded for the learning model only, each tick
+    learner.served(Request(1, "m", ReqClass.INTERACTIVE, 1000.0, 123, 4))
+    learner.served(Request(2, "quiet", ReqClass.INTERACTIVE, 1000.0, 1, 1))
+    today["d"] = dt.date(2026, 12, 2)
+    learner.tick()
+    await learner._task
+    assert calls[-1] == dt.date(2026, 12, 1)
+    await learner.stop()
+    db = sqlite3.connect(db_path(cfg.daemon.state_dir))
+    assert db.execute("SELECT model, arrival, input_tokens FROM traffic").fetchall() == [("m", 1000.0, 123)]
+    db.close()
+    # a restart uses the saved floor at once, and does not learn again from the same day
+    specs = specs_of(cfg_path)
+    again = FloorLearner(cfg, database, specs, wall=lambda t: t, command=command, today=lambda: today["d"])
+    again.start()
+    assert specs["m"].min_instances_by_hour == (1,) * 9 + (3,) * 8 + (1,) * 7
+    again.tick()
+    assert again._task is None and len(calls) == 2
+    await again.stop()
+
+
+async def test_a_failed_learning_keeps_the_old_floor(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg_path = config(tmp_path)
+    cfg = load_config(cfg_path)
+    cfg.daemon.state_dir.mkdir()
+    database = Database(db_path(cfg.daemon.state_dir))
+    database.open()
+    db = database.connect()
+    save_floor(db, "m", LearnedFloor((2,) * 24, "2026-11-29", 1.0, 0.0))
+    db.close()
+    specs = specs_of(cfg_path)
+
+    def command(c: Any, day: dt.date) -> list[str]:
+        return [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
+
+    learner = FloorLearner(cfg, database, specs, wall=lambda t: t, command=command,
+                           today=lambda: dt.date(2026, 12, 1))
+    learner.start()
+    assert specs["m"].min_instances_by_hour == (2,) * 24  # learned two days ago: used, and learned again
+    learner.tick()
+    assert learner._task is not None
+    await learner._task
+    assert specs["m"].min_instances_by_hour == (2,) * 24
+    assert "no floor learned from 2026-11-30 (exit 3): boom" in caplog.text
+    await learner.stop()
