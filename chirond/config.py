@@ -705,6 +705,15 @@ def load_config(path: str | Path, warn: Callable[[str], None] | None = None) -> 
     )
 
 
+def load_for_command(path: str | Path) -> Config | None:
+    """A command's config, or None once its error is printed (the command then exits 2)."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def load_keys(path: Path) -> dict[str, str]:
     """API keys: one "KEY [NAME]" a line; '#' starts a comment, blank lines are skipped. Returns
     key -> name (a key without a name is named "keys-file-line-N": nothing of the key itself, since

@@ -29,7 +29,7 @@ from chirond.cluster.backend import Backend, BackendError
 from chirond.cluster.instances import DaemonInstance
 from chirond.cluster.ssh import SshTransport
 from chirond.cluster.wiring import build_backend
-from chirond.config import Config, ConfigError, load_config, load_keys
+from chirond.config import Config, ConfigError, load_for_command, load_keys
 from chirond.db import Database, SchemaError, db_path
 from chirond.dispatch import Dispatcher
 from chirond.engines import engine_key
@@ -291,10 +291,8 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = load_for_command(args.config)
+    if cfg is None:
         return 2
     log_output.configure(cfg.daemon.log_level, cfg.daemon.log_format)
     try:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from chirond.cli_common import add_json_arg
-from chirond.config import Config, ConfigError, ModelConfig, load_config
+from chirond.config import Config, ModelConfig, load_for_command
 from chirond.db import Database, db_path
 from chirond.traffic import LearnedFloor, day_requests, save_floor
 
@@ -64,10 +64,8 @@ def learn(cfg: Config, m: ModelConfig, day: dt.date, price: float, db: Any) -> d
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = load_for_command(args.config)
+    if cfg is None:
         return 2
     try:
         day = dt.date.fromisoformat(args.day) if args.day else dt.date.today() - dt.timedelta(days=1)

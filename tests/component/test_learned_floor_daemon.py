@@ -94,3 +94,31 @@ async def test_a_failed_learning_keeps_the_old_floor(tmp_path: Path, caplog: pyt
     assert specs["m"].min_instances_by_hour == (2,) * 24
     assert "no floor learned from 2026-11-30 (exit 3): boom" in caplog.text
     await learner.stop()
+
+
+async def test_the_daemon_records_what_it_served_at_wall_clock_time(daemon_factory: Any) -> None:
+    """Through the API: each interactive request served is in the history at its arrival's
+    wall-clock time, with its prompt and answer tokens, and `chirond learn-floor` reads it."""
+    import time
+
+    from chirond.learn_floor_cli import learn
+    from tests.support.daemon import client
+
+    d = await daemon_factory(model__learned_floor_price=30.0)
+    c = client(d)
+    before = time.time()
+    for n in (3, 5):
+        r = await c.chat.completions.create(model="llama-8b", messages=[{"role": "user", "content": "hi " * n}],
+                                            max_tokens=4, extra_body={"ignore_eos": True})
+        assert r.usage is not None and r.usage.completion_tokens == 4
+    after = time.time()
+    await d.tick()  # the tick writes the history
+    db = sqlite3.connect(db_path(d.cfg.daemon.state_dir))
+    rows = db.execute("SELECT model, arrival, input_tokens, output_tokens FROM traffic ORDER BY arrival").fetchall()
+    assert [(m, i > 0, o) for m, _, i, o in rows] == [("llama-8b", True, 4)] * 2
+    assert before - 0.5 <= rows[0][1] <= rows[1][1] <= after
+    day = dt.datetime.fromtimestamp(before).date()
+    got = learn(d.cfg, d.cfg.models["llama-8b"], day, 30.0, db)
+    db.close()
+    assert got is not None and got["requests"][dt.datetime.fromtimestamp(before).hour] == 2
+    assert got["min_instances_by_hour"] == [1] * 24  # min_instances 1: two requests ask for no more

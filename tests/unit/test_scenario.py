@@ -516,6 +516,15 @@ def test_shipped_day_scheduled_is_day_with_a_floor_for_its_code_model() -> None:
     assert sched.cluster == day.cluster
 
 
+def test_shipped_day_learned_is_day_learning_every_floor_from_another_day() -> None:
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "scenarios"
+    day, learned = load_scenario(root / "day.toml"), load_scenario(root / "day-learned.toml")
+    assert learned.history_seed not in (None, day.seed, 2)  # not a judged seed
+    for m in learned.models:
+        assert m.workloads == day.model(m.name).workloads and m.learned_floor_price == 30.0
+    assert learned.cluster == day.cluster
+
+
 def test_a_learned_floor_needs_a_history_day_drawn_not_recorded(write: Writer) -> None:
     slo = "slo = { ttft_s = 2.0, tpot_s = 0.1 }"
     learn = BASE.replace(slo, slo + "\nlearned_floor_price = 30")
