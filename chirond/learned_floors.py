@@ -52,6 +52,9 @@ class FloorLearner:
             return
         self.traffic.open()
         self._apply()
+        for m, f in sorted(self.floors.items()):
+            log.info("%s: using the floor learned from %s at %g misses per GPU-hour: %s", m, f.day, f.price,
+                     list(f.counts))
         yesterday = (self.today() - dt.timedelta(days=1)).isoformat()
         if self.models <= set(self.floors) and all(f.day == yesterday for f in self.floors.values()):
             self._learned_on = self.today()  # already learned from yesterday
