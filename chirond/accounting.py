@@ -26,10 +26,11 @@ class Accounting:
         control: ControlLoop,
         dispatcher: Dispatcher,
         clock: Callable[[], float],
-        on_served: Callable[[Request], None] | None = None,
+        on_interactive: Callable[[Request], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.on_served = on_served  # each interactive request served to its end (the traffic history)
+        # each interactive request that reached the queues, however it ended (the traffic history)
+        self.on_interactive = on_interactive
         self.users = users
         self.metrics = metrics
         self.control = control
@@ -75,6 +76,8 @@ class Accounting:
         now = self.clock()
         if r.cls is ReqClass.INTERACTIVE:
             self.user_inflight.dec(user)
+            if self.on_interactive is not None:
+                self.on_interactive(r)
         hold = job.extra.pop("reserved", 0)
         left = self.reserved.get(user, 0) - (hold if isinstance(hold, int) else 0)
         if left > 0:
@@ -97,7 +100,5 @@ class Accounting:
             self.metrics.e2e.labels(r.model, r.cls.value).observe(r.finish - r.arrival)
         if r.cls is ReqClass.INTERACTIVE:
             self.metrics.tpot.labels(r.model, r.cls.value).observe(r.tpot or 0.0)
-            if self.on_served is not None:
-                self.on_served(r)
         self.control.obs.completed(r, self.instances.get(r.instance) if r.instance is not None else None)
         self.metrics.finished(r.model, r.cls.value, slo_met(r, self.cfg.models[r.model].slo))

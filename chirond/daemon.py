@@ -73,7 +73,7 @@ class Daemon:
                            self._backlog, self.engine_env)
         self.learner = FloorLearner(cfg, self.database, self.fleet.control.specs, self.clock.wall)
         self.accounting = Accounting(cfg, self.users, self.metrics, self.fleet.control, self.dispatcher, self.clock,
-                                     on_served=self.learner.served)
+                                     on_interactive=self.learner.record)
         self._keys: dict[str, str] = {}  # api.keys_file, read at start
         self.api = ProxyApi(cfg, self.gateway, self.fleet, self.accounting, self, self.metrics, self.clock,
                             verify_key=self._verify_key)

@@ -89,8 +89,9 @@ _V1 = (
 ) WITHOUT ROWID""",
 )
 
-# Version 2: the traffic a learned floor reads (chirond.traffic): each finished interactive request
-# of a model with learned_floor_price, kept for TRAFFIC_DAYS; and each model's learned floor.
+# Version 2: the traffic a learned floor reads (chirond.traffic): each interactive request of a
+# model with learned_floor_price, kept for TRAFFIC_DAYS; the hours the daemon was up to record it
+# (a day without traffic is then a quiet day, not a day it was down); each model's learned floor.
 _V2 = (
     """CREATE TABLE IF NOT EXISTS traffic (
     model TEXT NOT NULL,
@@ -98,6 +99,7 @@ _V2 = (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS traffic_model_arrival ON traffic(model, arrival)",
+    "CREATE TABLE IF NOT EXISTS uptime (hour REAL PRIMARY KEY) WITHOUT ROWID  -- epoch seconds, on the hour",
     """CREATE TABLE IF NOT EXISTS floors (
     model TEXT PRIMARY KEY,
     counts TEXT NOT NULL,       -- JSON: 24 instance counts from local midnight

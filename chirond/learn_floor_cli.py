@@ -2,24 +2,31 @@
 
 For every model with `learned_floor_price` (or the `--model`s named), the day's recorded
 interactive requests run through fixed deployments of that model in the simulator (warm, the
-configured policy's per-instance mechanisms), one count after another; each hour's floor is the
-fewest instances past which one more would have avoided fewer than the price's SLO misses per
-GPU-hour (chirond.sim.hindsight). With `--save` the daemon uses it from then on, above the
-model's own `min_instances_by_hour`; the daemon runs this itself after each local midnight."""
+configured policy's per-instance mechanisms), from `min_instances` up; each hour's floor is the
+count with the fewest GPU-hours plus SLO misses at 1/price GPU-hour each, so one instance more
+only where it would have avoided at least the price's misses per GPU-hour
+(chirond.sim.hindsight). Traffic is recorded only for models that set `learned_floor_price`. A
+day the daemon was up (20 hours or more) without a request learns `min_instances`. With `--save`
+the daemon uses the floor from then on, above the model's own `min_instances_by_hour`; the daemon
+runs this itself after each local midnight.
+
+Exit status: 0 a floor learned for every model asked, 3 none recorded for some (the daemon was
+down, or no chirond.db), 2 a bad argument, config or database."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import sqlite3
 import sys
 import time
 from typing import Any
 
 from chirond.cli_common import add_json_arg
 from chirond.config import Config, ModelConfig, load_for_command
-from chirond.db import Database, db_path
-from chirond.traffic import LearnedFloor, day_requests, save_floor
+from chirond.db import SCHEMA_VERSION, SchemaError, connect, db_path, user_version
+from chirond.traffic import LearnedFloor, day_requests, save_floor, up_hours
 
 EXAMPLES = """\
   chirond learn-floor --config /etc/chirond/chirond.toml            # yesterday, print only
@@ -43,24 +50,39 @@ def add_parser(sub: Any) -> None:
     s.set_defaults(func=main)
 
 
-def learn(cfg: Config, m: ModelConfig, day: dt.date, price: float, db: Any) -> dict[str, Any] | None:
-    """One model's floor from `day`'s recorded traffic; None when none was recorded."""
-    from chirond.policy import make_policy
-    from chirond.sim.hindsight import learn_floor
+NO_TRAFFIC = 3  # the exit status when a model's day was not recorded
+UP_HOURS = 20  # a day without traffic counts as quiet, not down, after this many hours up
+
+
+def learn(cfg: Config, m: ModelConfig, day: dt.date, price: float, db: sqlite3.Connection) -> dict[str, Any] | None:
+    """One model's floor from `day`'s recorded traffic; None when the day was not recorded."""
+    from chirond.sim.hindsight import learn_floor, policy_for, requests_by_hour
     from chirond.sim.runner import ModelSetup
 
     reqs = day_requests(db, m.name, day)
-    if not reqs:
+    if not reqs and up_hours(db, day)[0] < UP_HOURS:
         return None
     setup = ModelSetup(m.name, m.profile, m.slo, cold_start_s=0.0, max_instances=m.max_instances,
                        min_instances=m.min_instances, initial_instances=0, static_instances=0)
-    policy = make_policy(cfg.daemon.policy, {m.name: m.profile}, cfg.daemon.policy_params)
-    counts, fixed = learn_floor(reqs, setup, policy, price, gpus_per_node=m.profile.gpus)
-    per_hour = [0] * 24
-    for r in reqs:
-        per_hour[min(23, int(r.arrival // 3600))] += 1
-    return {"model": m.name, "day": day.isoformat(), "price": price, "requests": per_hour,
+    policy = policy_for(cfg.daemon.policy, setup, cfg.daemon.policy_params)
+    counts, fixed = learn_floor(reqs, setup, policy, price, tick_s=cfg.daemon.tick_s)
+    return {"model": m.name, "day": day.isoformat(), "price": price, "requests": requests_by_hour(reqs).tolist(),
             "min_instances_by_hour": list(counts), "misses": {str(n): v.tolist() for n, v in fixed.items()}}
+
+
+def _open(cfg: Config) -> sqlite3.Connection | None:
+    """chirond.db as the daemon left it, never migrated from here (the daemon owns its schema:
+    a child of a daemon not yet restarted after an upgrade must not change the file under it)."""
+    path = db_path(cfg.daemon.state_dir)
+    if not path.exists():
+        return None
+    db = connect(path, busy_timeout_s=30.0)
+    found = user_version(db)
+    if found != SCHEMA_VERSION:
+        db.close()
+        raise SchemaError(f"{path}: schema version {found}, where this chirond reads {SCHEMA_VERSION}: "
+                          "start the daemon of this version once (it migrates the file), then learn")
+    return db
 
 
 def main(args: argparse.Namespace) -> int:
@@ -85,9 +107,14 @@ def main(args: argparse.Namespace) -> int:
     if args.price is not None and args.price <= 0:
         print(f"error: --price must be > 0, got {args.price:g}", file=sys.stderr)
         return 2
-    database = Database(db_path(cfg.daemon.state_dir))
-    database.open()
-    db = database.connect(busy_timeout_s=5.0)
+    try:
+        db = _open(cfg)
+    except SchemaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if db is None:
+        print(f"no traffic recorded: {db_path(cfg.daemon.state_dir)} does not exist", file=sys.stderr)
+        return NO_TRAFFIC
     out: list[dict[str, Any]] = []
     try:
         for name in names:
@@ -98,8 +125,8 @@ def main(args: argparse.Namespace) -> int:
                 return 2
             got = learn(cfg, m, day, price, db)
             if got is None:
-                print(f"{name}: no traffic recorded on {day} (recorded only for models with learned_floor_price)",
-                      file=sys.stderr)
+                print(f"{name}: no traffic recorded on {day} (the daemon was up {up_hours(db, day)[0]} of its hours; "
+                      "traffic is recorded only for models with learned_floor_price)", file=sys.stderr)
                 continue
             if args.save:
                 save_floor(db, name, LearnedFloor(tuple(got["min_instances_by_hour"]), got["day"], price, time.time()))
@@ -116,4 +143,4 @@ def main(args: argparse.Namespace) -> int:
             print("  requests  " + " ".join(f"{n:>4d}" for n in got["requests"]))
             print("  instances " + " ".join(f"{n:>4d}" for n in got["min_instances_by_hour"]))
             print(f"  [models.{got['model']}] min_instances_by_hour = {got['min_instances_by_hour']}")
-    return 0 if out else 1
+    return 0 if len(out) == len(names) else NO_TRAFFIC

@@ -1,7 +1,8 @@
 """The daemon's side of a learned floor (`learned_floor_price`): it records the traffic of the
 models that learn one, runs `chirond learn-floor --save` on yesterday's after each local midnight
-(a child process: the learning simulates a day and must not hold up the event loop), and puts the
-floors it saved under the control loop, above each model's own `min_instances_by_hour`."""
+(a child process at low priority: the learning simulates a day and must not hold up the event
+loop), and puts the floors saved under the control loop, above each model's own
+`min_instances_by_hour`. A learning that fails or hangs is logged and the floors in use stay."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, MutableMapping
@@ -26,15 +28,20 @@ log = logging.getLogger("chirond")
 Command = Callable[[Config, dt.date], list[str]]
 
 
+LEARN_TIMEOUT_S = 3 * 3600.0  # a learning still running after this is killed (a busy day takes minutes)
+NO_TRAFFIC = 3  # learn-floor's exit status when a model's day was not recorded (chirond.learn_floor_cli)
+
+
 def learn_command(cfg: Config, day: dt.date) -> list[str]:
-    return [sys.executable, "-m", "chirond", "learn-floor", "--config", str(cfg.path), "--save",
+    nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+    return [*nice, sys.executable, "-m", "chirond", "learn-floor", "--config", str(cfg.path), "--save",
             "--day", day.isoformat()]
 
 
 class FloorLearner:
     def __init__(self, cfg: Config, database: Database, specs: MutableMapping[str, ModelSpec],
                  wall: Callable[[float], float], command: Command = learn_command,
-                 today: Callable[[], dt.date] = dt.date.today) -> None:
+                 today: Callable[[], dt.date] = dt.date.today, timeout_s: float = LEARN_TIMEOUT_S) -> None:
         self.cfg = cfg
         self.models = {n for n, m in cfg.models.items() if m.learned_floor_price > 0}
         self.traffic = TrafficLog(database, self.models)
@@ -42,6 +49,7 @@ class FloorLearner:
         self.wall = wall  # daemon clock -> epoch seconds
         self.command = command
         self.today = today
+        self.timeout_s = timeout_s
         self.floors: dict[str, LearnedFloor] = {}
         self._learned_on: dt.date | None = None  # the local day the last learning began
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +67,9 @@ class FloorLearner:
         if self.models <= set(self.floors) and all(f.day == yesterday for f in self.floors.values()):
             self._learned_on = self.today()  # already learned from yesterday
 
-    def served(self, r: Request) -> None:
+    def record(self, r: Request) -> None:
+        """An interactive request that reached the queues, however it ended (its answer's cap
+        where it did not finish): what was asked for, not only what was served."""
         self.traffic.record(r.model, self.wall(r.arrival), r.input_tokens, r.output_tokens)
 
     def tick(self) -> None:
@@ -81,24 +91,33 @@ class FloorLearner:
 
     async def _learn(self, day: dt.date) -> None:
         t0 = time.monotonic()
-        argv = self.command(self.cfg, day)
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE)
         try:
-            _, err = await proc.communicate()
+            proc = await asyncio.create_subprocess_exec(*self.command(self.cfg, day), stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.PIPE)
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+            except TimeoutError:
+                await _kill(proc)
+                log.warning("learning the floors from %s took over %.0f s: stopped; the floors in use stay",
+                            day, self.timeout_s)
+                return
+            except asyncio.CancelledError:  # the daemon stops
+                await _kill(proc)
+                raise
+            self._apply()  # whatever it saved, even where it failed for another model
+            tail = " / ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+            if proc.returncode == 0:
+                log.info("learned floors from %s in %.0f s: %s", day, time.monotonic() - t0,
+                         "; ".join(f"{m} {list(f.counts)}" for m, f in sorted(self.floors.items())))
+            elif proc.returncode == NO_TRAFFIC:  # a first day, a new model, a day the daemon was down
+                log.info("no floor learned from %s for some models; their last floors stay: %s", day, tail)
+            else:
+                log.warning("learning the floors from %s failed (exit %s); the floors in use stay: %s",
+                            day, proc.returncode, tail)
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             raise
-        if proc.returncode == 0:
-            self._apply()
-            log.info("learned floors from %s in %.0f s: %s", day, time.monotonic() - t0,
-                     "; ".join(f"{m} {list(f.counts)}" for m, f in sorted(self.floors.items())))
-        else:  # 1: no traffic recorded that day (a first day, a new model); the old floors stay
-            tail = err.decode(errors="replace").strip().splitlines()[-3:]
-            (log.info if proc.returncode == 1 else log.warning)(
-                "no floor learned from %s (exit %s): %s", day, proc.returncode, " / ".join(tail))
+        except Exception:  # the learning must never take the daemon down
+            log.exception("learning the floors from %s failed; the floors in use stay", day)
 
     def _apply(self) -> None:
         db = self.traffic.database.connect(busy_timeout_s=5.0)
@@ -109,3 +128,9 @@ class FloorLearner:
         for m, f in self.floors.items():
             own = self.cfg.models[m].min_instances_by_hour
             self.specs[m] = dataclasses.replace(self.specs[m], min_instances_by_hour=higher(own, f.counts))
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()

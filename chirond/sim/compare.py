@@ -59,7 +59,8 @@ def setups(sc: Scenario) -> tuple[list[ModelSetup], ClusterSetup, dict[str, Prof
     return models, cluster, profiles
 
 
-def with_learned_floors(sc: Scenario, seed: int | None = None, policy: str = "chirond") -> Scenario:
+def with_learned_floors(sc: Scenario, seed: int | None = None, policy: str = "chirond",
+                        traces: Mapping[str, Path] | None = None) -> Scenario:
     """`sc` with the floor per hour of every model that sets `learned_floor_price` learned from
     its history day (the workload drawn with `history_seed`) with `policy`'s per-instance
     mechanisms, as the daemon learns it from its own traffic (`chirond learn-floor`), and kept
@@ -67,6 +68,10 @@ def with_learned_floors(sc: Scenario, seed: int | None = None, policy: str = "ch
     learning = [m for m in sc.models if m.learned_floor_price > 0]
     if not learning or sc.history_seed is None:
         return sc
+    replaced = sorted(set(traces or {}) & {m.name for m in learning})
+    if replaced:
+        raise ScenarioError(f"--trace {replaced[0]}: the model learns its floor from the history day, which a "
+                            "trace does not replace (set its learned_floor_price to 0 to run the trace)")
     if sc.history_seed == (sc.seed if seed is None else seed):
         raise ScenarioError(f"{sc.path}: history_seed {sc.history_seed} is the seed the run is judged on: "
                             "a floor learned from that day would know it")
@@ -77,7 +82,7 @@ def with_learned_floors(sc: Scenario, seed: int | None = None, policy: str = "ch
         if m.learned_floor_price > 0:
             setup = setups_by_name[m.name]
             learned, _ = learn_floor(history[m.name], setup, policy_for(policy, setup, sc.policy_params.get(policy)),
-                                     m.learned_floor_price, gpus_per_node=sc.cluster.gpus_per_node, tick_s=sc.tick_s)
+                                     m.learned_floor_price, tick_s=sc.tick_s)
             m = replace(m, min_instances_by_hour=higher(m.min_instances_by_hour, learned), learned_floor_price=0.0)
         models.append(m)
     return replace(sc, models=tuple(models))
@@ -95,7 +100,7 @@ def run_one(
 ) -> RunResult:
     """One policy, one run. The workload is rebuilt from the seed, so every run sees the same."""
     seed = sc.seed if seed is None else seed
-    sc = with_learned_floors(sc, seed)
+    sc = with_learned_floors(sc, seed, traces=traces)
     models, cluster, profiles = setups(sc)
     merged = {**sc.policy_params.get(policy, {}), **(params or {})}
     pol = make_policy(policy, profiles, merged)
@@ -146,7 +151,7 @@ def compare(
     for p in policies:
         if p not in REGISTRY and p not in SWEEPS:
             raise ScenarioError(f"unknown policy {p!r}; known: {', '.join(names())}")
-    sc = with_learned_floors(sc, seed)  # once, not in every run
+    sc = with_learned_floors(sc, seed, traces=traces)  # once, not in every run
     tasks: list[_Task] = []
     for p in policies:
         if p == "llumnix-tuned":

@@ -2,16 +2,15 @@
 
 One model's requests of that day run through fixed deployments of it (warm, a policy's own
 per-instance mechanisms, as the frontier runs them), one count after another; in each hour the
-chosen count is the fewest past which one instance more would have avoided fewer than `price`
-SLO misses per GPU-hour. Read off an earlier day, it is a floor for the hours of the next
-(`min_instances_by_hour`): the daemon learns it from its own traffic (`chirond learn-floor`),
-the simulator from a scenario's `history_seed`, and benchmarks/by_hour.py prints it beside a
-policy's run."""
+chosen count is the one with the fewest GPU-hours plus SLO misses at 1/`price` GPU-hour each.
+Read off an earlier day, it is a floor for the hours of the next (`min_instances_by_hour`): the
+daemon learns it from its own traffic (`chirond learn-floor`), the simulator from a scenario's
+`history_seed`, and benchmarks/by_hour.py prints it beside a policy's run."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -62,7 +61,6 @@ def learn_floor(
     policy: Policy,
     price: float,
     *,
-    gpus_per_node: int,
     tick_s: float = 5.0,
     progress: Progress | None = None,
 ) -> tuple[tuple[int, ...], dict[int, np.ndarray]]:
@@ -71,16 +69,16 @@ def learn_floor(
     misses per hour of each count run. Counts run from `min_instances` (0 counts every request of
     the hour a miss: a cold start is minutes) up until no hour would take one more, at most
     `max_instances`. The fixed deployments have the partition to themselves, no queue wait, no
-    time limit and no failures: what the traffic asked for, not what Slurm gave."""
+    time limit and no failures (an instance a node): what the traffic asked for, not what Slurm
+    gave. `tick_s`: the control tick of the world that learns (the daemon's, the scenario's)."""
     reqs = [replace(r, id=i) for i, r in enumerate(x for x in requests if x.cls is ReqClass.INTERACTIVE)]
-    hour = np.minimum(np.array([r.arrival for r in reqs], dtype=float) // 3600, HOURS - 1).astype(np.int64)
-    per_hour = np.bincount(hour, minlength=HOURS)[:HOURS]
+    per_hour = requests_by_hour(reqs)
     gpus = setup.profile.gpus
     price_n = price * gpus  # the misses an instance must avoid in an hour
     fixed: dict[int, np.ndarray] = {}
     n = max(0, setup.min_instances)
     end_s = max((r.arrival for r in reqs), default=0.0) + 3600.0
-    cluster = ClusterSetup(gpus=setup.max_instances * gpus, gpus_per_node=gpus_per_node, queue_wait_s=(0.0, 0.0),
+    cluster = ClusterSetup(gpus=setup.max_instances * gpus, gpus_per_node=gpus, queue_wait_s=(0.0, 0.0),
                            time_limit_s=math.inf)
     alone = replace(setup, min_instances=0, initial_instances=0, min_instances_by_hour=())
     while True:
@@ -100,6 +98,12 @@ def learn_floor(
     return tuple(chosen), fixed
 
 
-def policy_for(name: str, setup: ModelSetup, params: dict[str, object] | None = None) -> Policy:
+def requests_by_hour(requests: Sequence[Request]) -> np.ndarray:
+    """Interactive requests per hour of the day (arrivals in seconds since midnight, clipped to it)."""
+    hour = [min(HOURS - 1, max(0, int(r.arrival // 3600))) for r in requests if r.cls is ReqClass.INTERACTIVE]
+    return np.bincount(np.asarray(hour, dtype=np.int64), minlength=HOURS)
+
+
+def policy_for(name: str, setup: ModelSetup, params: Mapping[str, object] | None = None) -> Policy:
     """`name`'s per-instance mechanisms for `setup`'s model alone."""
     return make_policy(name, {setup.name: setup.profile}, params or {})

@@ -348,11 +348,15 @@ lengths = {{{{ input_tokens = 2000, output_tokens = 50 }}}}
             learned = with_learned_floors(sc)
             setup = setups(sc)[0][0]
             want, _ = learn_floor(build_workload(sc, np.random.default_rng(5))["m"], setup,
-                                  make_policy("chirond", {"m": setup.profile}), 5.0, gpus_per_node=1)
+                                  make_policy("chirond", {"m": setup.profile}), 5.0, tick_s=sc.tick_s)
             assert learned.models[0].min_instances_by_hour == want
             assert want[:2] == (1, 2) and learned.models[0].learned_floor_price == 0.0  # learned once
             with pytest.raises(ScenarioError, match="history_seed 5 is the seed the run is judged on"):
                 run_one(sc, "chirond", {}, seed=5)
+            trace = tmp_path / "t.csv"
+            trace.write_text("arrival_s,input_tokens,output_tokens\n0,10,10\n")
+            with pytest.raises(ScenarioError, match="--trace m: the model learns its floor from the history day"):
+                run_one(sc, "chirond", {}, traces={"m": trace})
         tl = run_one(sc, "chirond", {}).timeline
         t = np.asarray(tl["t"])
         ready = np.asarray(tl["m/mixed"]) + np.asarray(tl["m/interactive"])

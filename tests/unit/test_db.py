@@ -99,11 +99,12 @@ def test_upgrade_from_the_unversioned_schema_loses_nothing(v0: Path) -> None:
         assert version(v0) == SCHEMA_VERSION
         after = dump(v0)
         # migration 1 on such a file: the version number, nothing else; 2 adds its two tables, empty
-        added = {row for row in after["schema"] if row[2] in ("traffic", "floors")}
-        assert {row[1] for row in added} == {"traffic", "traffic_model_arrival", "floors"}
+        added = {row for row in after["schema"] if row[2] in ("traffic", "uptime", "floors")}
+        assert {row[1] for row in added} == {"traffic", "traffic_model_arrival", "uptime", "floors"}
         assert {**after, "schema": [r for r in after["schema"] if r not in added]} == before
         conn = read(v0)
-        assert conn.execute("SELECT (SELECT count(*) FROM traffic) + (SELECT count(*) FROM floors)").fetchone() == (0,)
+        assert conn.execute("SELECT (SELECT count(*) FROM traffic) + (SELECT count(*) FROM uptime) "
+                            "+ (SELECT count(*) FROM floors)").fetchone() == (0,)
         conn.close()
 
         # Users: both keys still verify; usage totals as recorded.
