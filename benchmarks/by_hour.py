@@ -16,9 +16,9 @@ the schedule's misses and GPU-hours in total. It is an estimate of what scaling 
 the model (each bin as its fixed count had it, warm, with no lead time and no queue carried
 between bins), not a policy; but the schedule of an earlier day is a floor a site can set
 (`min_instances_by_hour`, printed for a 24-hour day; the daemon learns it from its own traffic
-with `learned_floor_price`). With `--against SUMMARY` (the
-summary.json of `chirond simulate --frontier` on the same scenario and seed) each schedule is
-also placed in the whole run, the policy's other models as it ran them, against that frontier:
+with `learned_floor_price`). With `--against SUMMARY` (the summary.json of `chirond simulate
+--frontier` on the same scenario and seed) each schedule is also placed in the whole run, the
+policy's other models as it ran them, against that frontier:
 
     .venv/bin/python benchmarks/by_hour.py benchmarks/scenarios/day.toml --seed 1 \\
         --model llama-70b --fixed 1,2,3,4,5 --price 15,30,45 --against docs/results/day/summary.json

@@ -19,17 +19,16 @@ from collections.abc import Callable, MutableMapping
 from chirond.config import Config
 from chirond.control.snapshot import ModelSpec, higher
 from chirond.db import Database
+from chirond.learn_floor_cli import NO_TRAFFIC
 from chirond.model import Request
 from chirond.traffic import LearnedFloor, TrafficLog, load_floors
 
 log = logging.getLogger("chirond")
 
+LEARN_TIMEOUT_S = 3 * 3600.0  # a learning still running after this is killed (a busy day takes minutes)
+
 # argv of the learning child: `chirond learn-floor --config PATH --save --day YYYY-MM-DD`
 Command = Callable[[Config, dt.date], list[str]]
-
-
-LEARN_TIMEOUT_S = 3 * 3600.0  # a learning still running after this is killed (a busy day takes minutes)
-NO_TRAFFIC = 3  # learn-floor's exit status when a model's day was not recorded (chirond.learn_floor_cli)
 
 
 def learn_command(cfg: Config, day: dt.date) -> list[str]:
@@ -114,8 +113,6 @@ class FloorLearner:
             else:
                 log.warning("learning the floors from %s failed (exit %s); the floors in use stay: %s",
                             day, proc.returncode, tail)
-        except asyncio.CancelledError:
-            raise
         except Exception:  # the learning must never take the daemon down
             log.exception("learning the floors from %s failed; the floors in use stay", day)
 

@@ -67,10 +67,11 @@ def learn_floor(
     """The floor per hour of the day that `requests` (one model's, arrivals in seconds since that
     day's midnight; its interactive ones are read) asked for at `price` misses per GPU-hour, and the
     misses per hour of each count run. Counts run from `min_instances` (0 counts every request of
-    the hour a miss: a cold start is minutes) up until no hour would take one more, at most
-    `max_instances`. The fixed deployments have the partition to themselves, no queue wait, no
-    time limit and no failures (an instance a node): what the traffic asked for, not what Slurm
-    gave. `tick_s`: the control tick of the world that learns (the daemon's, the scenario's)."""
+    the hour a miss: a cold start is minutes) up until no hour has the misses left to pay for one
+    more (then no hour can take it), at most `max_instances`. The fixed deployments have the
+    partition to themselves, no queue wait, no time limit and no failures (an instance a node):
+    what the traffic asked for, not what Slurm gave. `tick_s`: the control tick of the world that
+    learns (the daemon's, the scenario's)."""
     reqs = [replace(r, id=i) for i, r in enumerate(x for x in requests if x.cls is ReqClass.INTERACTIVE)]
     per_hour = requests_by_hour(reqs)
     gpus = setup.profile.gpus
